@@ -1,0 +1,158 @@
+"""Names -> formats, and the one function that turns anything format-like into a Format.
+
+``get("e4m3")`` returns the named format; any ``eXmY`` string parses to an
+IEEE-convention float (``eXmYfn`` / ``eXmYnone`` pick the other special-value
+conventions), ``intN`` / ``uintN`` to an integer format. :func:`as_format`
+also accepts Format objects, qtorch number objects (``FloatingPoint``,
+``FixedPoint``, ``BlockFloatingPoint``) and any callable tensor -> tensor.
+qtorch itself is never imported here: its objects are recognised by class name,
+so ``import qsim_hooks`` never compiles its C++ extension.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .base import Format, GradSpec
+from .floating import FloatFormat
+from .integer import IntFormat
+from .scaling import Scaling
+
+__all__ = ["get", "names", "as_format", "register", "CallableFormat"]
+
+
+def _named() -> dict[str, Callable[[], Format]]:
+    table: dict[str, Callable[[], Format]] = {
+        "e4m3": lambda: FloatFormat(4, 3, specials="fn", name="e4m3"),
+        "e5m2": lambda: FloatFormat(5, 2, specials="ieee", name="e5m2"),
+        "e3m4": lambda: FloatFormat(3, 4, specials="ieee", name="e3m4"),
+        "e3m2": lambda: FloatFormat(3, 2, specials="none", name="e3m2"),
+        "e2m3": lambda: FloatFormat(2, 3, specials="none", name="e2m3"),
+        "e2m1": lambda: FloatFormat(2, 1, specials="none", name="e2m1"),
+        "fp16": lambda: FloatFormat(5, 10, name="fp16"),
+        "bf16": lambda: FloatFormat(8, 7, name="bf16"),
+        "tf32": lambda: FloatFormat(8, 10, name="tf32"),
+        "fp32": lambda: FloatFormat(8, 23, overflow="special", name="fp32"),
+    }
+    for b in range(2, 17):
+        table[f"int{b}"] = (lambda b=b: IntFormat(b, name=f"int{b}"))
+    table["uint8"] = lambda: IntFormat(8, signed=False, name="uint8")
+    from .block import NAMED as block_named
+
+    table.update(block_named)
+    return table
+
+
+_NAMED = _named()
+_ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32",
+            "e4m3fn": "e4m3", "fp8_e4m3": "e4m3", "fp8_e5m2": "e5m2", "fp4": "e2m1",
+            "fp4_e2m1": "e2m1", "fp6_e3m2": "e3m2", "fp6_e2m3": "e2m3"}
+_EXMY = re.compile(r"^e(\d+)m(\d+)(fn|none|ieee)?$")
+_INTN = re.compile(r"^(u?)int(\d+)$")
+_extra: dict[str, Callable[[], Format]] = {}
+
+
+def register(name: str, factory: Callable[[], Format]) -> None:
+    """Register a named format (a zero-argument factory returning a Format)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError("register: name must be a non-empty str")
+    if not callable(factory):
+        raise TypeError("register: factory must be callable")
+    _extra[name.lower()] = factory
+
+
+def names() -> list[str]:
+    """Every pinned format name (``eXmY``/``intN`` strings parse too)."""
+    return list(_NAMED) + [n for n in _extra if n not in _NAMED]
+
+
+def get(name: str) -> Format:
+    """The format named ``name``; unknown names list the closest known ones."""
+    if not isinstance(name, str):
+        raise TypeError(f"format name must be a str, got {type(name).__name__}")
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in _extra:
+        return _extra[key]()
+    if key in _NAMED:
+        return _NAMED[key]()
+    m = _EXMY.match(key)
+    if m:
+        e, mm, sp = int(m.group(1)), int(m.group(2)), m.group(3) or "ieee"
+        return FloatFormat(e, mm, specials=sp, name=key)
+    m = _INTN.match(key)
+    if m:
+        return IntFormat(int(m.group(2)), signed=not m.group(1), name=key)
+    close = difflib.get_close_matches(key, names() + list(_ALIASES), n=4, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown format {name!r}{hint} (known: {', '.join(names()[:12])}, ..., "
+                     "or any 'eXmY' / 'intN' string)")
+
+
+@dataclass(frozen=True)
+class CallableFormat(Format):
+    """Wraps any callable tensor -> tensor (a qtorch quantizer, a user function).
+
+    Its gradient is the plain straight-through estimator unless ``grad`` says
+    otherwise (the callable is applied to a detached tensor).
+    """
+
+    fn: Callable[[Tensor], Tensor]
+    name: str = ""
+    grad: GradSpec = field(default_factory=lambda: GradSpec("ste"))
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"CallableFormat.fn must be callable, got {type(self.fn).__name__}")
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.fn, "__name__", type(self.fn).__name__))
+
+    def _forward(self, x, amax, generator, want_mask):
+        y = self.fn(x)
+        if not isinstance(y, Tensor) or y.shape != x.shape:
+            raise TypeError(f"format {self.name}: the callable must return a tensor of shape "
+                            f"{tuple(x.shape)}, got {getattr(y, 'shape', type(y).__name__)}")
+        return y.to(torch.float32), (torch.ones_like(x, dtype=torch.bool) if want_mask else None)
+
+
+def _from_qtorch(obj: Any) -> Format | None:
+    cls = type(obj).__name__
+    mod = type(obj).__module__ or ""
+    if not mod.startswith("qtorch"):
+        return None
+    if cls == "FloatingPoint":
+        # qtorch convention: every code finite, ties away from zero, saturating.
+        return FloatFormat(int(obj.exp), int(obj.man), specials="none", rounding="nearest_away",
+                           name=f"qtorch_e{obj.exp}m{obj.man}")
+    if cls == "FixedPoint":
+        wl, fl = int(obj.wl), int(obj.fl)
+        qmax = 2 ** (wl - 1) - 1
+        return IntFormat(wl, narrow=bool(getattr(obj, "symmetric", False)),
+                         scaling=Scaling(mode="static", amax=qmax * 2.0**-fl),
+                         rounding="nearest_away", name=f"qtorch_fixed{wl}.{fl}")
+    if cls == "BlockFloatingPoint":
+        from .block import from_qtorch_bfp
+
+        return from_qtorch_bfp(obj)
+    return None
+
+
+def as_format(obj: Any, *, field: str = "format") -> Format | None:
+    """Turn anything format-like into a Format (``None`` stays ``None``)."""
+    if obj is None or isinstance(obj, Format):
+        return obj
+    if isinstance(obj, str):
+        return get(obj)
+    q = _from_qtorch(obj)
+    if q is not None:
+        return q
+    if callable(obj) and not isinstance(obj, type):
+        return CallableFormat(obj)
+    raise TypeError(f"{field}: {obj!r} ({type(obj).__name__}) is not a format; pass a name such as "
+                    "'e4m3' or 'int8', a Format, a qtorch number or quantizer, a callable, or None")

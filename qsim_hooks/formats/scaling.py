@@ -1,0 +1,185 @@
+"""Scaling: from an amax to a scale, at tensor, channel or block granularity.
+
+A :class:`Scaling` is part of a format's value. It says where the amax comes
+from (``dynamic``: measured on each tensor, by its max or a percentile of |x|;
+``static``: a fixed amax, given here or supplied per call by a session or a
+calibration) and at which granularity it is taken.
+
+Blocks run along ``axis`` in groups of ``block_size`` elements. When the axis
+length is not a multiple of the block size, the last block is *ragged*: it is
+shorter and gets its own amax from the elements it has (zero padding is used
+internally and never changes an amax).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["Scaling", "reduce_amax", "to_blocks", "from_blocks"]
+
+Granularity = Literal["tensor", "channel", "block"]
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Where a format's scale comes from.
+
+    Attributes:
+        granularity: ``"tensor"``, ``"channel"`` (one amax per index of ``axis``)
+            or ``"block"`` (one amax per ``block_size`` elements along ``axis``).
+        axis: channel axis (``channel``) or the axis blocks run along (``block``).
+            ``None`` lets the quantization point decide (a weight's output
+            channels, an activation's reduction axis); called directly, a
+            format uses 0 for channels and -1 (the last axis) for blocks.
+        block_size: elements per block (``block`` only).
+        mode: ``"dynamic"`` (amax measured on every call) or ``"static"``.
+        method: for dynamic scaling, ``"max"`` or ``"percentile"`` of |x|.
+        percentile: in (0, 100], used when ``method="percentile"``.
+        amax: a fixed amax for static scaling (a session or calibration may
+            supply one per call instead).
+    """
+
+    granularity: Granularity = "tensor"
+    axis: int | None = None
+    block_size: int = 32
+    mode: Literal["dynamic", "static"] = "dynamic"
+    method: Literal["max", "percentile"] = "max"
+    percentile: float = 99.99
+    amax: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.granularity not in ("tensor", "channel", "block"):
+            raise ValueError(f"Scaling.granularity={self.granularity!r} is not allowed; "
+                             "use 'tensor', 'channel' or 'block'")
+        if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
+            raise TypeError(f"Scaling.axis must be an int or None, got {type(self.axis).__name__}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"Scaling.block_size={self.block_size!r} must be a positive int")
+        if self.mode not in ("dynamic", "static"):
+            raise ValueError(f"Scaling.mode={self.mode!r} is not allowed; use 'dynamic' or 'static'")
+        if self.method not in ("max", "percentile"):
+            raise ValueError(f"Scaling.method={self.method!r} is not allowed; use 'max' or 'percentile'")
+        if not (0.0 < float(self.percentile) <= 100.0):
+            raise ValueError(f"Scaling.percentile={self.percentile!r} must be in (0, 100]")
+        if self.amax is not None:
+            a = float(self.amax)
+            if not math.isfinite(a) or a <= 0:
+                raise ValueError(f"Scaling.amax={self.amax!r} must be finite and > 0")
+            if self.mode != "static":
+                object.__setattr__(self, "mode", "static")
+
+    @property
+    def resolved_axis(self) -> int:
+        if self.axis is not None:
+            return self.axis
+        return 0 if self.granularity == "channel" else -1
+
+    def describe(self) -> str:
+        ax = "auto" if self.axis is None else self.axis
+        g = {"tensor": "tensor", "channel": f"channel(axis={ax})",
+             "block": f"block({self.block_size}, axis={ax})"}[self.granularity]
+        how = "static" if self.mode == "static" else (
+            "dyn-max" if self.method == "max" else f"dyn-p{self.percentile:g}")
+        return f"{g} {how}"
+
+
+def _finite_abs(x: Tensor) -> Tensor:
+    a = x.abs()
+    return torch.where(torch.isfinite(a), a, torch.zeros((), dtype=a.dtype, device=a.device))
+
+
+def _tensor_max(x: Tensor) -> Tensor:
+    lo, hi = torch.aminmax(x)
+    amax = torch.maximum(-lo, hi)
+    if not bool(torch.isfinite(amax)):
+        amax = _finite_abs(x).amax()
+    return amax
+
+
+def _percentile_last(a: Tensor, p: float) -> Tensor:
+    """Percentile of the last dim of a non-negative tensor (nearest-rank, upper)."""
+    n = a.shape[-1]
+    k = min(n, max(1, math.ceil(p / 100.0 * n)))
+    if k == n:
+        return a.amax(dim=-1)
+    return torch.kthvalue(a, k, dim=-1).values
+
+
+def _norm_axis(axis: int, ndim: int, who: str = "Scaling.axis") -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{who}={axis} is out of range for a tensor with {ndim} dims")
+    return axis % ndim
+
+
+def to_blocks(x: Tensor, axis: int, block: int) -> tuple[Tensor, tuple[int, ...], int]:
+    """Move ``axis`` last and split it into blocks: ``(..., nblocks, block)``.
+
+    Returns the blocked view (zero padded when ragged), the moved shape and the
+    original axis length, for :func:`from_blocks`.
+    """
+    axis = _norm_axis(axis, x.dim())
+    xm = x.movedim(axis, -1)
+    n = xm.shape[-1]
+    pad = (-n) % block
+    if pad:
+        xm = torch.nn.functional.pad(xm, (0, pad))
+    moved_shape = tuple(xm.shape)
+    return xm.reshape(*xm.shape[:-1], -1, block), moved_shape, n
+
+
+def from_blocks(xb: Tensor, moved_shape: tuple[int, ...], n: int, axis: int, ndim: int) -> Tensor:
+    axis = _norm_axis(axis, ndim)
+    xm = xb.reshape(moved_shape)[..., :n]
+    return xm.movedim(-1, axis)
+
+
+def reduce_amax(x: Tensor, scaling: Scaling) -> Tensor:
+    """The dynamic amax of ``x`` at the scaling's granularity, shaped to broadcast.
+
+    For ``block`` granularity the result has the blocked shape of
+    :func:`to_blocks` with a trailing dim of 1.
+    """
+    pct = scaling.method == "percentile" and scaling.percentile < 100.0
+    if scaling.granularity == "tensor":
+        if not pct:
+            return _tensor_max(x)
+        return _percentile_last(_finite_abs(x).reshape(1, -1), scaling.percentile).reshape(())
+    if scaling.granularity == "channel":
+        if x.dim() == 0:
+            raise ValueError("channel scaling needs a tensor with at least one dim")
+        axis = _norm_axis(scaling.resolved_axis, x.dim())
+        a = _finite_abs(x).movedim(axis, 0).reshape(x.shape[axis], -1)
+        r = _percentile_last(a, scaling.percentile) if pct else a.amax(dim=1)
+        shape = [1] * x.dim()
+        shape[axis] = x.shape[axis]
+        return r.reshape(shape)
+    xb, _, _ = to_blocks(_finite_abs(x), scaling.resolved_axis, scaling.block_size)
+    if pct:
+        return _percentile_last(xb, scaling.percentile).unsqueeze(-1)
+    return xb.amax(dim=-1, keepdim=True)
+
+
+def static_amax_for(x: Tensor, amax: Tensor, scaling: Scaling) -> Tensor:
+    """Shape a user- or calibration-supplied amax to broadcast against ``x``."""
+    if amax.numel() == 1:
+        return amax.reshape(())
+    if scaling.granularity == "channel":
+        axis = _norm_axis(scaling.resolved_axis, x.dim())
+        if amax.numel() != x.shape[axis]:
+            raise ValueError(f"static per-channel amax has {amax.numel()} values but axis {axis} "
+                             f"has {x.shape[axis]} channels")
+        shape = [1] * x.dim()
+        shape[axis] = x.shape[axis]
+        return amax.reshape(shape)
+    if scaling.granularity == "block":
+        xb, _, _ = to_blocks(x, scaling.resolved_axis, scaling.block_size)
+        want = xb.shape[:-1]
+        if amax.numel() != math.prod(want):
+            raise ValueError(f"static per-block amax has {amax.numel()} values, expected {math.prod(want)}")
+        return amax.reshape(*want, 1)
+    raise ValueError(f"a per-tensor format got an amax with {amax.numel()} values; pass one value")
