@@ -1,0 +1,176 @@
+"""Rendering: rich tables, JSON and CSV. The only module of the library that writes output.
+
+Everything here takes plain data (lists of dicts, as produced by
+:mod:`qsim_hooks.stats`) and turns it into text; nothing here computes a
+statistic. A table is described by a tuple of :class:`Column` (which key,
+which header, how a value is written), so a new table (per layer, per
+sweep) is one more column tuple and one small function on top of
+:func:`build_table`; JSON and CSV work on any rows.
+
+Non-finite floats (an exact format's ``inf`` SQNR) are written ``inf`` /
+``-inf`` / ``nan``: as strings in JSON (strict JSON has no such numbers) and
+as text in CSV and tables (Python's ``float()`` reads all three back).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .stats import FORMAT_ROW_KEYS, format_rows
+
+__all__ = ["Column", "build_table", "print_table", "FORMAT_COLUMNS", "formats_table",
+           "render_formats_table", "render_heading", "to_json", "to_csv", "fmt_number", "fmt_pow2",
+           "fmt_db", "format_rows"]
+
+Rows = Sequence[Mapping[str, Any]]
+
+
+# ---------------------------------------------------------------------------
+# Writing one value
+# ---------------------------------------------------------------------------
+def _nonfinite(v: float) -> str:
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def fmt_text(v: Any) -> str:
+    """``-`` for a missing value, ``str(v)`` otherwise."""
+    return "-" if v is None else str(v)
+
+
+def fmt_number(v: Any) -> str:
+    """Integers in full up to 10^7 (448, 57344), otherwise 4 significant digits."""
+    if v is None:
+        return "-"
+    v = float(v)
+    if not math.isfinite(v):
+        return _nonfinite(v)
+    if v == int(v) and abs(v) < 1e7:
+        return str(int(v))
+    return f"{v:.4g}"
+
+
+def fmt_pow2(v: Any) -> str:
+    """A power of two below 1 as ``2^k`` (``2^-9``), anything else as :func:`fmt_number`."""
+    if v is None:
+        return "-"
+    v = float(v)
+    if v > 0 and math.isfinite(v):
+        mant, exp = math.frexp(v)
+        if mant == 0.5 and exp - 1 < 0:
+            return f"2^{exp - 1}"
+    return fmt_number(v)
+
+
+def fmt_db(v: Any) -> str:
+    """Decibels with two decimals; ``inf`` for exact."""
+    if v is None:
+        return "-"
+    v = float(v)
+    return f"{v:.2f}" if math.isfinite(v) else _nonfinite(v)
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One table column: the row key it shows, its header, how a value is written."""
+
+    key: str
+    header: str
+    write: Callable[[Any], str] = fmt_text
+    justify: Literal["left", "center", "right"] = "right"
+    style: str | None = None
+
+
+def build_table(rows: Rows, columns: Sequence[Column], *, title: str | None = None,
+                caption: str | None = None) -> Table:
+    """A rich Table with one line per row and one column per :class:`Column`."""
+    table = Table(title=title, caption=caption, caption_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD)
+    for col in columns:
+        # fold, never truncate: a figure cut to "3.4e…" would be wrong, not just short
+        table.add_column(col.header, justify=col.justify, style=col.style, overflow="fold")
+    for row in rows:
+        table.add_row(*(col.write(row.get(col.key)) for col in columns))
+    return table
+
+
+def print_table(table: Table, console: Console | None = None) -> Table:
+    """Print ``table`` to ``console`` (a new stdout Console when ``None``) and return it."""
+    (console or Console()).print(table)
+    return table
+
+
+def render_heading(title: str, lines: Iterable[str] = (), console: Console | None = None) -> None:
+    """A bold title and a few plain lines under it (run headers, settings)."""
+    console = console or Console()
+    console.print(f"[bold]{title}[/bold]")
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    console.print()
+
+
+# -- the named formats ---------------------------------------------------------
+FORMAT_COLUMNS: tuple[Column, ...] = (
+    Column("name", "format", justify="left", style="bold"),
+    Column("bits", "bits", fmt_text),
+    Column("max", "max", fmt_number),
+    Column("min_subnormal", "min\nsubnormal", fmt_pow2),
+    Column("spacing_at_1", "spacing\nat 1.0", fmt_pow2),
+    Column("granularity", "scaling", justify="left"),
+    Column("sqnr_db", "SQNR dB\nN(0,1)", fmt_db),
+)
+assert tuple(c.key for c in FORMAT_COLUMNS) == FORMAT_ROW_KEYS
+
+
+def formats_table(rows: Rows, *, title: str | None = "Number formats",
+                  caption: str | None = None) -> Table:
+    """The table of :func:`qsim_hooks.stats.format_rows` rows (built, not printed)."""
+    return build_table(rows, FORMAT_COLUMNS, title=title, caption=caption)
+
+
+def render_formats_table(rows: Rows, console: Console | None = None, *,
+                         title: str | None = "Number formats", caption: str | None = None) -> Table:
+    """Print the formats table to ``console`` (stdout by default) and return it."""
+    return print_table(formats_table(rows, title=title, caption=caption), console)
+
+
+# ---------------------------------------------------------------------------
+# JSON and CSV (any rows)
+# ---------------------------------------------------------------------------
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return _nonfinite(v)
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def to_json(data: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON (non-finite floats as the strings ``"inf"``, ``"-inf"``, ``"nan"``)."""
+    return json.dumps(_jsonable(data), indent=indent, allow_nan=False) + "\n"
+
+
+def to_csv(rows: Rows, keys: Sequence[str] | None = None) -> str:
+    """CSV with a header line; ``keys`` picks and orders the columns (default: the first row's)."""
+    if keys is None:
+        keys = list(rows[0].keys()) if rows else []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(keys), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    return buf.getvalue()
