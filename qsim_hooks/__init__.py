@@ -1,6 +1,16 @@
-"""qsim-hooks: simulate low-precision number formats on unmodified PyTorch models."""
+"""qsim-hooks: simulate low-precision number formats on unmodified PyTorch models.
+
+``with qsim_hooks.quantized(model, cfg) as qs: model(x)`` fake-quantizes the
+weights (parametrizations), inputs and outputs (hooks) of every Linear and
+convolution, per the rules of ``cfg``, and removes everything on exit.
+"""
 
 from . import formats
+from .config import LayerSpec, Plan, QuantConfig, Rule, register_layer
+from .formats import FloatFormat, Format, GradSpec, IntFormat, Rounding, Scaling
+from .session import Session, attach, plan, quantized
 
 __version__ = "0.1.0"
-__all__ = ["formats", "__version__"]
+__all__ = ["quantized", "attach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
+           "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
+           "GradSpec", "__version__"]

@@ -224,7 +224,10 @@ class FloatFormat(Format):
 
     def _cast_scaled(self, xb: Tensor, inv: Tensor, scale: Tensor,
                      generator: torch.Generator | None) -> Tensor:
-        return self.cast(xb * inv, generator) * scale
+        if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee":
+            return self.cast(xb * inv, generator) * scale
+        return kernels.scaled_float_round(xb, self._params, inv, scale,  # type: ignore[attr-defined]
+                                          _MODES[self.rounding], generator)  # type: ignore[index]
 
     def _in_range(self, q: Tensor) -> Tensor:
         return q.abs() <= self.max

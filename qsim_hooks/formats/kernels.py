@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["set_backend", "get_backend", "float_round", "COMPILE_MIN_NUMEL"]
+__all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "canonical",
+           "COMPILE_MIN_NUMEL"]
 
 COMPILE_MIN_NUMEL = 1 << 18
 _BACKENDS = ("auto", "eager", "compiled")
@@ -146,15 +147,79 @@ def _float_round_3(x, p, noise):
 _FLOAT_FNS = (_float_round_0, _float_round_1, _float_round_2, _float_round_3)
 
 
+def _scaled_float_round_0(x, p, inv, scale):
+    return _float_round_impl(x * inv, p, 0, None) * scale
+
+
+def _scaled_float_round_1(x, p, inv, scale):
+    return _float_round_impl(x * inv, p, 1, None) * scale
+
+
+def _scaled_float_round_2(x, p, inv, scale):
+    return _float_round_impl(x * inv, p, 2, None) * scale
+
+
+def _scaled_float_round_3(x, p, inv, scale, noise):
+    return _float_round_impl(x * inv, p, 3, noise) * scale
+
+
+_SCALED_FLOAT_FNS = (_scaled_float_round_0, _scaled_float_round_1, _scaled_float_round_2,
+                     _scaled_float_round_3)
+
+
+def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
+    """Reshape ``x`` and a broadcastable ``scale`` to a fixed rank (so one compiled graph serves all).
+
+    Per-tensor scales give 1-D ``x`` and a 0-d scale; any other scale (per
+    channel, per block) gives ``x`` as ``(A, C, B)`` and the scale as
+    ``(1, C, 1)``, where C covers the contiguous dims the scale varies along.
+    """
+    shape = x.shape
+    if scale.numel() == 1:
+        return x.reshape(-1), scale.reshape(()), shape
+    s = scale.reshape((1,) * (x.dim() - scale.dim()) + tuple(scale.shape))
+    varying = [i for i, n in enumerate(s.shape) if n != 1]
+    lo, hi = varying[0], varying[-1]
+    if any(s.shape[i] != shape[i] for i in range(lo, hi + 1)):
+        raise AssertionError("scale must vary along a contiguous run of dims of x")
+    a = 1
+    for n in shape[:lo]:
+        a *= n
+    c = 1
+    for n in shape[lo:hi + 1]:
+        c *= n
+    return x.reshape(a, c, -1), s.reshape(1, c, 1), shape
+
+
+def _float_args(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    # detach: kernels never take part in autograd (formats wrap them in a STE);
+    # a plain Tensor also keeps torch.compile from specialising on Parameter.
+    return x.detach().contiguous(), params.to(x.device)
+
+
 def float_round(x: Tensor, params: Tensor, mode: int, generator: torch.Generator | None = None) -> Tensor:
-    """Round a contiguous float32 tensor to an ExMy grid described by ``params``."""
-    x = x.contiguous()
-    p = params.to(x.device)
+    """Round a float32 tensor to an ExMy grid described by ``params``."""
+    x, p = _float_args(x, params)
+    shape = x.shape
+    x = x.reshape(-1)
     if mode == 3:
         noise = torch.randint(0, 1 << 23, x.shape, generator=generator, device=x.device,
                               dtype=torch.int32)
-        return run("float_round_3", _float_round_3, x, p, noise)
-    return run(f"float_round_{mode}", _FLOAT_FNS[mode], x, p)
+        return run("float_round_3", _float_round_3, x, p, noise).reshape(shape)
+    return run(f"float_round_{mode}", _FLOAT_FNS[mode], x, p).reshape(shape)
+
+
+def scaled_float_round(x: Tensor, params: Tensor, inv: Tensor, scale: Tensor, mode: int,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """``round(x * inv) * scale`` on an ExMy grid, fused when possible."""
+    x, p = _float_args(x, params)
+    xc, sc, shape = canonical(x, scale)
+    _, ic, _ = canonical(x, inv)
+    if mode == 3:
+        noise = torch.randint(0, 1 << 23, xc.shape, generator=generator, device=x.device,
+                              dtype=torch.int32)
+        return run("scaled_float_round_3", _scaled_float_round_3, xc, p, ic, sc, noise).reshape(shape)
+    return run(f"scaled_float_round_{mode}", _SCALED_FLOAT_FNS[mode], xc, p, ic, sc).reshape(shape)
 
 
 # ---------------------------------------------------------------------------
@@ -200,7 +265,10 @@ def int_fake_quant(x: Tensor, inv_scale: Tensor, scale: Tensor, qmin: int, qmax:
                    generator: torch.Generator | None = None) -> Tensor:
     """clamp(round(x * inv_scale), qmin, qmax) * scale, fused when possible."""
     lim = torch.tensor([qmin, qmax], dtype=torch.float32, device=x.device)
+    x = x.detach().contiguous()
+    xc, sc, shape = canonical(x, scale)
+    _, ic, _ = canonical(x, inv_scale)
     if mode == 3:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-        return run("int_fq_3", _int_fq_3, x, inv_scale, scale, lim, noise)
-    return run(f"int_fq_{mode}", _INT_FNS[mode], x, inv_scale, scale, lim)
+        noise = torch.rand(xc.shape, generator=generator, device=x.device, dtype=torch.float32)
+        return run("int_fq_3", _int_fq_3, xc, ic, sc, lim, noise).reshape(shape)
+    return run(f"int_fq_{mode}", _INT_FNS[mode], xc, ic, sc, lim).reshape(shape)

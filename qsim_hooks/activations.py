@@ -1,0 +1,67 @@
+"""Layer inputs and outputs: forward pre-hooks and forward hooks (``with_kwargs=True``).
+
+The input point quantizes the layer's first positional argument, as
+INT-FP-QSim did, or, when the input is passed by keyword, the argument named
+like ``forward``'s first parameter (or the first tensor keyword). The output
+point quantizes a tensor output, or every floating tensor of a tuple/list
+output.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import Tensor, nn
+
+from .points import QuantPoint
+
+__all__ = ["attach_input", "attach_output"]
+
+
+def _first_param_name(module: nn.Module) -> str | None:
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            return p.name
+    return None
+
+
+def attach_input(module: nn.Module, point: QuantPoint):
+    first = _first_param_name(module)
+
+    def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if args:
+            x = args[0]
+            if isinstance(x, Tensor):
+                return (point(x),) + tuple(args[1:]), kwargs
+            return None
+        key = first if first in kwargs else next(
+            (k for k, v in kwargs.items() if isinstance(v, Tensor) and v.is_floating_point()), None)
+        if key is not None and isinstance(kwargs.get(key), Tensor):
+            kwargs = dict(kwargs)
+            kwargs[key] = point(kwargs[key])
+            return args, kwargs
+        return None
+
+    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+def _map_output(out: Any, point: QuantPoint) -> Any:
+    if isinstance(out, Tensor):
+        return point(out)
+    if isinstance(out, tuple) and not hasattr(out, "_fields"):
+        return tuple(_map_output(o, point) if isinstance(o, Tensor) else o for o in out)
+    if isinstance(out, list):
+        return [_map_output(o, point) if isinstance(o, Tensor) else o for o in out]
+    return out
+
+
+def attach_output(module: nn.Module, point: QuantPoint):
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        return _map_output(out, point)
+
+    return module.register_forward_hook(hook, with_kwargs=True)

@@ -1,0 +1,129 @@
+"""A quantization point at run time: one format applied to one tensor of one module.
+
+Weights, layer inputs/outputs (and attention internals) all reach their
+format through a :class:`QuantPoint`. It carries the static amax (from a
+calibration, when there is one), an optional observer (calibration mode), and
+the cheap per-call statistics that ``stats=True`` turns on. Statistics are
+accumulated as tensors on the data's device (no host sync per call) and merged
+exactly across calls: SQNR is ``sum(x^2) / sum((x - q)^2)`` over everything seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import PlanEntry
+from .formats import Format
+
+__all__ = ["QuantPoint", "PointStats"]
+
+
+class PointStats:
+    """Running sums for one point; read them with :meth:`as_dict`."""
+
+    __slots__ = ("calls", "_t")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._t: Tensor | None = None  # [numel, finite, sum_x2, sum_err2, saturated, flushed, amax]
+
+    def update(self, x: Tensor, y: Tensor, mask: Tensor | None) -> None:
+        with torch.no_grad():
+            x = x.detach().float()
+            y = y.detach().float()
+            fin = torch.isfinite(x) & torch.isfinite(y)
+            xf = torch.where(fin, x, 0.0)
+            err = torch.where(fin, x - y, 0.0)
+            fin_x = torch.isfinite(x)
+            sat = (fin_x & ~mask).sum() if mask is not None else torch.zeros((), device=x.device)
+            flushed = (fin_x & (x != 0) & (y == 0)).sum()
+            amax = torch.where(fin_x, x.abs(), 0.0).amax() if x.numel() else torch.zeros((), device=x.device)
+            row = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device),
+                               fin.sum().double(), (xf.double() ** 2).sum(), (err.double() ** 2).sum(),
+                               sat.double(), flushed.double(), amax.double()])
+            if self._t is None:
+                self._t = row
+            else:
+                self._t = torch.cat([self._t[:6] + row[:6], torch.maximum(self._t[6:], row[6:])])
+        self.calls += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        if self._t is None:
+            return {"calls": self.calls, "numel": 0, "sqnr_db": None, "saturated": 0.0, "flushed": 0.0,
+                    "amax": None}
+        numel, _fin, sx, se, sat, fl, amax = self._t.cpu().tolist()
+        if se == 0:
+            sqnr = math.inf if sx > 0 else None
+        else:
+            sqnr = 10.0 * math.log10(sx / se) if sx > 0 else -math.inf
+        return {"calls": self.calls, "numel": int(numel), "sqnr_db": sqnr,
+                "saturated": sat / numel if numel else 0.0, "flushed": fl / numel if numel else 0.0,
+                "amax": amax, "signal_power": sx, "noise_power": se}
+
+
+class QuantPoint:
+    """Applies ``entry.format`` to a tensor, with optional static amax, observer and stats."""
+
+    def __init__(self, entry: PlanEntry, *, stats: bool = False, amax: Any = None,
+                 generator: torch.Generator | None = None) -> None:
+        self.entry = entry
+        self.format: Format | None = entry.format
+        self.stats = PointStats() if stats else None
+        self.generator = generator
+        self.observer: Callable[[Tensor], None] | None = None
+        self.version = 0  # bumped whenever the amax changes (invalidates weight caches)
+        self._amax: Tensor | None = None
+        if amax is not None:
+            self.set_amax(amax)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.entry.module, self.entry.point, self.entry.tensor)
+
+    @property
+    def amax(self) -> Tensor | None:
+        return self._amax
+
+    def set_amax(self, amax: Any) -> None:
+        if amax is None:
+            self._amax = None
+        else:
+            t = torch.as_tensor(amax, dtype=torch.float32).detach()
+            if t.numel() == 0 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+                raise ValueError(f"{self.describe()}: static amax must be finite and > 0, got "
+                                 f"{t.flatten()[:4].tolist()}")
+            self._amax = t
+        self.version += 1
+
+    def describe(self) -> str:
+        e = self.entry
+        return f"{e.module or '<model>'}.{e.tensor}" if e.point == "weight" else \
+            f"{e.module or '<model>'}[{e.point}]"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.observer is not None:
+            self.observer(x)
+        fmt = self.format
+        if fmt is None or not isinstance(x, Tensor) or not x.is_floating_point():
+            return x
+        amax = self._amax
+        if amax is not None and amax.device != x.device:
+            amax = self._amax = amax.to(x.device)
+        if self.stats is None:
+            return fmt(x, amax=amax, generator=self.generator)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = fmt(x, amax=amax, generator=self.generator)
+            with torch.no_grad():
+                _, mask = fmt._forward(x.detach().float(), amax, None, True)
+        else:
+            if x.numel() == 0:
+                return x.clone()
+            y32, mask = fmt._forward(x.detach().float(), amax, self.generator, True)
+            y = y32.to(x.dtype)
+        self.stats.update(x, y, mask)
+        return y

@@ -1,0 +1,107 @@
+"""Weights: a parametrization that fake-quantizes a weight tensor.
+
+Registered with ``torch.nn.utils.parametrize`` and no ``right_inverse``, so
+``parametrizations.<name>.original`` is the user's own Parameter object,
+never quantized. Removal restores exactly that object (same ``id``), which
+keeps optimizers and checkpoints valid; a user's own parametrizations on the
+same tensor are left in place.
+
+Without autograd the quantized weight is cached and recomputed only when the
+parameter changes (its version counter, storage, dtype or device) or the
+point's static amax changes; with autograd it is recomputed on every forward
+and gradients reach the original through the format's estimator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .points import QuantPoint
+
+__all__ = ["WeightQuantizer", "attach_weight", "ParametrizationHandle"]
+
+
+class WeightQuantizer(nn.Module):
+    """The parametrization module: ``forward(original) -> fake-quantized weight``."""
+
+    def __init__(self, point: QuantPoint) -> None:
+        super().__init__()
+        self.point = point
+        self._key: tuple | None = None
+        self._cached: Tensor | None = None
+        self.hits = 0
+
+    def forward(self, w: Tensor) -> Tensor:
+        p = self.point
+        if p.format is None and p.observer is None:
+            return w
+        if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
+            return p(w)
+        try:
+            key = (w._version, w.data_ptr(), w.dtype, w.device, tuple(w.shape), p.version, id(p.format))
+        except RuntimeError:  # inference tensors have no version counter
+            return p(w)
+        if key == self._key and self._cached is not None and p.observer is None:
+            self.hits += 1
+            return self._cached
+        out = p(w)
+        self._key, self._cached = key, out
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.point.describe()}: {self.point.format.name if self.point.format else 'fp'}"
+
+
+class ParametrizationHandle:
+    """Removes one WeightQuantizer; safe to call twice; a context manager too."""
+
+    def __init__(self, module: nn.Module, name: str, pmod: WeightQuantizer,
+                 order: tuple[list[str], list[str]] | None = None) -> None:
+        self.module, self.name, self.pmod = module, name, pmod
+        self.order = order  # _parameters / _buffers key order before attaching
+        self.removed = False
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        m, name = self.module, self.name
+        plist = getattr(getattr(m, "parametrizations", None), name, None) if \
+            parametrize.is_parametrized(m, name) else None
+        if plist is not None:
+            idx = next((i for i, p in enumerate(plist) if p is self.pmod), None)
+            if idx is not None:
+                if len(plist) == 1:
+                    parametrize.remove_parametrizations(m, name, leave_parametrized=False)
+                    if self.order is not None:  # state_dict key order as it was
+                        _reorder(m._parameters, self.order[0])
+                        _reorder(m._buffers, self.order[1])
+                else:
+                    del plist[idx]
+        self.pmod._cached = None
+        self.removed = True
+
+    def __enter__(self) -> ParametrizationHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _reorder(d: dict, order: list[str]) -> None:
+    if list(d) == order:
+        return
+    items = dict(d)
+    d.clear()
+    for k in order:
+        if k in items:
+            d[k] = items.pop(k)
+    d.update(items)
+
+
+def attach_weight(module: nn.Module, name: str, point: QuantPoint) -> ParametrizationHandle:
+    order = (list(module._parameters), list(module._buffers))
+    pmod = WeightQuantizer(point)
+    parametrize.register_parametrization(module, name, pmod, unsafe=True)
+    return ParametrizationHandle(module, name, pmod, order)

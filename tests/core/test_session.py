@@ -1,0 +1,294 @@
+"""Sessions on real models: numerics against hand-written references, exact reversibility,
+rollback, nesting, weight caching, keyword inputs and statistics."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import qsim_hooks as qh
+from qsim_hooks import activations
+from qsim_hooks.formats import get
+
+from .model_check import snapshot, verify_unchanged
+
+
+def mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                                 nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.dec = nn.Sequential(nn.ConvTranspose2d(16, 8, 2, stride=2), nn.ReLU(),
+                                 nn.ConvTranspose2d(8, 3, 2, stride=2))
+
+    def forward(self, x):
+        return self.dec(self.enc(x))
+
+
+def _models():
+    """Small real models in eval mode (train-mode BatchNorm would legitimately update buffers)."""
+    torch.manual_seed(0)
+    return {k: (m.eval(), x) for k, (m, x) in {
+        "mlp": (mlp(), torch.randn(4, 16)),
+        "autoencoder": (AutoEncoder(), torch.randn(2, 3, 16, 16)),
+        "resnet18": (torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32)),
+        "mobilenet_v3_small": (torchvision.models.mobilenet_v3_small(num_classes=10), torch.randn(2, 3, 32, 32)),
+    }.items()}
+
+
+CFG = qh.QuantConfig(input="int8", weight="int4", output="fp16")
+
+
+def test_mlp_matches_hand_reference():
+    m = mlp().eval()
+    x = torch.randn(4, 16)
+    i8, i4, f16 = get("int8"), get("int4"), get("fp16")
+    h = f16(F.linear(i8(x), i4(m[0].weight), m[0].bias)).relu()
+    ref = f16(F.linear(i8(h), i4(m[2].weight), m[2].bias))
+    with qh.quantized(m, CFG):
+        y = m(x)
+    assert torch.equal(y, ref)
+    assert not torch.equal(y, m(x))
+
+
+def test_conv_transpose_per_channel_weight_axis_matches_reference():
+    m = nn.ConvTranspose2d(4, 6, 3).eval()
+    x = torch.randn(2, 4, 5, 5)
+    cfg = qh.QuantConfig(weight="int4", rules=[qh.Rule(weight_scaling="channel")])
+    w = m.weight  # [in=4, out=6, k, k]: output channels on axis 1
+    amax = w.detach().abs().amax(dim=(0, 2, 3))
+    scale = amax / 7
+    wq = torch.fake_quantize_per_channel_affine(w.detach(), scale, torch.zeros(6, dtype=torch.int32), 1, -7, 7)
+    ref = F.conv_transpose2d(x, wq, m.bias)
+    with qh.quantized(m, cfg):
+        y = m(x)
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("name", ["mlp", "autoencoder", "resnet18", "mobilenet_v3_small"])
+def test_reversible_after_normal_exit(name):
+    model, x = _models()[name]
+    model.eval()
+    snap = snapshot(model)
+    with torch.no_grad():
+        ref = model(x)
+        with qh.quantized(model, CFG) as qs:
+            y = model(x)
+            assert len(qs.points) > 0
+            assert any(hasattr(m, "parametrizations") for m in model.modules())
+        assert not torch.equal(y, ref)
+        assert torch.equal(model(x), ref)
+    verify_unchanged(model, snap)
+    torch.save(model, io.BytesIO())
+    copy.deepcopy(model)
+
+
+def test_reversible_after_exception_inside_block():
+    model, x = _models()["resnet18"]
+    snap = snapshot(model)
+    with pytest.raises(KeyError):
+        with qh.quantized(model, CFG):
+            model(x)
+            raise KeyError("boom")
+    verify_unchanged(model, snap)
+
+
+def test_rollback_when_attach_fails_half_way(monkeypatch):
+    model, x = _models()["resnet18"]
+    snap = snapshot(model)
+    real = activations.attach_output
+    calls = {"n": 0}
+
+    def failing(module, point):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("attach failure injected")
+        return real(module, point)
+
+    monkeypatch.setattr(activations, "attach_output", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        qh.attach(model, CFG)
+    verify_unchanged(model, snap)
+    monkeypatch.setattr(activations, "attach_output", real)
+    with qh.quantized(model, CFG):  # the model is free again
+        model(x)
+    verify_unchanged(model, snap)
+
+
+def test_nested_attach_is_refused_and_released_on_exit():
+    model, x = _models()["mlp"]
+    with qh.quantized(model, CFG):
+        with pytest.raises(RuntimeError, match="already instrumented"):
+            qh.attach(model, qh.QuantConfig(weight="e4m3"))
+        with pytest.raises(RuntimeError, match="already instrumented"):
+            qh.attach(model[0], qh.QuantConfig(weight="e4m3"))
+        model(x)
+    h = qh.attach(model, qh.QuantConfig(weight="e4m3"))
+    h.detach()
+    h.detach()  # safe twice
+    # a session on a disjoint sub-module is allowed alongside
+    with qh.quantized(model[0], CFG), qh.quantized(model[2], CFG):
+        model(x)
+
+
+def test_attach_detach_without_with_block():
+    model, x = _models()["mlp"]
+    snap = snapshot(model)
+    h = qh.attach(model, CFG)
+    assert h.attached and "attached" in repr(h)
+    y = model(x)
+    h.detach()
+    verify_unchanged(model, snap)
+    with qh.quantized(model, CFG):
+        assert torch.equal(model(x), y)
+
+
+def test_existing_user_parametrization_is_kept():
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    m = nn.Linear(4, 4)
+    parametrize.register_parametrization(m, "weight", Double())
+    x = torch.randn(3, 4)
+    ref = m(x)
+    with qh.quantized(m, qh.QuantConfig(weight="int4")):
+        wq = get("int4")(2 * m.parametrizations.weight.original)
+        assert torch.equal(m(x), F.linear(x, wq, m.bias))
+    assert len(m.parametrizations.weight) == 1 and isinstance(m.parametrizations.weight[0], Double)
+    assert torch.equal(m(x), ref)
+
+
+def test_weights_quantized_once_per_change():
+    model = mlp().eval()
+    x = torch.randn(4, 16)
+    with qh.quantized(model, qh.QuantConfig(weight="int4"), stats=True) as qs:
+        with torch.no_grad():
+            y1 = model(x)
+            model(x)
+            model(x)
+        w_point = qs.points[("0", "weight", "weight")]
+        assert w_point.stats.calls == 1
+        with torch.no_grad():
+            model[0].parametrizations.weight.original.mul_(2)  # an in-place change (optimizer-like)
+            y2 = model(x)
+        assert w_point.stats.calls == 2
+        assert not torch.equal(y1, y2)
+        with torch.inference_mode():
+            model(x)
+        assert w_point.stats.calls == 2
+    assert torch.equal(model[0].weight, model[0].weight)  # restored
+
+
+def test_keyword_input_is_quantized():
+    m = nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    with qh.quantized(m, qh.QuantConfig(input="int4")):
+        y_kw = m(input=x)
+        y_pos = m(x)
+    assert torch.equal(y_kw, y_pos)
+    assert torch.equal(y_pos, F.linear(get("int4")(x), m.weight, m.bias))
+
+
+def test_tuple_outputs_and_non_tensor_inputs():
+    class Two(nn.Linear):
+        def forward(self, x, flag=True):
+            y = super().forward(x)
+            return y, y * 2, "tag"
+
+    m = Two(4, 4)
+    x = torch.randn(2, 4)
+    with qh.quantized(m, qh.QuantConfig(output="e2m1")):
+        a, b, tag = m(x, flag=False)
+    y = F.linear(x, m.weight, m.bias)
+    assert torch.equal(a, get("e2m1")(y)) and torch.equal(b, get("e2m1")(y * 2)) and tag == "tag"
+
+
+def test_stats_off_by_default_and_on_when_asked():
+    model, x = _models()["mlp"]
+    with qh.quantized(model, CFG) as qs:
+        model(x)
+    assert all(p.stats is None for p in qs.points.values())
+    assert all(r["sqnr_db"] is None for r in qs.stats())
+    with qh.quantized(model, CFG, stats=True) as qs:
+        model(x)
+        model(x)
+    rows = {(r["module"], r["point"]): r for r in qs.stats()}
+    r = rows[("0", "input")]
+    assert r["calls"] == 2 and r["numel"] == 2 * x.numel() and r["format"] == "int8"
+    q = get("int8")(x)
+    sqnr = 10 * torch.log10((x.double() ** 2).sum() / ((x - q).double() ** 2).sum())
+    assert r["sqnr_db"] == pytest.approx(float(sqnr), rel=1e-9)
+    assert r["saturated"] == 0.0
+    assert r["flushed"] == pytest.approx(float(((x != 0) & (q == 0)).sum()) / x.numel())
+
+
+def test_stats_saturation_of_a_known_tensor():
+    m = nn.Identity()
+    x = torch.tensor([0.001, 1.0, 500.0, -1000.0, 2.0**-12, 0.0])
+    cfg = qh.QuantConfig(rules=[qh.Rule(types=nn.Identity, input="e4m3")])
+    with qh.quantized(m, cfg, stats=True) as qs:
+        y = m(x)
+    assert torch.equal(y, torch.tensor([2.0**-9, 1.0, 448.0, -448.0, 0.0, 0.0]))  # 2^-9: smallest subnormal
+    (row,) = qs.stats()
+    assert row["saturated"] == pytest.approx(2 / 6)
+    assert row["flushed"] == pytest.approx(1 / 6)  # 2^-12 is below half the smallest subnormal
+    assert row["amax"] == 1000.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_models(dtype):
+    m = mlp().to(dtype).eval()
+    x = torch.randn(4, 16, dtype=dtype)
+    snap = snapshot(m)
+    with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="int8", output="bf16")):
+        y = m(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    verify_unchanged(m, snap)
+
+
+def test_no_active_points_attaches_nothing():
+    model, x = _models()["mlp"]
+    with qh.quantized(model, qh.QuantConfig()) as qs:
+        assert qs.points == {}
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_quantized_accepts_keyword_config_and_rejects_both():
+    model, x = _models()["mlp"]
+    with qh.quantized(model, weight="int8") as qs:
+        model(x)
+    assert {k[1] for k in qs.points} == {"weight"}
+    with pytest.raises(TypeError, match="either a QuantConfig"):
+        qh.quantized(model, CFG, weight="int8")
+
+
+def test_torch_compile_of_attached_model_matches_eager():
+    """Inductor may order the GEMM's sums differently, so agreement is to a few fp32 ulps,
+    far below the quantization effect itself (checked against the full-precision model)."""
+    torch._dynamo.reset()
+    model = mlp().eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        full = model(x)
+        with qh.quantized(model, qh.QuantConfig(input="e4m3", weight="e4m3", output="fp16")):
+            eager = model(x)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compiled = torch.compile(model)(x)
+    diff = (eager - compiled).abs().max().item()
+    assert diff <= 1e-3
+    assert (eager - full).abs().max().item() > 20 * max(diff, 1e-4)
+    torch._dynamo.reset()

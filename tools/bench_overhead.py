@@ -1,0 +1,111 @@
+"""Overhead of instrumentation on torchvision resnet50 (CPU, eval, no_grad, batch 8, 224x224).
+
+Prints each configuration's forward time as a ratio to the un-instrumented
+forward measured in the same run (min over repeats, after warm-up; the fused
+kernels compile on first use and are excluded by the warm-up).
+
+    .venv/bin/python tools/bench_overhead.py [--batch 8] [--repeats 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torchvision
+from rich.console import Console
+from rich.table import Table
+
+import qsim_hooks as qh
+
+
+def _time(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _intfp_qsim_way(model: torch.nn.Module):
+    """INT-FP-QSim's cost model: qtorch E4M3 on every input, weight and output, weights re-quantized each call."""
+    from qtorch.quant import float_quantize
+
+    q = lambda t: float_quantize(t.contiguous(), 4, 3, "nearest")  # noqa: E731
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            def pre(mod, args):
+                q(mod.weight)  # the re-quantized weight (cost is what matters here)
+                return (q(args[0]),)
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(lambda mod, a, out: q(out)))
+    return handles
+
+
+def _copy_hooks(model: torch.nn.Module):
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            handles.append(m.register_forward_pre_hook(lambda mod, args: (args[0].clone(),)))
+            handles.append(m.register_forward_hook(lambda mod, a, out: out.clone()))
+    return handles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().eval()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    rows = []
+    with torch.no_grad():
+        base = _time(lambda: model(x), args.repeats)
+        rows.append(("un-instrumented", base, "1.0 (reference)"))
+
+        hs = _copy_hooks(model)
+        rows.append(("hooks doing only a tensor copy", _time(lambda: model(x), args.repeats), "-"))
+        for h in hs:
+            h.remove()
+
+        hs = _intfp_qsim_way(model)
+        rows.append(("INT-FP-QSim way (qtorch e4m3, weights every call)",
+                     _time(lambda: model(x), args.repeats), "-"))
+        for h in hs:
+            h.remove()
+
+        configs = [
+            ("formats all None", qh.QuantConfig(), "<= 1.02"),
+            ("e4m3 input/weight/output", qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3"), "<= 1.3"),
+            ("int8 dynamic per-tensor input/weight/output",
+             qh.QuantConfig(input="int8", weight="int8", output="int8"), "<= 1.5"),
+            ("INT-FP-QSim default (e4m3 in/weight, fp16 out)",
+             qh.QuantConfig(input="e4m3", weight="e4m3", output="fp16"), "-"),
+        ]
+        for label, cfg, target in configs:
+            with qh.quantized(model, cfg):
+                rows.append((label, _time(lambda: model(x), args.repeats), target))
+    out = [{"config": r[0], "seconds": r[1], "ratio": r[1] / base, "target": r[2]} for r in rows]
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    t = Table(title=f"resnet50 CPU eval no_grad, batch {args.batch}, {args.size}x{args.size}, "
+                    f"threads={torch.get_num_threads()}, kernels={qh.formats.get_backend()}")
+    for c in ("config", "ms", "ratio", "target"):
+        t.add_column(c, justify="left" if c == "config" else "right")
+    for r in out:
+        t.add_row(r["config"], f"{r['seconds'] * 1e3:.1f}", f"{r['ratio']:.3f}", r["target"])
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    main()
