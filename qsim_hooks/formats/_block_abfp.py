@@ -1,0 +1,126 @@
+"""ABFP matrix products with the output gain G (arXiv 2205.06287); see :mod:`.block` for the scope.
+
+The tensor side of ABFP (per-vector / per-row tile scales in bf16, b-bit
+integers) is an ordinary :class:`~qsim_hooks.formats.block.BlockFormat`
+(:func:`~qsim_hooks.formats.block.abfp`). What a tensor format cannot express
+is the per-tile output converter: each tile's dot product is quantized before
+the tiles are summed. :class:`ABFP` simulates the whole product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import kernels
+from .base import Rounding
+from .block import BlockFormat, abfp
+from .floating import _MODES, FloatFormat
+
+__all__ = ["ABFP"]
+
+
+@dataclass(frozen=True)
+class ABFP:
+    """An ABFP matrix product: tiles of ``tile`` along the reduction axis.
+
+    Args:
+        tile: the tile width n (the analog array's size).
+        bits: activation element bits (per-vector scales).
+        weight_bits: weight element bits (per-row scales); ``None``: ``bits``.
+        out_bits: bits of the per-tile output converter; ``None``: no output quantization.
+        gain: the output gain G >= 1: the converter's full scale is ``n / G`` in
+            units of (activation scale x weight scale); larger G gives finer
+            output steps and saturates tile outputs above the reduced full scale.
+        rounding: rounding of elements and outputs.
+        scale: the scale grid (bf16 in the paper).
+
+    ``input_format()`` / ``weight_format()`` are the tensor formats (usable in
+    any config); ``matmul(x, w)`` / ``linear(x, w, b)`` the full product. The
+    gradient of ``matmul`` is the straight-through one of ``x @ w.T``.
+    """
+
+    tile: int = 128
+    bits: int = 8
+    weight_bits: int | None = None
+    out_bits: int | None = 8
+    gain: float = 1.0
+    rounding: Rounding | str = Rounding.NEAREST_EVEN
+    scale: FloatFormat = field(default_factory=lambda: FloatFormat(8, 7, name="bf16"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 1:
+            raise ValueError(f"ABFP.tile={self.tile!r} must be a positive int")
+        if self.weight_bits is None:
+            object.__setattr__(self, "weight_bits", self.bits)
+        for f in ("bits", "weight_bits", "out_bits"):
+            v = getattr(self, f)
+            if v is None and f == "out_bits":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 16:
+                raise ValueError(f"ABFP.{f}={v!r} must be an int in 2..16")
+        if not (float(self.gain) >= 1.0):
+            raise ValueError(f"ABFP.gain={self.gain!r} must be >= 1")
+        object.__setattr__(self, "rounding", Rounding.parse(self.rounding, field="ABFP.rounding"))
+        if self.tile * (2 ** (self.bits - 1) - 1) * (2 ** (self.weight_bits - 1) - 1) >= 2**24:  # type: ignore[operator]
+            raise ValueError(f"ABFP(tile={self.tile}, bits={self.bits}, weight_bits={self.weight_bits}): "
+                             "tile dot products would not be exact in fp32; use a smaller tile or fewer bits")
+
+    def input_format(self, axis: int | None = -1) -> BlockFormat:
+        """Per-vector scales: tiles along the activation's last (reduction) axis."""
+        return abfp(self.bits, self.tile, axis=axis, scale=self.scale, rounding=self.rounding)
+
+    def weight_format(self, axis: int | None = 1) -> BlockFormat:
+        """Per-row scales: tiles along a (out, in) weight's input axis."""
+        return abfp(self.weight_bits, self.tile, axis=axis, scale=self.scale, rounding=self.rounding)  # type: ignore[arg-type]
+
+    # -- the product ---------------------------------------------------------
+    def _ints(self, x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+        """(tiles of integer codes k, bf16 scales s) with x ~ k * s / qmax, tiles along the last dim."""
+        q = float(2 ** (bits - 1) - 1)
+        n = self.tile
+        pad = (-x.shape[-1]) % n
+        if pad:
+            x = F.pad(x, (0, pad))
+        xb = x.reshape(*x.shape[:-1], -1, n)
+        s = self.scale.cast(torch.amax(xb.abs(), dim=-1, keepdim=True).contiguous())
+        safe = torch.where(s == 0, torch.ones_like(s), s)
+        k = kernels._round_mode(torch.clamp((xb / safe) * q, -q, q), _MODES[self.rounding],
+                                torch.rand(xb.shape, device=x.device) if self.rounding == Rounding.STOCHASTIC
+                                else None)
+        return k, s
+
+    def matmul(self, x: Tensor, w: Tensor) -> Tensor:
+        """``x @ w.T`` the ABFP way: x (..., K), w (O, K) -> (..., O)."""
+        if w.dim() != 2 or x.shape[-1] != w.shape[-1]:
+            raise ValueError(f"ABFP.matmul: expected x (..., K) and w (O, K), got {tuple(x.shape)} "
+                             f"and {tuple(w.shape)}")
+        xf, wf = x.detach().float(), w.detach().float()
+        lead = xf.shape[:-1]
+        kx, sx = self._ints(xf.reshape(-1, xf.shape[-1]), self.bits)  # (B, T, n), (B, T, 1)
+        kw, sw = self._ints(wf, self.weight_bits)  # type: ignore[arg-type]  # (O, T, n), (O, T, 1)
+        qx = float(2 ** (self.bits - 1) - 1)
+        qw = float(2 ** (self.weight_bits - 1) - 1)  # type: ignore[operator]
+        mode = _MODES[self.rounding]
+        y = torch.zeros(kx.shape[0], kw.shape[0], dtype=torch.float32, device=xf.device)
+        for t in range(kx.shape[1]):
+            d = (kx[:, t] @ kw[:, t].T) / (qx * qw)  # exact integer sums; normalized to [-n, n]
+            if self.out_bits is not None:
+                qo = float(2 ** (self.out_bits - 1) - 1)
+                full = self.tile / float(self.gain)
+                noise = torch.rand(d.shape, device=d.device) if mode == 3 else None
+                d = kernels._round_mode(torch.clamp(d * (qo / full), -qo, qo), mode, noise) * (full / qo)
+            y = y + d * (sx[:, t] * sw[:, t].reshape(1, -1))
+        y = y.reshape(*lead, w.shape[0]).to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            ref = x @ w.T
+            return ref + (y - ref).detach()
+        return y
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``F.linear`` the ABFP way (the bias is added in full precision)."""
+        y = self.matmul(x, weight)
+        return y if bias is None else y + bias
