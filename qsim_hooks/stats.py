@@ -118,6 +118,7 @@ def format_rows(names: Iterable[str] | None = None, samples: int = DEFAULT_SAMPL
     Raises:
         ValueError: an unknown format name (the message lists the closest ones),
             or ``samples`` < 1.
+        RuntimeError: a format failed on the samples (the message names it).
     """
     wanted = formats.names() if names is None else list(names)
     fmts = [formats.get(n) for n in wanted]  # resolve every name before any work
@@ -132,6 +133,14 @@ def format_rows(names: Iterable[str] | None = None, samples: int = DEFAULT_SAMPL
             "min_subnormal": _number(fmt.min_subnormal),
             "spacing_at_1": _number(fmt.spacing_at_one),
             "granularity": str(fmt.granularity),
-            "sqnr_db": sqnr_db(x, fmt(x)),
+            "sqnr_db": sqnr_db(x, _apply(fmt, x)),
         })
     return rows
+
+
+def _apply(fmt: formats.Format, x: Tensor) -> Tensor:
+    try:
+        return fmt(x)
+    except Exception as exc:  # name the format: a bare kernel error does not say which one failed
+        raise RuntimeError(f"format {fmt.name!r} failed on {x.numel()} N(0,1) samples: "
+                           f"{type(exc).__name__}: {exc}") from exc
