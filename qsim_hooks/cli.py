@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from rich.console import Console
+
 __all__ = ["main", "build_parser", "Command", "COMMANDS"]
 
 PROG = "qsim-hooks"
@@ -77,6 +79,13 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
 
 
+def _console() -> Console:
+    """stdout; 120 columns when it is not a terminal (a pipe or file) and COLUMNS is unset."""
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        return Console(width=120)
+    return Console()
+
+
 def _sqnr_caption(samples: int, seed: int) -> str:
     return (f"SQNR: each format applied to {samples} samples of N(0,1) (seed {seed}). "
             "Scaled formats (scaling other than 'cast'): max and steps in units of the scale.")
@@ -104,7 +113,7 @@ def _formats_run(args: argparse.Namespace) -> int:
     elif args.csv:
         sys.stdout.write(report.to_csv(rows, stats.FORMAT_ROW_KEYS))
     else:
-        report.render_formats_table(rows, caption=_sqnr_caption(args.samples, args.seed))
+        report.render_formats_table(rows, _console(), caption=_sqnr_caption(args.samples, args.seed))
     return 0
 
 
@@ -120,13 +129,14 @@ def _demo_run(args: argparse.Namespace) -> int:
 
     from . import __version__, report, stats
 
+    console = _console()
     report.render_heading(
         f"qsim-hooks {__version__}: the named number formats",
         [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
          "Each format fake-quantizes (quantize, then dequantize) N(0,1) data; "
-         "the last column is its SQNR."])
+         "the SQNR column says how much of the signal survives."], console)
     rows = stats.format_rows(samples=args.samples, seed=args.seed)
-    report.render_formats_table(rows, caption=_sqnr_caption(args.samples, args.seed))
+    report.render_formats_table(rows, console, caption=_sqnr_caption(args.samples, args.seed))
     return 0
 
 

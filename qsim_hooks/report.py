@@ -128,10 +128,10 @@ FORMAT_COLUMNS: tuple[Column, ...] = (
     Column("max", "max", fmt_number),
     Column("min_subnormal", "min\nsubnormal", fmt_pow2),
     Column("spacing_at_1", "spacing\nat 1.0", fmt_pow2),
-    Column("granularity", "scaling", justify="left"),
     Column("sqnr_db", "SQNR dB\nN(0,1)", fmt_db),
+    Column("granularity", "scaling", justify="left"),  # last: the one long, wrapping text
 )
-assert tuple(c.key for c in FORMAT_COLUMNS) == FORMAT_ROW_KEYS
+assert {c.key for c in FORMAT_COLUMNS} == set(FORMAT_ROW_KEYS)
 
 
 def formats_table(rows: Rows, *, title: str | None = "Number formats",
