@@ -133,8 +133,8 @@ def _demo_run(args: argparse.Namespace) -> int:
     report.render_heading(
         f"qsim-hooks {__version__}: the named number formats",
         [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
-         "Each format fake-quantizes (quantize, then dequantize) N(0,1) data; "
-         "the SQNR column says how much of the signal survives."], console)
+         "Each format fake-quantizes N(0,1) data (quantize, then dequantize); higher SQNR, less noise."],
+        console)
     rows = stats.format_rows(samples=args.samples, seed=args.seed)
     report.render_formats_table(rows, console, caption=_sqnr_caption(args.samples, args.seed))
     return 0
