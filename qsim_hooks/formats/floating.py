@@ -100,6 +100,10 @@ class FloatFormat(Format):
         if emax is None:
             raise ValueError(f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, specials={self.specials!r}) "
                              "has no nonzero finite value")
+        if not self.subnormals and not self.has_normals:
+            raise ValueError(f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, specials={self.specials!r}) "
+                             "has only subnormal values, so subnormals=False leaves no nonzero "
+                             "finite value; keep subnormals=True")
         if self.emin - self.man_bits < -149 or self.max > 3.4028234663852886e38:
             raise ValueError(f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, bias={self.bias}, "
                              f"specials={self.specials!r}) does not fit in float32; choose a bias "

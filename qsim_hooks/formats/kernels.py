@@ -229,7 +229,10 @@ def _round_mode(q: Tensor, mode: int, noise: Tensor | None) -> Tensor:
     if mode == 0:
         return torch.round(q)
     if mode == 1:
-        return torch.sign(q) * torch.floor(q.abs() + 0.5)
+        # trunc + exact fraction: floor(|q| + 0.5) is wrong for |q| = 0.5 - 2^-25,
+        # where the float addition itself rounds up to 1.0
+        t = torch.trunc(q)
+        return torch.where((q - t).abs() >= 0.5, t + torch.sign(q), t)
     if mode == 2:
         return torch.trunc(q)
     assert noise is not None
