@@ -128,14 +128,20 @@ def _from_qtorch(obj: Any) -> Format | None:
         return None
     if cls == "FloatingPoint":
         # qtorch convention: every code finite, ties away from zero, saturating.
-        return FloatFormat(int(obj.exp), int(obj.man), specials="none", rounding="nearest_away",
-                           name=f"qtorch_e{obj.exp}m{obj.man}")
+        e, m = int(obj.exp), int(obj.man)
+        if e == 8:
+            # qtorch never clips an 8-bit exponent: it is float32's own range,
+            # overflow gives Inf and Inf/NaN pass through (the IEEE convention)
+            return FloatFormat(e, m, specials="ieee", overflow="special", rounding="nearest_away",
+                               name=f"qtorch_e{e}m{m}")
+        return FloatFormat(e, m, specials="none", rounding="nearest_away", name=f"qtorch_e{e}m{m}")
     if cls == "FixedPoint":
         wl, fl = int(obj.wl), int(obj.fl)
         qmax = 2 ** (wl - 1) - 1
+        # qtorch's fixed-point "nearest" is nearbyint: ties to even (unlike its floats)
         return IntFormat(wl, narrow=bool(getattr(obj, "symmetric", False)),
                          scaling=Scaling(mode="static", amax=qmax * 2.0**-fl),
-                         rounding="nearest_away", name=f"qtorch_fixed{wl}.{fl}")
+                         rounding="nearest_even", name=f"qtorch_fixed{wl}.{fl}")
     if cls == "BlockFloatingPoint":
         from .block import from_qtorch_bfp
 
