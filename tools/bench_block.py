@@ -1,0 +1,90 @@
+"""Benchmark: block formats on a 16M-element fp32 CPU tensor, as a ratio to ``x.clone()``.
+
+    .venv/bin/python tools/bench_block.py                 # MXFP8 and MXFP4 (the issue's targets)
+    .venv/bin/python tools/bench_block.py --all           # every named block format
+    .venv/bin/python tools/bench_block.py --names nvfp4,mxint8 --numel 4194304
+
+Each ratio is the minimum over ``--repeats`` timed calls of the format divided
+by the minimum over as many ``x.clone()`` calls timed alternately with them in
+the same run (so machine load hits both alike). The first call compiles the
+fused kernel (torch.compile) and is reported separately, never in the ratio.
+Target (issue 6): MXFP8 and MXFP4 <= 3x a clone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from qsim_hooks import formats
+from qsim_hooks.formats import block, kernels
+
+TARGETS = {"mxfp8_e4m3": 3.0, "mxfp8_e5m2": 3.0, "mxfp4": 3.0}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def paired(fn: Callable[[], object], base: Callable[[], object], repeats: int, warmup: int) -> tuple[float, float]:
+    """Minimum times of ``fn`` and ``base``, timed alternately."""
+    for _ in range(warmup):
+        fn()
+        base()
+    t_fn = t_base = math.inf
+    for _ in range(repeats):
+        t_fn = min(t_fn, _timed(fn))
+        t_base = min(t_base, _timed(base))
+    return t_fn, t_base
+
+
+def run(names: list[str], numel: int, repeats: int, warmup: int) -> list[dict[str, object]]:
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(0))
+    x = x.reshape(-1, 4096) if numel % 4096 == 0 else x
+    clone = lambda: x.clone()  # noqa: E731
+    rows = []
+    for name in names:
+        fmt = formats.get(name)
+        first = _timed(lambda fmt=fmt: fmt(x))  # compiles the fused kernel
+        t, c = paired(lambda fmt=fmt: fmt(x), clone, repeats, warmup)
+        rows.append({"name": name, "ms": t * 1e3, "clone_ms": c * 1e3, "ratio": t / c, "first_s": first,
+                     "target": TARGETS.get(name), "fused": kernels._use_compiled(x) and not kernels._compile_failed})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--numel", type=int, default=1 << 24, help="elements (default 2^24 = 16M)")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per figure (default 7)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
+    p.add_argument("--names", default="mxfp8_e4m3,mxfp4", help="comma-separated block formats")
+    p.add_argument("--all", action="store_true", help="every named block format")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = list(block.NAMED) if args.all else [n.strip() for n in args.names.split(",") if n.strip()]
+    rows = run(names, args.numel, args.repeats, args.warmup)
+    print(f"block formats on {args.numel:,} fp32 CPU elements; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; min of {args.repeats} runs, clone timed alternately")
+    print(f"{'format':<12} {'ms':>8} {'clone ms':>9} {'x clone':>8} {'target':>7} {'met':>4} "
+          f"{'first call s':>13}  path")
+    ok = True
+    for r in rows:
+        tgt = r["target"]
+        met = "-" if tgt is None else ("yes" if r["ratio"] <= tgt else "NO")
+        ok = ok and met != "NO"
+        print(f"{r['name']:<12} {r['ms']:>8.1f} {r['clone_ms']:>9.1f} {r['ratio']:>7.2f}x "
+              f"{'-' if tgt is None else f'{tgt:g}x':>7} {met:>4} {r['first_s']:>13.2f}  "
+              f"{'fused torch.compile' if r['fused'] else 'eager'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
