@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import activations, weights
+from . import activations, offload, weights
 from .config import Plan, QuantConfig, resolve
 from .points import QuantPoint
 
@@ -103,6 +103,8 @@ class Session:
                 self._handles.append(activations.attach_output(m, point))
             else:  # pragma: no cover - plan produces only these points
                 raise AssertionError(e.point)
+        if any(e.point == "weight" for e in p.active()):
+            self._handles.extend(offload.wrap_offload_maps(self.model))
 
     def detach(self) -> None:
         """Remove every handle (reverse order); safe to call twice."""

@@ -100,8 +100,29 @@ def _reorder(d: dict, order: list[str]) -> None:
     d.update(items)
 
 
+_real_maybe_set = parametrize._maybe_set
+
+
+def _maybe_set_unless_same(dest: Tensor, src: Tensor) -> None:
+    if dest is src:
+        return  # ``original.set_(original)`` changes nothing but the grad accumulator
+    _real_maybe_set(dest, src)
+
+
 def attach_weight(module: nn.Module, name: str, point: QuantPoint) -> ParametrizationHandle:
+    """Register the quantizer on ``module.<name>``.
+
+    ``register_parametrization`` calls ``original.set_(original)`` when there is no
+    ``right_inverse``: a no-op for the values, but it gives the Parameter a new
+    AccumulateGrad node, and DistributedDataParallel's gradient hooks sit on the
+    old one (its all-reduce would never fire). That self-assignment is skipped
+    here, by a patch scoped to this call and restored in ``finally``.
+    """
     order = (list(module._parameters), list(module._buffers))
     pmod = WeightQuantizer(point)
-    parametrize.register_parametrization(module, name, pmod, unsafe=True)
+    parametrize._maybe_set = _maybe_set_unless_same
+    try:
+        parametrize.register_parametrization(module, name, pmod, unsafe=True)
+    finally:
+        parametrize._maybe_set = _real_maybe_set
     return ParametrizationHandle(module, name, pmod, order)

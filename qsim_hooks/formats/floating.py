@@ -233,8 +233,8 @@ class FloatFormat(Format):
         return kernels.scaled_float_round(xb, self._params, inv, scale,  # type: ignore[attr-defined]
                                           _MODES[self.rounding], generator)  # type: ignore[index]
 
-    def _in_range(self, q: Tensor) -> Tensor:
-        return q.abs() <= self.max
+    def _in_range(self, x: Tensor, amax: Tensor) -> Tensor:
+        return x.abs() <= amax
 
 
 def scaled_forward(fmt: Format, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
@@ -242,7 +242,7 @@ def scaled_forward(fmt: Format, x: Tensor, amax: Tensor | None, generator: torch
     """Scale x so that amax maps to the format's max, round, scale back.
 
     Shared by every scaled format: it needs ``scaling``, ``_scale_max()``,
-    ``_cast_scaled(xb, inv, scale, generator)`` and ``_in_range(q)``.
+    ``_cast_scaled(xb, inv, scale, generator)`` and ``_in_range(x, amax)``.
     """
     sc: Scaling = fmt.scaling  # type: ignore[attr-defined]
     blocked = sc.granularity == "block"
@@ -255,7 +255,9 @@ def scaled_forward(fmt: Format, x: Tensor, amax: Tensor | None, generator: torch
     scale = torch.where(a > 0, scale, torch.ones_like(scale))
     inv = 1.0 / scale
     y = fmt._cast_scaled(xb, inv, scale, generator)  # type: ignore[attr-defined]
-    mask = fmt._in_range(xb * inv) if want_mask else None  # type: ignore[attr-defined]
+    # in range = not clipped: compared in the tensor's own units against amax, so the
+    # element that defines a dynamic amax is never counted as clipped by rounding of 1/scale
+    mask = fmt._in_range(xb, a) if want_mask else None  # type: ignore[attr-defined]
     if blocked:
         y = from_blocks(y, moved, n, sc.resolved_axis, x.dim())
         if mask is not None:

@@ -98,8 +98,8 @@ class IntFormat(Format):
         return kernels.int_fake_quant(xb, inv, scale, self.qmin, self.qmax,
                                       _MODES[self.rounding], generator)  # type: ignore[index]
 
-    def _in_range(self, q: Tensor) -> Tensor:
-        return (q >= self.qmin) & (q <= self.qmax)
+    def _in_range(self, x: Tensor, amax: Tensor) -> Tensor:
+        return (x >= amax * (self.qmin / self.qmax)) & (x <= amax)
 
     def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
                  want_mask: bool) -> tuple[Tensor, Tensor | None]:
