@@ -10,7 +10,6 @@ exactly across calls: SQNR is ``sum(x^2) / sum((x - q)^2)`` over everything seen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from .config import PlanEntry
 from .formats import Format
+from .stats import sqnr_db_from_sums
 
 __all__ = ["QuantPoint", "PointStats"]
 
@@ -36,10 +36,12 @@ class PointStats:
         with torch.no_grad():
             x = x.detach().float()
             y = y.detach().float()
-            fin = torch.isfinite(x) & torch.isfinite(y)
-            xf = torch.where(fin, x, 0.0)
-            err = torch.where(fin, x - y, 0.0)
+            # non-finite inputs are the format's convention, not noise; a finite input
+            # that comes out Inf/NaN (a non-saturating overflow) is infinite noise
             fin_x = torch.isfinite(x)
+            fin = fin_x
+            xf = torch.where(fin_x, x, 0.0)
+            err = torch.where(fin_x, torch.where(torch.isnan(y), torch.inf, x - y), 0.0)
             sat = (fin_x & ~mask).sum() if mask is not None else torch.zeros((), device=x.device)
             flushed = (fin_x & (x != 0) & (y == 0)).sum()
             amax = torch.where(fin_x, x.abs(), 0.0).amax() if x.numel() else torch.zeros((), device=x.device)
@@ -56,11 +58,8 @@ class PointStats:
         if self._t is None:
             return {"calls": self.calls, "numel": 0, "sqnr_db": None, "saturated": 0.0, "flushed": 0.0,
                     "amax": None}
-        numel, _fin, sx, se, sat, fl, amax = self._t.cpu().tolist()
-        if se == 0:
-            sqnr = math.inf if sx > 0 else None
-        else:
-            sqnr = 10.0 * math.log10(sx / se) if sx > 0 else -math.inf
+        numel, fin, sx, se, sat, fl, amax = self._t.cpu().tolist()
+        sqnr = sqnr_db_from_sums(sx, se, int(fin))
         return {"calls": self.calls, "numel": int(numel), "sqnr_db": sqnr,
                 "saturated": sat / numel if numel else 0.0, "flushed": fl / numel if numel else 0.0,
                 "amax": amax, "signal_power": sx, "noise_power": se}

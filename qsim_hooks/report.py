@@ -30,7 +30,7 @@ from .stats import FORMAT_ROW_KEYS, format_rows
 
 __all__ = ["Column", "build_table", "print_table", "FORMAT_COLUMNS", "formats_table",
            "render_formats_table", "render_heading", "to_json", "to_csv", "fmt_number", "fmt_pow2",
-           "fmt_db", "format_rows"]
+           "fmt_db", "format_rows", "STATS_COLUMNS", "select_stats", "stats_table", "render_stats"]
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -174,3 +174,67 @@ def to_csv(rows: Rows, keys: Sequence[str] | None = None) -> str:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
     return buf.getvalue()
+
+
+# -- per quantization point (a session's statistics) ---------------------------
+def fmt_percent(v: Any) -> str:
+    """A fraction in [0, 1] as a percentage with two decimals."""
+    if v is None:
+        return "-"
+    return f"{100.0 * float(v):.2f}"
+
+
+STATS_COLUMNS: tuple[Column, ...] = (
+    Column("module", "module", justify="left", style="bold"),
+    Column("point", "point", justify="left"),
+    Column("format", "format", justify="left"),
+    Column("granularity", "granularity", justify="left"),
+    Column("amax", "amax seen", fmt_number),
+    Column("sqnr_db", "SQNR dB", fmt_db),
+    Column("saturated", "sat %", fmt_percent),
+    Column("flushed", "flush %", fmt_percent),
+    Column("calls", "calls", fmt_text),
+)
+
+
+def _sqnr_key(row: Mapping[str, Any]) -> float:
+    v = row.get("sqnr_db")
+    return math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def select_stats(rows: Rows, *, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
+                 point: str | Sequence[str] | None = None) -> list[Mapping[str, Any]]:
+    """Order and filter statistics rows: model order or worst SQNR first, ``top`` rows, some points."""
+    if sort not in ("model", "sqnr"):
+        raise ValueError(f"sort={sort!r} is not allowed; use 'model' or 'sqnr'")
+    if top is not None and (not isinstance(top, int) or top < 1):
+        raise ValueError(f"top={top!r} must be a positive int or None")
+    out = list(rows)
+    if point is not None:
+        wanted = {point} if isinstance(point, str) else set(point)
+        out = [r for r in out if r.get("point") in wanted]
+    if sort == "sqnr":
+        out.sort(key=_sqnr_key)
+    return out[:top] if top is not None else out
+
+
+def stats_table(rows: Rows, *, title: str | None = "Quantization points", caption: str | None = None,
+                sort: Literal["model", "sqnr"] = "model", top: int | None = None,
+                point: str | Sequence[str] | None = None) -> Table:
+    """The per-point table of ``Session.stats()`` rows (built, not printed)."""
+    return build_table(select_stats(rows, sort=sort, top=top, point=point), STATS_COLUMNS,
+                       title=title, caption=caption)
+
+
+def render_stats(rows: Rows, console: Console | None = None, *, title: str | None = "Quantization points",
+                 caption: str | None = None, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
+                 point: str | Sequence[str] | None = None) -> Table:
+    """Print the per-point table (``qs.report()``) and return it."""
+    if caption is None and rows and all(r.get("calls") is None for r in rows):
+        caption = "statistics were not collected: create the session with stats=True"
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: room for the long module names
+            console = Console(width=160)
+    return print_table(stats_table(rows, title=title, caption=caption, sort=sort, top=top, point=point),
+                       console)
