@@ -128,7 +128,8 @@ class Session:
             raise errors[0]
 
     def __enter__(self) -> Session:
-        return self.attach()
+        # ``with qh.attach(...)`` (already attached) works as well as ``with qh.quantized(...)``
+        return self if self.attached else self.attach()
 
     def __exit__(self, *exc: Any) -> None:
         self.detach()
