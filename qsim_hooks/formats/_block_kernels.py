@@ -130,12 +130,23 @@ def _named_copy(fn: Callable, name: str) -> Callable:
 _FNS: dict[str, Callable] = {}
 
 
+def _consts_on(fmt, dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The format's constant tensors (ip, fp, ep, sp) on ``dev``, copied there once."""
+    c = fmt._consts
+    key = ("on", dev)
+    got = c.get(key)
+    if got is None:
+        got = tuple(c[k].to(dev) for k in ("ip", "fp", "ep", "sp"))
+        c[key] = got
+    return got
+
+
 def block_scales(fmt, x: Tensor, tsc: Tensor | None) -> Tensor:
     """The decoded scale of each group of ``x`` (groups, group_size): shape (groups, 1)."""
-    c = fmt._consts
     dev = x.device
+    ip, fp, _, sp = _consts_on(fmt, dev)
     amax = torch.amax(x.abs(), dim=-1, keepdim=True)
-    return _scale(amax, c["ip"].to(dev), c["fp"].to(dev), c["sp"].to(dev),
+    return _scale(amax, ip, fp, sp,
                   tsc if tsc is not None else torch.ones((), device=dev),
                   "e8m0" if fmt.scale == "e8m0" else "grid", fmt.scale_rounding, tsc is not None)
 
@@ -152,13 +163,11 @@ def block_quantize(fmt, x: Tensor, tsc: Tensor | None, generator: torch.Generato
             f"{int(fmt.qtorch_compat)}_{int(want_mask)}")
     fn = _FNS.get(name)
     if fn is None:
-        fn = _named_copy(_make(kind, mode, scale_kind, fmt.scale_rounding, two, fmt.qtorch_compat,
-                               want_mask), name)
-        _FNS[name] = fn
-    c = fmt._consts
+        fn = _make(kind, mode, scale_kind, fmt.scale_rounding, two, fmt.qtorch_compat, want_mask)
+        if not torch.compiler.is_compiling():  # inside a user's torch.compile: traced inline
+            fn = _FNS[name] = _named_copy(fn, name)
     dev = x.device
-    args = [c["ip"].to(dev), c["fp"].to(dev), c["ep"].to(dev), c["sp"].to(dev),
-            tsc if tsc is not None else torch.ones((), device=dev)]
+    args = [*_consts_on(fmt, dev), tsc if tsc is not None else torch.ones((), device=dev)]
     if mode == 3:
         if kind == "f":
             args.append(torch.randint(0, 1 << 23, x.shape, generator=generator, device=dev,

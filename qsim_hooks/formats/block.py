@@ -409,10 +409,18 @@ class BlockFormat(Format):
                 raise ValueError(f"format {self.name}: a per-tensor amax has one value, got {amax.numel()}")
             a = amax.reshape(()).to(device=x.device, dtype=torch.float32)
         else:
-            a = reduce_amax(x, Scaling()).to(torch.float32)  # finite max |x|
+            a = _finite_amax(x)
         c = self._consts["fp"][5].to(x.device)  # elem_max * scale_max (6 * 448 for NVFP4)
         t = a / c
         return torch.where(a > 0, t, torch.ones_like(t))
+
+
+def _finite_amax(x: Tensor) -> Tensor:
+    """max |x| over the finite elements (Inf/NaN are their blocks' business, not the tensor's)."""
+    if torch.compiler.is_compiling():  # branch-free: no graph break inside a user's torch.compile
+        a = x.abs()
+        return torch.where(a < math.inf, a, torch.zeros((), dtype=a.dtype, device=a.device)).amax()
+    return reduce_amax(x, Scaling()).to(torch.float32)
 
 
 def _group(x: Tensor, fmt: BlockFormat) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
