@@ -46,9 +46,10 @@ How a block is quantized (``amax`` = max |x| of the block)
   With power-of-two scales every step is exact in fp32.
 
 Inf and NaN: a block holding any Inf or NaN gets the E8M0 NaN scale (0xFF), so
-every element of that block decodes to NaN (OCP section 5.1: "if X is NaN,
-every value in the block is NaN"; microxcaling and torchao do the same; E8M0
-has no Inf). Other blocks are untouched. Float-scale formats behave the same.
+every element of that block decodes to NaN (OCP section 5.1: a NaN scale makes
+every value of its block NaN; E8M0 has no Inf and the FP6/FP4/INT8 elements no
+Inf or NaN, so this is the only encoding; microxcaling does the same). Other
+blocks are untouched. Float-scale formats behave the same.
 
 Ragged blocks: when the axis length is not a multiple of ``block_size`` the
 last block of each row is shorter. It is zero padded internally; the padding
@@ -60,7 +61,7 @@ weight's reduction, i.e. input-channel, axis; an activation's feature axis);
 called directly, blocks run along the last dim.
 
 MXINT8: 8-bit two's complement with an implied scale of 2**-6 (1 sign, 1
-integer, 6 fraction bits; OCP table 6): elements lie on the 1/64 grid. OCP lets
+integer, 6 fraction bits; OCP section 5.3.4): elements lie on the 1/64 grid. OCP lets
 an implementation leave -2 unused for symmetry; we do by default (range
 +-127/64 = +-1.984375, like microxcaling); ``IntElement(8, narrow=False)``
 adds -2.
@@ -71,7 +72,8 @@ a ``2**(floor(log2 amax) - (wl - 2))`` grid, i.e. exactly an ``IntElement(wl)``
 with an E8M0 floor scale. ``qtorch_compat=True`` reproduces qtorch's rounding
 bit for bit (ties toward +inf, after the fp32 add of ``6 * 2**emax`` that qtorch
 uses); it differs from qtorch only for blocks whose amax is an fp32 subnormal
-or >= 2**126 (qtorch returns NaN there).
+(qtorch then rounds without a shared exponent) or >= 2**126 (qtorch's
+``6 * 2**emax`` overflows and it returns NaN; we round ties to even there).
 
 ABFP (Basumallik et al., "Adaptive Block Floating-Point for Analog Deep
 Learning Hardware", arXiv 2205.06287). Implemented: per-vector scales for
@@ -81,9 +83,10 @@ scales stored in bf16 (the tile's max |x| rounded to bf16), b-bit symmetric
 integer elements ``round(x / s * (2**(b-1) - 1))``, and the output gain G in
 :class:`ABFP`: ``ABFP.matmul`` / ``ABFP.linear`` compute each tile's dot
 product of the quantized operands, quantize it with a b_out-bit converter
-whose full scale (``n`` in normalized units, the largest possible tile dot
-product) is divided by G (amplification before the converter: finer steps,
-saturation above full scale / G), rescale by the two bf16 scales and
+whose full scale (our reading of the paper: ``n`` in normalized units, the
+largest possible tile dot product) is divided by G (amplification before the
+converter: finer steps, saturation above full scale / G), rescale by the two
+bf16 scales and
 accumulate the tiles in fp32. Left out: device noise models, Differential
 Noise Finetuning (DNF), and placing the per-tile output converter inside the
 instrumented layers (the hooks see a layer's whole output, after the tiles are
