@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .base import Format, GradSpec
+from .base import Format, GradSpec, check_tensor
 from .floating import FloatFormat
 from .integer import IntFormat
 from .scaling import Scaling
@@ -100,7 +100,10 @@ class CallableFormat(Format):
     """Wraps any callable tensor -> tensor (a qtorch quantizer, a user function).
 
     Its gradient is the plain straight-through estimator unless ``grad`` says
-    otherwise (the callable is applied to a detached tensor).
+    otherwise (the callable is applied to a detached tensor). A callable that
+    is an autograd Function's ``apply`` (a qtorch ``quantizer(...)``) brings
+    its own backward, for instance qtorch's ``backward_number`` gradient
+    quantization: that backward is used and ``grad`` is ignored.
     """
 
     fn: Callable[[Tensor], Tensor]
@@ -113,12 +116,23 @@ class CallableFormat(Format):
         if not self.name:
             object.__setattr__(self, "name", getattr(self.fn, "__name__", type(self.fn).__name__))
 
-    def _forward(self, x, amax, generator, want_mask):
+    def __call__(self, x: Tensor, *, amax: Any = None, generator: torch.Generator | None = None) -> Tensor:
+        owner = getattr(self.fn, "__self__", None)
+        if (isinstance(owner, type) and issubclass(owner, torch.autograd.Function)
+                and isinstance(x, Tensor) and x.requires_grad and torch.is_grad_enabled()):
+            check_tensor(x, f"format {self.name}")
+            return self._apply(x if x.dtype == torch.float32 else x.float()).to(x.dtype)
+        return super().__call__(x, amax=amax, generator=generator)
+
+    def _apply(self, x: Tensor) -> Tensor:
         y = self.fn(x)
         if not isinstance(y, Tensor) or y.shape != x.shape:
             raise TypeError(f"format {self.name}: the callable must return a tensor of shape "
                             f"{tuple(x.shape)}, got {getattr(y, 'shape', type(y).__name__)}")
-        return y.to(torch.float32), (torch.ones_like(x, dtype=torch.bool) if want_mask else None)
+        return y.to(torch.float32)
+
+    def _forward(self, x, amax, generator, want_mask):
+        return self._apply(x), (torch.ones_like(x, dtype=torch.bool) if want_mask else None)
 
 
 def _from_qtorch(obj: Any) -> Format | None:
