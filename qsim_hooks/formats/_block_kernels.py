@@ -28,6 +28,7 @@ _MAN = 0x7FFFFF
 _SQRT2 = 1.4142135623730951
 _SQRT1_2 = 0.7071067811865476
 _TWO64 = 18446744073709551616.0
+_SLACK = 1.0 + 2.0**-20
 
 # ip (int32): 0 emax_elem (exponent of the element's largest power of two)
 #             1 mantissa field of the element max   2 qtorch half ulp   3 qtorch low mask
@@ -112,7 +113,10 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
                 y = torch.where(s <= 2.0**125, yq, y)
         if not want_mask:
             return y
-        mask = (t.abs() <= fp[0]) | (s == 0)
+        # clipped = beyond the block's largest value, compared in the tensor's units with a few
+        # ulps of slack (a two-level scale is a rounded product: the element defining the
+        # amax must not count as clipped by that rounding); a zero scale is underflow, not clipping
+        mask = (x.abs() <= (fp[0] * s) * _SLACK) | (s == 0)
         return y, mask
 
     return fn
