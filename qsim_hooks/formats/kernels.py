@@ -155,12 +155,25 @@ def _scaled_float_round_1(x, p, inv, scale):
     return _float_round_impl(x * inv, p, 1, None) * scale
 
 
+# Toward-zero and stochastic rounding of a scaled tensor: a dequantized grid value
+# g * scale, scaled again by 1/scale, can come back an ulp below g, and truncating
+# that would move it one grid step down (q(q(x)) != q(x)). Values within _SNAP
+# (relative) of a grid point - more than the three float32 roundings of
+# (g * scale) * (1 / scale) - are taken as that grid point first.
+_SNAP = 2.0**-22
+
+
+def _snap_float(y: Tensor, p: Tensor) -> Tensor:
+    g = _float_round_impl(y, p, 0, None)
+    return torch.where(torch.isfinite(g) & ((y - g).abs() <= g.abs() * _SNAP), g, y)
+
+
 def _scaled_float_round_2(x, p, inv, scale):
-    return _float_round_impl(x * inv, p, 2, None) * scale
+    return _float_round_impl(_snap_float(x * inv, p), p, 2, None) * scale
 
 
 def _scaled_float_round_3(x, p, inv, scale, noise):
-    return _float_round_impl(x * inv, p, 3, noise) * scale
+    return _float_round_impl(_snap_float(x * inv, p), p, 3, noise) * scale
 
 
 _SCALED_FLOAT_FNS = (_scaled_float_round_0, _scaled_float_round_1, _scaled_float_round_2,
@@ -242,6 +255,9 @@ def _round_mode(q: Tensor, mode: int, noise: Tensor | None) -> Tensor:
 def _int_fq_impl(x: Tensor, inv_scale: Tensor, scale: Tensor, lim: Tensor, mode: int,
                  noise: Tensor | None) -> Tensor:
     q = torch.clamp(x * inv_scale, lim[0], lim[1])
+    if mode >= 2:  # toward zero, stochastic: an integer missed by an ulp is that integer (see _SNAP)
+        r = torch.round(q)
+        q = torch.where((q - r).abs() <= r.abs() * _SNAP, r, q)
     return _round_mode(q, mode, noise) * scale
 
 
