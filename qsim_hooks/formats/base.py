@@ -77,10 +77,10 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 def check_tensor(x: Any, who: str) -> None:
     """Raise a clear TypeError for inputs a format cannot take."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{who}: expected a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{who}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(
-            f"{who}: tensor dtype {x.dtype} is not supported; "
+            f"{who}: x has dtype {x.dtype}, which is not supported; "
             "allowed: torch.float32, torch.float16, torch.bfloat16 (float64 is computed in float32)")
 
 
@@ -164,7 +164,11 @@ def _to_f32(x: Tensor) -> Tensor:
 
 
 def _check_amax(amax: Any, who: str, device: torch.device) -> Tensor:
-    t = torch.as_tensor(amax, dtype=torch.float32, device=device)
+    try:
+        t = torch.as_tensor(amax, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"format {who}: amax must be a number or a tensor of numbers, "
+                        f"got {type(amax).__name__}") from exc
     if t.numel() == 0:
         raise ValueError(f"format {who}: amax is empty")
     bad = ~torch.isfinite(t) | (t <= 0)
