@@ -252,7 +252,9 @@ def scaled_forward(fmt: Format, x: Tensor, amax: Tensor | None, generator: torch
         xb = x
     a = _resolve_amax(fmt, x, xb, amax, sc)
     scale = a / fmt._scale_max()  # type: ignore[attr-defined]
-    scale = torch.where(a > 0, scale, torch.ones_like(scale))
+    # amax 0 (an all-zero tensor) gives scale 1; a scale below float32's smallest normal is
+    # raised to it, so that 1/scale stays finite (0 * inf would turn zeros into NaN)
+    scale = torch.where(a > 0, torch.clamp(scale, min=2.0**-126), torch.ones_like(scale))
     inv = 1.0 / scale
     y = fmt._cast_scaled(xb, inv, scale, generator)  # type: ignore[attr-defined]
     # in range = not clipped: compared in the tensor's own units against amax, so the
