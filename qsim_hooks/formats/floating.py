@@ -188,8 +188,15 @@ class FloatFormat(Format):
             ovf = 0x7FC00000
         qmin = math.ldexp(1.0, self.emin - self.man_bits)
         half = _f32_bits(qmin / 2) if self.emin - self.man_bits - 1 >= -149 else 0
+        # the step-based kernel needs every step 2^(e - M) and its reciprocal to be normal
+        # fp32 powers of two, and |x / step| < 2^21 (exact additions of 0.5 or noise)
+        elo = self.emin + 127
+        ehi = math.frexp(mx)[1] + 127  # the exponent field just above max: larger values all overflow
+        fast = (elo - self.man_bits >= 1 and 254 - (ehi - self.man_bits) >= 1 and self.man_bits <= 20)
         return torch.tensor([self.man_bits, self.emin, _f32_bits(mx), ovf, _f32_bits(self.min_normal),
-                             _f32_bits(qmin), half, 0 if self.subnormals else 1], dtype=torch.int32)
+                             _f32_bits(qmin), half, 0 if self.subnormals else 1,
+                             elo, ehi if fast else 0] + [0] * 7,
+                            dtype=torch.int32)  # padded to 17: a size no tensor shape is "duck-sized" to
 
     # -- fast path through PyTorch's own casts ------------------------------
     def _native_dtype(self) -> torch.dtype | None:

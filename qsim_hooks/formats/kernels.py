@@ -29,7 +29,7 @@ from torch import Tensor
 __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "canonical",
            "COMPILE_MIN_NUMEL"]
 
-COMPILE_MIN_NUMEL = 1 << 18
+COMPILE_MIN_NUMEL = 1 << 12
 _BACKENDS = ("auto", "eager", "compiled")
 _backend = os.environ.get("QSIM_HOOKS_BACKEND", "auto")
 if _backend not in _BACKENDS:
@@ -90,6 +90,8 @@ def run(name: str, fn: Callable, x: Tensor, *args) -> Tensor:
 #   5 smallest subnormal q_min (fp32 bits)   6 q_min / 2 (fp32 bits, 0 if not representable)
 #   7 flush subnormals (0/1)
 P_M, P_EMIN, P_MAX, P_OVF, P_MINNORM, P_QMIN, P_HALF, P_FLUSH = range(8)
+#   8 lowest fp32 exponent field of a quantum step (emin + 127)   9 highest (above max)
+P_ELO, P_EHI = 8, 9
 _SIGN = -2147483648  # 0x80000000 as int32
 _ABS = 0x7FFFFFFF
 _INF = 0x7F800000
@@ -126,6 +128,65 @@ def _float_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> 
     r = torch.where((p[P_FLUSH] != 0) & (r < p[P_MINNORM]), 0, r)
     r = torch.where(a > _INF, a, r)  # NaN stays NaN
     return (r | sign).view(torch.float32)
+
+
+def _fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Tensor:
+    """The same rounding with fewer operations, for formats whose steps are normal fp32 numbers.
+
+    Deterministic modes only (0, 1, 2): stochastic rounding always uses the bit kernel,
+    whose noise-to-decision mapping is the reference.
+
+    The step (quantum) at |x| is ``2^(max(e, emin) - M)``; it and its reciprocal are
+    built from exponent bits, so ``x / step`` is exact and any rounding of it to an
+    integer is the rounding of x onto the grid (subnormals and ties included).
+    Valid when every step and reciprocal is a normal fp32 power of two and
+    ``|x / step| < 2^21`` (``FloatFormat`` checks this and otherwise uses the bit kernel).
+    """
+    a = x.view(torch.int32) & _ABS
+    e = torch.clamp(a >> 23, min=p[P_ELO], max=p[P_EHI]) - p[P_M]
+    step = (e << 23).view(torch.float32)
+    inv = ((254 - e) << 23).view(torch.float32)
+    v = x * inv
+    if mode == 0:
+        r = torch.round(v)
+    elif mode == 1:
+        r = torch.copysign(torch.floor(v.abs() + 0.5), v)
+    else:
+        r = torch.trunc(v)
+    y = r * step
+    ya = y.abs()
+    y = torch.where(ya > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), y)
+    y = torch.where((p[P_FLUSH] != 0) & (ya < p[P_MINNORM].view(torch.float32)),
+                    torch.copysign(torch.zeros_like(y), x), y)
+    return y
+
+
+def _fast_round_0(x, p):
+    return _fast_round_impl(x, p, 0, None)
+
+
+def _fast_round_1(x, p):
+    return _fast_round_impl(x, p, 1, None)
+
+
+def _fast_round_2(x, p):
+    return _fast_round_impl(x, p, 2, None)
+
+
+def _scaled_fast_round_0(x, p, inv, scale):
+    return _fast_round_impl(x * inv, p, 0, None) * scale
+
+
+def _scaled_fast_round_1(x, p, inv, scale):
+    return _fast_round_impl(x * inv, p, 1, None) * scale
+
+
+def _scaled_fast_round_2(x, p, inv, scale):
+    return _fast_round_impl(x * inv, p, 2, None) * scale
+
+
+_FAST_FNS = (_fast_round_0, _fast_round_1, _fast_round_2)
+_SCALED_FAST_FNS = (_scaled_fast_round_0, _scaled_fast_round_1, _scaled_fast_round_2)
 
 
 def _float_round_0(x, p):
@@ -210,29 +271,42 @@ def _float_args(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
     return x.detach().contiguous(), params.to(x.device)
 
 
-def float_round(x: Tensor, params: Tensor, mode: int, generator: torch.Generator | None = None) -> Tensor:
-    """Round a float32 tensor to an ExMy grid described by ``params``."""
+def _fast(params: Tensor) -> bool:
+    return bool(params[P_EHI] > 0)
+
+
+def float_round(x: Tensor, params: Tensor, mode: int, generator: torch.Generator | None = None,
+                *, fast: bool | None = None) -> Tensor:
+    """Round a float32 tensor to an ExMy grid described by ``params``.
+
+    ``fast`` picks the step-based kernel (default: whenever the format allows it);
+    ``fast=False`` forces the bit-pattern kernel (the two agree bit for bit).
+    """
+    use_fast = mode != 3 and (_fast(params) if fast is None else (fast and _fast(params)))
     x, p = _float_args(x, params)
     shape = x.shape
     x = x.reshape(-1)
+    fns, name = (_FAST_FNS, "fast_round") if use_fast else (_FLOAT_FNS, "float_round")
     if mode == 3:
         noise = torch.randint(0, 1 << 23, x.shape, generator=generator, device=x.device,
                               dtype=torch.int32)
-        return run("float_round_3", _float_round_3, x, p, noise).reshape(shape)
-    return run(f"float_round_{mode}", _FLOAT_FNS[mode], x, p).reshape(shape)
+        return run(f"{name}_3", fns[3], x, p, noise).reshape(shape)
+    return run(f"{name}_{mode}", fns[mode], x, p).reshape(shape)
 
 
 def scaled_float_round(x: Tensor, params: Tensor, inv: Tensor, scale: Tensor, mode: int,
                        generator: torch.Generator | None = None) -> Tensor:
     """``round(x * inv) * scale`` on an ExMy grid, fused when possible."""
+    use_fast = mode != 3 and _fast(params)
     x, p = _float_args(x, params)
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv)
+    fns, name = (_SCALED_FAST_FNS, "scaled_fast_round") if use_fast else (_SCALED_FLOAT_FNS, "scaled_float_round")
     if mode == 3:
         noise = torch.randint(0, 1 << 23, xc.shape, generator=generator, device=x.device,
                               dtype=torch.int32)
-        return run("scaled_float_round_3", _scaled_float_round_3, xc, p, ic, sc, noise).reshape(shape)
-    return run(f"scaled_float_round_{mode}", _SCALED_FLOAT_FNS[mode], xc, p, ic, sc).reshape(shape)
+        return run(f"{name}_3", fns[3], xc, p, ic, sc, noise).reshape(shape)
+    return run(f"{name}_{mode}", fns[mode], xc, p, ic, sc).reshape(shape)
 
 
 # ---------------------------------------------------------------------------
