@@ -122,6 +122,7 @@ def _formats_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     _add_sample_arguments(p)
+    p.add_argument("--no-model", action="store_true", help="only the formats table, no model run")
 
 
 def _demo_run(args: argparse.Namespace) -> int:
@@ -137,7 +138,35 @@ def _demo_run(args: argparse.Namespace) -> int:
         console)
     rows = stats.format_rows(samples=args.samples, seed=args.seed)
     report.render_formats_table(rows, console, caption=_sqnr_caption(args.samples, args.seed))
+    if not args.no_model:
+        _demo_model(console, args.seed)
     return 0
+
+
+def _demo_model(console: Console, seed: int) -> None:
+    """A small torchvision model through a session: the per-point report and the output SQNR."""
+    import torch
+    import torchvision
+
+    from . import QuantConfig, Rule, quantized, report, stats
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    cfg = QuantConfig(input="e4m3", weight="e4m3", output="fp16",  # INT-FP-QSim's default setting
+                      rules=[Rule(match="layer4.*", weight="int4", weight_scaling="channel", name="layer4-int4"),
+                             Rule(match="fc", enabled=False, name="fc-fp32")])
+    with torch.no_grad():
+        full = model(x)
+        with quantized(model, cfg, stats=True) as qs:
+            sim = model(x)
+    report.render_heading(
+        "resnet18 (random weights, 4 x 3 x 64 x 64 N(0,1) batch): E4M3 inputs/weights, FP16 outputs, "
+        "INT4 per-channel weights in layer4, fc in full precision",
+        [f"output SQNR vs full precision: {stats.sqnr_db(full, sim):.2f} dB; "
+         f"{len(qs.points)} quantization points; the 12 with the worst SQNR:"], console)
+    report.render_stats(qs.stats(), console, sort="sqnr", top=12,
+                        title="resnet18: quantization points, worst SQNR first")
 
 
 # ---------------------------------------------------------------------------
@@ -155,7 +184,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "formats": Command("table of the named formats: bits, max, smallest subnormal, spacing at 1.0, "
                        "SQNR on N(0,1)", _formats_arguments, _formats_run),
-    "demo": Command("the demo: the formats table with SQNR on N(0,1) data", _demo_arguments, _demo_run),
+    "demo": Command("the demo: the formats table with SQNR on N(0,1) data, then a small resnet18 through a "
+                    "session with its per-point report", _demo_arguments, _demo_run),
 }
 
 
