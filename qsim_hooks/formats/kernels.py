@@ -150,7 +150,10 @@ def _fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> T
     if mode == 0:
         r = torch.round(v)
     elif mode == 1:
-        r = torch.copysign(torch.floor(v.abs() + 0.5), v)
+        # not floor(|v| + 0.5): for v = 0.5 - 2^-25 (x just below half the smallest
+        # subnormal) that float addition itself rounds up to 1.0
+        t = torch.trunc(v)
+        r = torch.where((v - t).abs() >= 0.5, t + torch.sign(v), t)
     else:
         r = torch.trunc(v)
     y = r * step
@@ -182,7 +185,10 @@ def _scaled_fast_round_1(x, p, inv, scale):
 
 
 def _scaled_fast_round_2(x, p, inv, scale):
-    return _fast_round_impl(x * inv, p, 2, None) * scale
+    y = x * inv
+    g = _fast_round_impl(y, p, 0, None)  # snap onto a grid point within _SNAP first (see _snap_float)
+    y = torch.where(torch.isfinite(g) & ((y - g).abs() <= g.abs() * _SNAP), g, y)
+    return _fast_round_impl(y, p, 2, None) * scale
 
 
 _FAST_FNS = (_fast_round_0, _fast_round_1, _fast_round_2)
