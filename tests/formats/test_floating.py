@@ -79,19 +79,28 @@ def _inputs(kind: str, dtype: torch.dtype, random_million: torch.Tensor, top: fl
     return torch.cat([ties_and_neighbours(grid, beyond=top + step), below, -below, _specials()])
 
 
-@pytest.mark.parametrize("path", ["cast", "bits"], ids=["native-cast", "bit-kernel"])
+def _run_path(fmt: FloatFormat, x: torch.Tensor, path: str) -> torch.Tensor:
+    if path == "cast":
+        return fmt(x)
+    if path == "bits":
+        return kernels.float_round(x, fmt._params, 0, fast=False)
+    assert kernels._fast(fmt._params), "the step kernel must apply to this format"
+    return kernels.float_round(x, fmt._params, 0, fast=True)
+
+
+PATHS = [("cast", n) for n in CASTS] + [("bits", n) for n in CASTS] + \
+    [("step", n) for n in CASTS if n != "bf16"]  # bf16's subnormal steps are not normal fp32 numbers
+
+
 @pytest.mark.parametrize("kind", ["all_bf16", "random_1e6", "ties_subnormals"])
-@pytest.mark.parametrize("name", list(CASTS))
-def test_matches_torch_cast(name: str, kind: str, path: str, random_million: torch.Tensor) -> None:
+@pytest.mark.parametrize(("path", "name"), PATHS, ids=[f"{n}-{p}" for p, n in PATHS])
+def test_matches_torch_cast(name: str, path: str, kind: str, random_million: torch.Tensor) -> None:
+    """``cast``: the native-cast fast path; ``bits``: the bit-pattern kernel; ``step``: the step kernel."""
     fmt, dtype, top, step = CASTS[name]
     x = _inputs(kind, dtype, random_million, top, step)
-    expected = x.to(dtype).float()
     if path == "cast":
         assert fmt._native_dtype() is dtype, "the fast path must be the native cast"
-        got = fmt(x)
-    else:
-        got = kernels.float_round(x, fmt._params, 0)
-    assert_same_bits(got, expected, inputs=x, what=f"{name} {path} {kind}")
+    assert_same_bits(_run_path(fmt, x, path), x.to(dtype).float(), inputs=x, what=f"{name} {path} {kind}")
 
 
 SATURATING = {
@@ -102,9 +111,8 @@ SATURATING = {
 }
 
 
-@pytest.mark.parametrize("path", ["cast", "bits"], ids=["native-cast", "bit-kernel"])
 @pytest.mark.parametrize("kind", ["all_bf16", "random_1e6", "ties_subnormals"])
-@pytest.mark.parametrize("name", list(SATURATING))
+@pytest.mark.parametrize(("path", "name"), PATHS, ids=[f"{n}-{p}" for p, n in PATHS])
 def test_saturating_named_equals_clamp_then_cast(name: str, kind: str, path: str,
                                                  random_million: torch.Tensor) -> None:
     dtype, top, step = SATURATING[name]
@@ -112,8 +120,7 @@ def test_saturating_named_equals_clamp_then_cast(name: str, kind: str, path: str
     assert fmt.overflow == "saturate" and fmt.max == top
     x = _inputs(kind, dtype, random_million, top, step)
     expected = x.clamp(-top, top).to(dtype).float()
-    got = fmt(x) if path == "cast" else kernels.float_round(x, fmt._params, 0)
-    assert_same_bits(got, expected, inputs=x, what=f"{name} saturating {path} {kind}")
+    assert_same_bits(_run_path(fmt, x, path), expected, inputs=x, what=f"{name} saturating {path} {kind}")
 
 
 def test_e4m3_overflow_special_gives_nan_past_the_last_tie() -> None:
@@ -186,21 +193,40 @@ def _pid(p: tuple) -> str:
     return f"e{E}m{M}" + (f"b{bias}" if bias is not None else "") + f"-{sp}-{'sub' if sub else 'ftz'}-{ov}"
 
 
+def _structured_ties() -> torch.Tensor:
+    """2^j * (1 + 2^-i) for every float32 exponent j and i = 1..23, one ulp either side, both signs.
+
+    Whatever a format's M and exponent range, its ties (between normals, between
+    subnormals, at half the smallest subnormal, past the maximum) are among these.
+    """
+    j = torch.arange(-149, 128, dtype=torch.float64).reshape(-1, 1)
+    i = torch.arange(1, 24, dtype=torch.float64).reshape(1, -1)
+    v = (2.0**j * (1 + 2.0**-i)).reshape(-1)
+    v = torch.cat([v, 2.0 ** j.reshape(-1)])
+    v = v[(v < 3.4e38) & (v >= 2.0**-149)].float()
+    x = torch.cat([v, torch.nextafter(v, torch.tensor(0.0)), torch.nextafter(v, torch.tensor(float("inf")))])
+    return torch.cat([x, -x])
+
+
 @pytest.fixture(scope="module")
 def policy_inputs() -> torch.Tensor:
     g = torch.Generator().manual_seed(5)
     return torch.cat([random_f32(150_000, seed=6), torch.randn(50_000, generator=g) * 4,
-                      torch.randn(20_000, generator=g) * 1e-3, _specials()])
+                      torch.randn(20_000, generator=g) * 1e-3, _structured_ties(), _specials()])
 
 
+@pytest.mark.parametrize("kernel", ["format", "bit-kernel"])
 @pytest.mark.parametrize("mode", ["nearest_even", "nearest_away", "toward_zero"])
 @pytest.mark.parametrize("policy", POLICIES, ids=[_pid(p) for p in POLICIES])
-def test_matches_reference(policy: tuple, mode: str, policy_inputs: torch.Tensor) -> None:
+def test_matches_reference(policy: tuple, mode: str, kernel: str, policy_inputs: torch.Tensor) -> None:
+    """``format``: whatever path the format picks (native cast, step kernel, bit kernel)."""
     E, M, bias, sp, sub, ov = policy
     fmt = FloatFormat(E, M, bias=bias, specials=sp, subnormals=sub, overflow=ov, rounding=mode)
     x = policy_inputs
     expected = ref_round(x, E, M, fmt.bias, sp, sub, ov, mode)
-    assert_same_bits(fmt(x), expected, inputs=x, what=f"{fmt.name} {mode}")
+    mode_id = ["nearest_even", "nearest_away", "toward_zero"].index(mode)
+    got = fmt(x) if kernel == "format" else kernels.float_round(x, fmt._params, mode_id, fast=False)
+    assert_same_bits(got, expected, inputs=x, what=f"{fmt.name} {mode} {kernel}")
     # the grid extremes the format reports are the reference's
     assert fmt.max == ref_round(np.array([np.inf], np.float32), E, M, fmt.bias, sp, sub, "saturate")[0]
 
@@ -515,3 +541,12 @@ def test_scaled_float_per_channel() -> None:
         scale = xc.abs().max() / 448.0
         ref = torch.from_numpy(ref_round((xc * (1.0 / scale)).numpy(), 4, 3, None, "fn")) * scale
         assert_same_bits(y[:, c], ref, what=f"channel {c}")
+
+
+def test_scaled_wide_format_with_small_amax() -> None:
+    # bf16's max is 3.4e38: amax / max falls below float32's normal range for any amax < ~4e3
+    fmt = FloatFormat(8, 7, scaling=Scaling())
+    x = torch.tensor([0.0, 0.01, -1e-3, 1.0 / 3.0]) * 1e-2
+    y = fmt(x)
+    assert torch.isfinite(y).all() and y[0].item() == 0.0
+    assert_same_bits(y, x.to(torch.bfloat16).float(), what="scaled bf16 == bf16 cast")

@@ -255,3 +255,14 @@ def test_cuda_matches_cpu(mode: str) -> None:
         fmt = IntFormat(6, rounding=mode, scaling=scaling)
         x = _sample((32, 20), seed=1)
         assert_same_bits(fmt(x.cuda()).cpu(), fmt(x), what=f"{mode} {scaling}")
+
+
+@pytest.mark.parametrize("amax", [1e-30, 1e-37, 1e-40, 1e-45])
+def test_tiny_amax_keeps_zeros_finite(amax: float) -> None:
+    # a scale below float32's smallest normal would make 1/scale infinite and 0 * inf NaN
+    x = torch.tensor([0.0, -0.0, amax, -amax, 1.0])
+    for y in (IntFormat(8)(x, amax=amax), IntFormat(8)(x[:4])):
+        assert torch.isfinite(y).all()
+        assert y[0].item() == 0.0 and y[1].item() == 0.0
+    if amax >= 1e-30:  # scale still normal: the usual grid
+        assert IntFormat(8)(x, amax=amax)[2:].tolist() == pytest.approx([amax, -amax, amax], rel=1e-6)
