@@ -35,17 +35,25 @@ def _both(fmt, x: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
     return eager, fused
 
 
-def test_float_kernel_eager_equals_compiled(restore_backend) -> None:
+def test_float_kernels_eager_equal_compiled(restore_backend) -> None:
     x = torch.cat([random_f32(20_000, seed=30), torch.randn(5_000) * 100,
-                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 464.0, -464.0])])
-    for mode in MODES:
-        # e4m3 with NaN overflow never takes the native-cast shortcut: the bit kernel runs on both paths
-        fmt = FloatFormat(4, 3, specials="fn", overflow="special", rounding=mode)
-        eager, fused = _both(fmt, x)
-        assert_same_bits(fused, eager, inputs=x, what=f"e4m3 {mode}")
-        if mode != "stochastic":
-            assert_same_bits(fused, torch.from_numpy(ref_round(x, 4, 3, None, "fn", True, "special", mode)),
-                             inputs=x, what=f"e4m3 {mode} vs reference")
+                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 464.0, -464.0,
+                                 2.0**-10 - 2.0**-34])])
+    fmt = FloatFormat(4, 3, specials="fn", overflow="special")  # NaN overflow: no native-cast shortcut
+    assert kernels._fast(fmt._params)
+    for mode_id, mode in enumerate(MODES):
+        # the bit-pattern kernel for every mode, the step kernel for the deterministic ones
+        for fast in ([False, True] if mode != "stochastic" else [False]):
+            out = []
+            for backend in ("eager", "compiled"):
+                kernels.set_backend(backend)
+                out.append(kernels.float_round(x, fmt._params, mode_id, torch.Generator().manual_seed(3),
+                                               fast=fast))
+            what = f"e4m3 {mode} {'step' if fast else 'bits'}"
+            assert_same_bits(out[1], out[0], inputs=x, what=what)
+            if mode != "stochastic":
+                assert_same_bits(out[1], torch.from_numpy(ref_round(x, 4, 3, None, "fn", True, "special", mode)),
+                                 inputs=x, what=f"{what} vs reference")
     assert not kernels._compile_failed, "torch.compile fell back to eager: nothing was compared"
 
 
