@@ -4,4 +4,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/tools/bootstrap.sh"
 cd "$ROOT"
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"
