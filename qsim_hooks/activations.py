@@ -1,10 +1,12 @@
 """Layer inputs and outputs: forward pre-hooks and forward hooks (``with_kwargs=True``).
 
 The input point quantizes the layer's first positional argument, as
-INT-FP-QSim did, or, when the input is passed by keyword, the argument named
-like ``forward``'s first parameter (or the first tensor keyword). The output
-point quantizes a tensor output, or every floating tensor of a tuple/list
-output.
+INT-FP-QSim did (later arguments that are the very same tensor, as in
+``mha(x, x, x)``, get the quantized one too), or, when the input is passed by
+keyword, the argument named like ``forward``'s first parameter (or the first
+tensor keyword). The output point quantizes a tensor output, or the first
+tensor of a tuple/list output (the rest are side outputs: attention weights,
+caches).
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ def attach_input(module: nn.Module, point: QuantPoint):
         if args:
             x = args[0]
             if isinstance(x, Tensor):
-                return (point(x),) + tuple(args[1:]), kwargs
+                q = point(x)
+                # self-attention passes one tensor as query, key and value: keep them one object
+                rest = tuple(q if a is x else a for a in args[1:])
+                kwargs = {k: (q if v is x else v) for k, v in kwargs.items()}
+                return (q,) + rest, kwargs
             return None
         key = first if first in kwargs else next(
             (k for k, v in kwargs.items() if isinstance(v, Tensor) and v.is_floating_point()), None)
@@ -51,12 +57,20 @@ def attach_input(module: nn.Module, point: QuantPoint):
 
 
 def _map_output(out: Any, point: QuantPoint) -> Any:
+    """Quantize the output tensor, or the first tensor of a tuple/list output.
+
+    Only the first: the others are side outputs (attention weights, a KV cache)
+    that are not the layer's result.
+    """
     if isinstance(out, Tensor):
         return point(out)
-    if isinstance(out, tuple) and not hasattr(out, "_fields"):
-        return tuple(_map_output(o, point) if isinstance(o, Tensor) else o for o in out)
-    if isinstance(out, list):
-        return [_map_output(o, point) if isinstance(o, Tensor) else o for o in out]
+    if isinstance(out, (tuple, list)) and not hasattr(out, "_fields"):
+        items = list(out)
+        for i, o in enumerate(items):
+            if isinstance(o, Tensor):
+                items[i] = point(o)
+                break
+        return tuple(items) if isinstance(out, tuple) else items
     return out
 
 

@@ -35,9 +35,14 @@ from torch.nn.utils import parametrize
 from .formats import Format, Scaling, as_format
 
 __all__ = ["QuantConfig", "Rule", "LayerSpec", "register_layer", "Plan", "PlanEntry", "resolve",
-           "ROLES", "UNSET"]
+           "ROLES", "ATTENTION_POINTS", "UNSET"]
 
 ROLES = ("input", "weight", "output")
+ATTENTION_POINTS = ("q", "k", "scores", "probs", "v", "context")
+#: default attention point -> the role whose format it takes (INT-FP-QSim's choice)
+ATTENTION_DEFAULTS = {"q": "input", "k": "input", "scores": "output", "probs": "input", "v": "input",
+                      "context": "output"}
+DEFAULT_ATTENTION_PATTERN = r".*Attention"
 
 
 class _Unset:
@@ -90,6 +95,8 @@ _CONV = LayerSpec(activation_axis=1)
 _CONVT = LayerSpec(weight_channel_axis=1, weight_reduction_axis=0, activation_axis=1)
 _DEFAULT_LAYERS: dict[type, LayerSpec] = {
     nn.Linear: LayerSpec(),
+    # the bare in-projection Parameters (packed, or separate when kdim/vdim differ); out_proj is a Linear
+    nn.MultiheadAttention: LayerSpec(("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")),
     nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
     nn.ConvTranspose1d: _CONVT, nn.ConvTranspose2d: _CONVT, nn.ConvTranspose3d: _CONVT,
 }
@@ -170,6 +177,11 @@ class Rule:
             or ``None`` for full precision.
         input_scaling, weight_scaling, output_scaling: override the role's
             scaling: ``"tensor"``, ``"channel"``, ``"block"`` or a Scaling.
+        q, k, scores, probs, v, context: formats of an attention module's internal
+            points (default: q, k, probs, v take the module's input format, scores
+            and context its output format).
+        attention: ``True`` makes matched modules attention modules (their matmuls
+            are intercepted), ``False`` stops the class-name pattern from doing so.
         enabled: ``False`` switches matched layers off entirely.
         name: a label shown by ``plan()`` (defaults to ``rule[i]``).
 
@@ -184,6 +196,13 @@ class Rule:
     input_scaling: Any = UNSET
     weight_scaling: Any = UNSET
     output_scaling: Any = UNSET
+    q: Any = UNSET
+    k: Any = UNSET
+    scores: Any = UNSET
+    probs: Any = UNSET
+    v: Any = UNSET
+    context: Any = UNSET
+    attention: bool | None = None
     enabled: bool | None = None
     name: str | None = None
 
@@ -194,8 +213,12 @@ class Rule:
             object.__setattr__(self, role, _fmt(getattr(self, role), f"Rule.{role}"))
             object.__setattr__(self, f"{role}_scaling",
                                _as_scaling(getattr(self, f"{role}_scaling"), f"Rule.{role}_scaling"))
+        for pt in ATTENTION_POINTS:
+            object.__setattr__(self, pt, _fmt(getattr(self, pt), f"Rule.{pt}"))
         if self.enabled is not None and not isinstance(self.enabled, bool):
             raise TypeError(f"Rule.enabled must be a bool or None, got {type(self.enabled).__name__}")
+        if self.attention is not None and not isinstance(self.attention, bool):
+            raise TypeError(f"Rule.attention must be a bool or None, got {type(self.attention).__name__}")
 
     def matches(self, name: str, module: nn.Module) -> bool:
         if self.types:
@@ -225,6 +248,10 @@ class QuantConfig:
             ``{Type: LayerSpec(...)}``.
         strict: a rule that matches nothing is an error (``True``) or a warning.
         seed: seed of the generator used by stochastic rounding.
+        attention: class names (regular expression, whole name) recognised as
+            attention modules; only leaves count (a BertAttention holding a
+            BertSelfAttention is not one). ``None`` turns recognition off (rules
+            with ``attention=True`` still work).
     """
 
     input: Any = None
@@ -234,8 +261,16 @@ class QuantConfig:
     layers: Mapping[type, Any] = field(default_factory=dict)
     strict: bool = True
     seed: int | None = None
+    attention: str | None = DEFAULT_ATTENTION_PATTERN
 
     def __post_init__(self) -> None:
+        if self.attention is not None:
+            if not isinstance(self.attention, str):
+                raise TypeError("QuantConfig.attention must be a class-name regular expression or None")
+            try:
+                re.compile(self.attention)
+            except re.error as exc:
+                raise ValueError(f"QuantConfig.attention: bad regular expression {self.attention!r}: {exc}") from None
         for role in ROLES:
             v = getattr(self, role)
             if v is UNSET:
@@ -263,7 +298,7 @@ class QuantConfig:
         """Build from plain data (a parsed TOML/JSON file). Unknown keys are errors."""
         if not isinstance(d, Mapping):
             raise TypeError(f"QuantConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        allowed = {"input", "weight", "output", "rules", "strict", "seed"}
+        allowed = {"input", "weight", "output", "rules", "strict", "seed", "attention"}
         unknown = set(d) - allowed
         if unknown:
             raise ValueError(f"QuantConfig: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -276,7 +311,8 @@ class QuantConfig:
             bad = set(r) - rule_fields
             if bad:
                 raise ValueError(f"rules[{i}]: unknown keys {sorted(bad)}; allowed: {sorted(rule_fields)}")
-            rules.append(Rule(**{k: (None if v == "none" and k in ROLES else v) for k, v in r.items()}))
+            rules.append(Rule(**{k: (None if v == "none" and k in ROLES + ATTENTION_POINTS else v)
+                                 for k, v in r.items()}))
         for role in ROLES:
             if d.get(role) == "none":
                 d[role] = None
@@ -354,6 +390,20 @@ def _modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
     yield from model.named_modules(remove_duplicate=False)
 
 
+def _attention_modules(model: nn.Module, cfg: QuantConfig) -> set[int]:
+    """ids of the modules whose class name matches ``cfg.attention`` and that hold no other such module."""
+    if cfg.attention is None:
+        return set()
+    pat = re.compile(cfg.attention)
+    named = [m for _, m in model.named_modules()]
+    hits = {id(m) for m in named if pat.fullmatch(parametrize.type_before_parametrizations(m).__name__)}
+    leaves = set()
+    for m in named:
+        if id(m) in hits and not any(id(c) in hits for c in m.modules() if c is not m):
+            leaves.add(id(m))
+    return leaves
+
+
 def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
     """Decide every quantization point of ``model`` under ``cfg`` (attaches nothing)."""
     if not isinstance(model, nn.Module):
@@ -361,6 +411,7 @@ def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
     if not isinstance(cfg, QuantConfig):
         raise TypeError(f"cfg must be a qsim_hooks.QuantConfig, got {type(cfg).__name__}")
     rule_types = tuple(t for r in cfg.rules for t in r.types)  # type: ignore[union-attr]
+    by_pattern = _attention_modules(model, cfg)
     used = [False] * len(cfg.rules)
     entries: list[PlanEntry] = []
     seen: set[int] = set()
@@ -369,13 +420,17 @@ def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
             continue  # a module shared under two names is instrumented once
         spec = cfg.layer_spec(m)
         mtype = parametrize.type_before_parametrizations(m)
-        if spec is None and not (rule_types and issubclass(mtype, rule_types)):
+        rule_attn = any(r.attention for r in cfg.rules if r.attention and r.matches(name, m))
+        if spec is None and id(m) not in by_pattern and not rule_attn \
+                and not (rule_types and issubclass(mtype, rule_types)):
             continue
         seen.add(id(m))
         decided: dict[str, tuple[Any, str]] = {}
         scalings: dict[str, Any] = {}
+        points: dict[str, tuple[Any, str]] = {}
         enabled, enabled_by = True, "cfg"
-        if spec is not None:
+        is_attn, attn_by = id(m) in by_pattern, "cfg"
+        if spec is not None or is_attn:
             for role in ROLES:
                 decided[role] = (getattr(cfg, role), "cfg")
         for i, r in enumerate(cfg.rules):
@@ -387,45 +442,36 @@ def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
                 v = getattr(r, role)
                 if v is not UNSET:
                     decided[role] = (v, label)
-                s = getattr(r, f"{role}_scaling")
-                if s is not UNSET:
-                    scalings[role] = (s, label)
+                sc = getattr(r, f"{role}_scaling")
+                if sc is not UNSET:
+                    scalings[role] = (sc, label)
+            for pt in ATTENTION_POINTS:
+                v = getattr(r, pt)
+                if v is not UNSET:
+                    points[pt] = (v, label)
+            if r.attention is not None:
+                is_attn, attn_by = r.attention, label
             if r.enabled is not None:
                 enabled, enabled_by = r.enabled, label
         tname = mtype.__name__
-        for role in ROLES:
-            if role not in decided:
-                continue
-            fmt, by = decided[role]
+        resolved: dict[str, tuple[Any, str]] = {}
+        for role, (fmt, by) in decided.items():
             if role in scalings:
                 fmt = _with_scaling(fmt, scalings[role][0], f"module {name!r} {role}")
                 by = by if by == scalings[role][1] else f"{by}+{scalings[role][1]}"
-            if not enabled:
-                fmt, by = None, enabled_by
-            if role == "weight":
-                if spec is None:
-                    if fmt is not None:
-                        raise ValueError(f"module {name!r} ({tname}) is not a registered layer, so it has "
-                                         "no known weight tensors; register it with "
-                                         "qsim_hooks.register_layer(Type, weights=(...))")
-                    continue
-                for w in spec.weights:
-                    t = getattr(m, w, None)
-                    if not isinstance(t, torch.Tensor):
-                        if fmt is not None and t is not None:
-                            raise ValueError(f"module {name!r} ({tname}): {w!r} is not a tensor")
-                        continue  # e.g. bias=None or an absent optional weight
-                    f = fmt
-                    axis = None
-                    if f is not None and getattr(f, "scaling", None) is not None:
-                        g = f.scaling.granularity  # type: ignore[attr-defined]
-                        axis = spec.weight_channel_axis if g == "channel" else spec.weight_reduction_axis
-                        f = f.with_axis(axis)
-                    entries.append(PlanEntry(name, tname, "weight", w, f, axis, by))
-            else:
-                axis = spec.activation_axis if spec is not None else -1
-                f = fmt.with_axis(axis) if fmt is not None else None
-                entries.append(PlanEntry(name, tname, role, role, f, axis, by))
+            resolved[role] = (fmt, by)
+        if spec is not None or not is_attn:
+            _layer_entries(entries, name, m, tname, spec, resolved, enabled, enabled_by)
+        if is_attn:
+            for pt in ATTENTION_POINTS:
+                if pt in points:
+                    fmt, by = points[pt]
+                else:
+                    fmt, by = resolved.get(ATTENTION_DEFAULTS[pt], (None, attn_by))
+                    by = f"{by}({ATTENTION_DEFAULTS[pt]})"
+                if not enabled:
+                    fmt, by = None, enabled_by
+                entries.append(PlanEntry(name, tname, pt, pt, fmt, None, by))
     for i, ok in enumerate(used):
         if not ok:
             r = cfg.rules[i]
@@ -436,3 +482,38 @@ def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
                 raise ValueError(msg + "; fix the pattern or pass strict=False to only warn")
             warnings.warn(msg, UserWarning, stacklevel=3)
     return Plan(tuple(entries))
+
+
+def _layer_entries(entries: list[PlanEntry], name: str, m: nn.Module, tname: str, spec: LayerSpec | None,
+                   resolved: dict[str, tuple[Any, str]], enabled: bool, enabled_by: str) -> None:
+    """The input / weight / output entries of one layer."""
+    for role in ROLES:
+        if role not in resolved:
+            continue
+        fmt, by = resolved[role]
+        if not enabled:
+            fmt, by = None, enabled_by
+        if role == "weight":
+            if spec is None:
+                if fmt is not None:
+                    raise ValueError(f"module {name!r} ({tname}) is not a registered layer, so it has "
+                                     "no known weight tensors; register it with "
+                                     "qsim_hooks.register_layer(Type, weights=(...))")
+                continue
+            for w in spec.weights:
+                t = getattr(m, w, None)
+                if not isinstance(t, torch.Tensor):
+                    if fmt is not None and t is not None:
+                        raise ValueError(f"module {name!r} ({tname}): {w!r} is not a tensor")
+                    continue  # e.g. bias=None or an absent optional weight
+                f = fmt
+                axis = None
+                if f is not None and getattr(f, "scaling", None) is not None:
+                    g = f.scaling.granularity  # type: ignore[attr-defined]
+                    axis = spec.weight_channel_axis if g == "channel" else spec.weight_reduction_axis
+                    f = f.with_axis(axis)
+                entries.append(PlanEntry(name, tname, "weight", w, f, axis, by))
+        else:
+            axis = spec.activation_axis if spec is not None else -1
+            f = fmt.with_axis(axis) if fmt is not None else None
+            entries.append(PlanEntry(name, tname, role, role, f, axis, by))

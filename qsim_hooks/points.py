@@ -77,6 +77,7 @@ class QuantPoint:
         self.observer: Callable[[Tensor], None] | None = None
         self.version = 0  # bumped whenever the amax changes (invalidates weight caches)
         self._amax: Tensor | None = None
+        self._by_axis: dict[int, tuple[Format, Format]] = {}
         if amax is not None:
             self.set_amax(amax)
 
@@ -104,10 +105,22 @@ class QuantPoint:
         return f"{e.module or '<model>'}.{e.tensor}" if e.point == "weight" else \
             f"{e.module or '<model>'}[{e.point}]"
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def format_for_axis(self, axis: int) -> Format | None:
+        """The format with an open (``None``) scaling axis filled by ``axis`` (cached)."""
+        fmt = self.format
+        if fmt is None:
+            return None
+        cached = self._by_axis.get(axis)
+        if cached is None or cached[0] is not fmt:
+            cached = (fmt, fmt.with_axis(axis))
+            self._by_axis[axis] = cached
+        return cached[1]
+
+    def __call__(self, x: Tensor, axis: int | None = None) -> Tensor:
+        """Quantize ``x``; ``axis`` fills an open scaling axis (attention operands)."""
         if self.observer is not None:
             self.observer(x)
-        fmt = self.format
+        fmt = self.format if axis is None else self.format_for_axis(axis)
         if fmt is None or not isinstance(x, Tensor) or not x.is_floating_point():
             return x
         amax = self._amax

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import activations, offload, weights
+from . import activations, attention, offload, weights
 from .config import Plan, QuantConfig, resolve
 from .points import QuantPoint
 
@@ -90,12 +90,15 @@ class Session:
 
     def _attach_plan(self, p: Plan, named: dict[str, nn.Module]) -> None:
         cal = self.calibration
+        scopes: dict[str, dict[str, QuantPoint | None]] = {}
         for e in p.active():
             amax = cal.amax_for(e) if cal is not None else None
             point = QuantPoint(e, stats=self.collect_stats, amax=amax, generator=self.generator)
             self.points[point.key] = point
             m = named[e.module]
-            if e.point == "weight":
+            if e.point in attention.ATTENTION_POINTS:
+                scopes.setdefault(e.module, {})[e.point] = point
+            elif e.point == "weight":
                 self._handles.append(weights.attach_weight(m, e.tensor, point))
             elif e.point == "input":
                 self._handles.append(activations.attach_input(m, point))
@@ -103,6 +106,11 @@ class Session:
                 self._handles.append(activations.attach_output(m, point))
             else:  # pragma: no cover - plan produces only these points
                 raise AssertionError(e.point)
+        for name, pts in scopes.items():
+            # nn.MultiheadAttention calls F.linear for out_proj: the scope applies its points
+            out_in = self.points.get((f"{name}.out_proj", "input", "input"))
+            out_out = self.points.get((f"{name}.out_proj", "output", "output"))
+            self._handles.append(attention.attach_attention(named[name], name, pts, out_in, out_out))
         if any(e.point == "weight" for e in p.active()):
             self._handles.extend(offload.wrap_offload_maps(self.model))
 
