@@ -106,10 +106,15 @@ class Session:
                 self._handles.append(activations.attach_output(m, point))
             else:  # pragma: no cover - plan produces only these points
                 raise AssertionError(e.point)
+        # nn.MultiheadAttention calls F.linear for out_proj, so that Linear's input/output hooks never
+        # fire: a scope (even with its six points off) decomposes the call and applies them
+        for e in p.entries:
+            if e.point == "weight" and e.module_type == "MultiheadAttention" and e.module not in scopes:
+                if any((_child(e.module, "out_proj"), r, r) in self.points for r in ("input", "output")):
+                    scopes[e.module] = {}
         for name, pts in scopes.items():
-            # nn.MultiheadAttention calls F.linear for out_proj: the scope applies its points
-            out_in = self.points.get((f"{name}.out_proj", "input", "input"))
-            out_out = self.points.get((f"{name}.out_proj", "output", "output"))
+            out_in = self.points.get((_child(name, "out_proj"), "input", "input"))
+            out_out = self.points.get((_child(name, "out_proj"), "output", "output"))
             self._handles.append(attention.attach_attention(named[name], name, pts, out_in, out_out))
         if any(e.point == "weight" for e in p.active()):
             self._handles.extend(offload.wrap_offload_maps(self.model))
@@ -169,6 +174,10 @@ class Session:
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
         return f"<qsim_hooks.Session {state}: {len(self.points)} points on {type(self.model).__name__}>"
+
+
+def _child(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _has_our_parametrization(m: nn.Module) -> bool:
