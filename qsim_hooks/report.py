@@ -30,7 +30,9 @@ from .stats import FORMAT_ROW_KEYS, format_rows
 
 __all__ = ["Column", "build_table", "print_table", "FORMAT_COLUMNS", "formats_table",
            "render_formats_table", "render_heading", "to_json", "to_csv", "fmt_number", "fmt_pow2",
-           "fmt_db", "format_rows", "STATS_COLUMNS", "select_stats", "stats_table", "render_stats"]
+           "fmt_db", "format_rows", "STATS_COLUMNS", "select_stats", "stats_table", "render_stats",
+           "GROUP_STATS_COLUMNS", "STATS_EXPORT_KEYS", "compare_line", "render_compare", "SENSITIVITY_COLUMNS",
+           "sensitivity_table", "render_sensitivity", "SWEEP_COLUMNS", "sweep_table", "render_sweep"]
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -203,8 +205,15 @@ def _sqnr_key(row: Mapping[str, Any]) -> float:
 
 
 def select_stats(rows: Rows, *, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
-                 point: str | Sequence[str] | None = None) -> list[Mapping[str, Any]]:
-    """Order and filter statistics rows: model order or worst SQNR first, ``top`` rows, some points."""
+                 point: str | Sequence[str] | None = None, group: int | None = None,
+                 sqnr_below: float | None = None) -> list[Mapping[str, Any]]:
+    """Order and filter statistics rows: model order or worst SQNR first, ``top`` rows, some points.
+
+    ``group=N`` first collapses the rows by the first N components of the module
+    name (and point), with exact merged figures
+    (:func:`qsim_hooks.analysis.group_stats`); ``sqnr_below=x`` keeps the rows
+    whose SQNR is below ``x`` dB.
+    """
     if sort not in ("model", "sqnr"):
         raise ValueError(f"sort={sort!r} is not allowed; use 'model' or 'sqnr'")
     if top is not None and (not isinstance(top, int) or top < 1):
@@ -213,28 +222,164 @@ def select_stats(rows: Rows, *, sort: Literal["model", "sqnr"] = "model", top: i
     if point is not None:
         wanted = {point} if isinstance(point, str) else set(point)
         out = [r for r in out if r.get("point") in wanted]
+    if group is not None:
+        from .analysis import group_stats  # data, not rendering: computed there
+
+        out = group_stats(out, group)
+    if sqnr_below is not None:
+        out = [r for r in out if _sqnr_key(r) < float(sqnr_below)]
     if sort == "sqnr":
         out.sort(key=_sqnr_key)
     return out[:top] if top is not None else out
 
 
+def fmt_module(v: Any) -> str:
+    """A module name; the model itself (``""``) as ``<model>``."""
+    if v is None:
+        return "-"
+    return str(v) or "<model>"
+
+
+#: the per-point table when rows are grouped (``group=N``): one more column, the points merged
+GROUP_STATS_COLUMNS: tuple[Column, ...] = (
+    Column("module", "module (group)", fmt_module, justify="left", style="bold"),
+    Column("point", "point", justify="left"),
+    Column("points", "points", fmt_text),
+    *STATS_COLUMNS[2:],
+)
+
+#: the keys of ``Session.stats()`` rows written by CSV exports, in order
+STATS_EXPORT_KEYS = ("module", "point", "tensor", "format", "granularity", "amax", "sqnr_db", "saturated",
+                     "flushed", "calls", "numel", "signal_power", "noise_power", "decided_by")
+
+
 def stats_table(rows: Rows, *, title: str | None = "Quantization points", caption: str | None = None,
                 sort: Literal["model", "sqnr"] = "model", top: int | None = None,
-                point: str | Sequence[str] | None = None) -> Table:
-    """The per-point table of ``Session.stats()`` rows (built, not printed)."""
-    return build_table(select_stats(rows, sort=sort, top=top, point=point), STATS_COLUMNS,
+                point: str | Sequence[str] | None = None, group: int | None = None,
+                sqnr_below: float | None = None) -> Table:
+    """The per-point table of ``Session.stats()`` rows (built, not printed); see :func:`select_stats`."""
+    selected = select_stats(rows, sort=sort, top=top, point=point, group=group, sqnr_below=sqnr_below)
+    if group is not None and caption is None:
+        caption = (f"points grouped by the first {group} component{'s' if group > 1 else ''} of the module name: "
+                   "SQNR from the summed signal and noise powers, % weighted by elements, calls summed")
+    return build_table(selected, GROUP_STATS_COLUMNS if group is not None else STATS_COLUMNS,
                        title=title, caption=caption)
 
 
-def render_stats(rows: Rows, console: Console | None = None, *, title: str | None = "Quantization points",
-                 caption: str | None = None, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
-                 point: str | Sequence[str] | None = None) -> Table:
-    """Print the per-point table (``qs.report()``) and return it."""
-    if caption is None and rows and all(r.get("calls") is None for r in rows):
-        caption = "statistics were not collected: create the session with stats=True"
+def _wide_console(console: Console | None) -> Console:
     if console is None:
         console = Console()
         if not console.is_terminal:  # a pipe or a file: room for the long module names
             console = Console(width=160)
-    return print_table(stats_table(rows, title=title, caption=caption, sort=sort, top=top, point=point),
-                       console)
+    return console
+
+
+def render_stats(rows: Rows, console: Console | None = None, *, title: str | None = "Quantization points",
+                 caption: str | None = None, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
+                 point: str | Sequence[str] | None = None, group: int | None = None,
+                 sqnr_below: float | None = None) -> Table:
+    """Print the per-point table (``qs.report()``) and return it; options as :func:`select_stats`."""
+    if caption is None and rows and all(r.get("calls") is None for r in rows):
+        caption = "statistics were not collected: create the session with stats=True"
+    return print_table(stats_table(rows, title=title, caption=caption, sort=sort, top=top, point=point,
+                                   group=group, sqnr_below=sqnr_below), _wide_console(console))
+
+
+# -- the model against full precision (qsim_hooks.compare) ----------------------
+def _as_mapping(result: Any) -> Mapping[str, Any]:
+    if isinstance(result, Mapping):
+        return result
+    if hasattr(result, "as_dict"):
+        return result.as_dict()
+    raise TypeError(f"expected a qsim_hooks.analysis.Comparison or its as_dict(), got {type(result).__name__}")
+
+
+def compare_line(result: Any) -> str:
+    """One line: output SQNR, max abs error, top-1 agreement, metric (from a Comparison or its dict)."""
+    d = _as_mapping(result)
+    parts = [f"output SQNR {fmt_db(d.get('output_sqnr_db'))} dB",
+             f"max |error| {fmt_number(d.get('max_abs_error'))}"]
+    if d.get("top1_agreement") is not None:
+        rows = int(d.get("top1_rows") or 0)
+        agree = round(float(d["top1_agreement"]) * rows)
+        parts.append(f"top-1 agreement {fmt_percent(d['top1_agreement'])}% ({agree} of {rows})")
+    if d.get("metric_full") is not None or d.get("metric_sim") is not None:
+        parts.append(f"metric {fmt_number(d.get('metric_sim'))} (full precision {fmt_number(d.get('metric_full'))})")
+    n = d.get("batches")
+    if n is not None:
+        parts.append(f"{n} batch{'es' if n != 1 else ''}, {d.get('numel')} output elements")
+    return "; ".join(parts)
+
+
+def render_compare(result: Any, console: Console | None = None, *, title: str | None = "Simulated vs full precision",
+                   stats: bool = True, **stats_options: Any) -> None:
+    """Print the summary line of a comparison and, with ``stats``, its per-point table.
+
+    ``stats_options`` go to :func:`render_stats` (``sort``, ``top``, ``point``, ``group``, ...).
+    """
+    console = _wide_console(console)
+    d = _as_mapping(result)
+    render_heading(title or "", [compare_line(d)], console)
+    rows = d.get("stats") or []
+    if stats and rows:
+        render_stats(rows, console, **stats_options)
+
+
+# -- sensitivity (qsim_hooks.sensitivity) ----------------------------------------
+SENSITIVITY_COLUMNS: tuple[Column, ...] = (
+    Column("rank", "rank", fmt_text),
+    Column("layer", "layer", fmt_module, justify="left", style="bold"),
+    Column("points", "points", fmt_text),
+    Column("formats", "formats", justify="left"),
+    Column("output_sqnr_db", "output\nSQNR dB", fmt_db),
+    Column("max_abs_error", "max\n|error|", fmt_number),
+    Column("top1_agreement", "top-1\nagree %", fmt_percent),
+)
+_GAIN_COLUMN = Column("gain_db", "gain dB\nvs all", fmt_db)
+
+
+def sensitivity_table(rows: Rows, *, title: str | None = None, caption: str | None = None,
+                      top: int | None = None) -> Table:
+    """The ranking of :func:`qsim_hooks.sensitivity` (built, not printed)."""
+    if top is not None and (not isinstance(top, int) or top < 1):
+        raise ValueError(f"top={top!r} must be a positive int or None")
+    mode = rows[0].get("mode") if rows else "one"
+    if title is None:
+        title = ("Sensitivity: one layer quantized at a time, lowest output SQNR first" if mode == "one" else
+                 "Sensitivity: all quantized but one layer, largest recovery first")
+    if caption is None and mode != "one" and rows:
+        caption = f"with every layer quantized: output SQNR {fmt_db(rows[0].get('all_quantized_sqnr_db'))} dB"
+    cols = SENSITIVITY_COLUMNS + ((_GAIN_COLUMN,) if mode != "one" else ())
+    return build_table(list(rows)[:top] if top is not None else rows, cols, title=title, caption=caption)
+
+
+def render_sensitivity(rows: Rows, console: Console | None = None, *, title: str | None = None,
+                       caption: str | None = None, top: int | None = None) -> Table:
+    """Print the sensitivity ranking and return it."""
+    return print_table(sensitivity_table(rows, title=title, caption=caption, top=top), _wide_console(console))
+
+
+# -- a sweep over formats (qsim_hooks.analysis.sweep) ----------------------------
+SWEEP_COLUMNS: tuple[Column, ...] = (
+    Column("format", "format", justify="left", style="bold"),
+    Column("roles", "roles", justify="left"),
+    Column("output_sqnr_db", "output\nSQNR dB", fmt_db),
+    Column("max_abs_error", "max\n|error|", fmt_number),
+    Column("top1_agreement", "top-1\nagree %", fmt_percent),
+)
+_METRIC_COLUMN = Column("metric", "metric", fmt_number)
+
+
+def sweep_table(rows: Rows, *, title: str | None = "Output SQNR per format", caption: str | None = None) -> Table:
+    """The rows of :func:`qsim_hooks.analysis.sweep` (built, not printed); a metric column when there is one."""
+    has_metric = any(r.get("metric") is not None for r in rows)
+    if caption is None and has_metric:
+        caption = f"metric in full precision: {fmt_number(rows[0].get('metric_full'))}"
+    cols = SWEEP_COLUMNS + ((_METRIC_COLUMN,) if has_metric else ())
+    return build_table(rows, cols, title=title, caption=caption)
+
+
+def render_sweep(rows: Rows, console: Console | None = None, *, title: str | None = "Output SQNR per format",
+                 caption: str | None = None) -> Table:
+    """Print the sweep table and return it."""
+    return print_table(sweep_table(rows, title=title, caption=caption), _wide_console(console))
