@@ -35,15 +35,28 @@ class AutoEncoder(nn.Module):
         return self.dec(self.enc(x))
 
 
+_FACTORIES = {
+    "mlp": lambda: (mlp(), torch.randn(4, 16)),
+    "autoencoder": lambda: (AutoEncoder(), torch.randn(2, 3, 16, 16)),
+    "resnet18": lambda: (torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32)),
+    "mobilenet_v3_small": lambda: (torchvision.models.mobilenet_v3_small(num_classes=10), torch.randn(2, 3, 32, 32)),
+    "resnet50": lambda: (torchvision.models.resnet50(num_classes=10), torch.randn(1, 3, 32, 32)),
+}
+
+
+class _Models(dict):
+    """name -> (model in eval mode, input), built on first use (train-mode BatchNorm would
+    legitimately update buffers)."""
+
+    def __missing__(self, name):
+        torch.manual_seed(0)
+        m, x = _FACTORIES[name]()
+        self[name] = (m.eval(), x)
+        return self[name]
+
+
 def _models():
-    """Small real models in eval mode (train-mode BatchNorm would legitimately update buffers)."""
-    torch.manual_seed(0)
-    return {k: (m.eval(), x) for k, (m, x) in {
-        "mlp": (mlp(), torch.randn(4, 16)),
-        "autoencoder": (AutoEncoder(), torch.randn(2, 3, 16, 16)),
-        "resnet18": (torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32)),
-        "mobilenet_v3_small": (torchvision.models.mobilenet_v3_small(num_classes=10), torch.randn(2, 3, 32, 32)),
-    }.items()}
+    return _Models()
 
 
 CFG = qh.QuantConfig(input="int8", weight="int4", output="fp16")
@@ -75,7 +88,7 @@ def test_conv_transpose_per_channel_weight_axis_matches_reference():
     assert torch.equal(y, ref)
 
 
-@pytest.mark.parametrize("name", ["mlp", "autoencoder", "resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["mlp", "autoencoder", "resnet18", "mobilenet_v3_small", "resnet50"])
 def test_reversible_after_normal_exit(name):
     model, x = _models()[name]
     model.eval()
