@@ -7,7 +7,8 @@ runs it and returns an exit code. Adding a subcommand is adding one entry.
 Data comes from :mod:`qsim_hooks.stats`, text from :mod:`qsim_hooks.report`;
 this module only parses arguments and routes output. Exit codes follow
 argparse: 0 success, 2 a bad invocation (unknown option, unknown format name,
-bad value), 1 a failure while running. Every error is one line on stderr;
+bad value, a model name or a model/config file that cannot be used), 1 a
+failure while running (the user's model file raising included). Every error is one line on stderr;
 set ``QSIM_HOOKS_DEBUG=1`` to get the traceback of an unexpected one.
 """
 
@@ -18,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 
@@ -170,6 +171,244 @@ def _demo_model(console: Console, seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------
+# report, sweep, sensitivity: a model, a config, an analysis
+# ---------------------------------------------------------------------------
+class UsageError(CommandError):
+    """A bad invocation found only while running (a model name, a file it names): exit code 2."""
+
+
+#: the simulation of ``report`` and ``sensitivity`` when no config is given (INT-FP-QSim's default)
+DEFAULT_SIMULATION = {"input": "e4m3", "weight": "e4m3", "output": "fp16"}
+
+
+def _format_or_none(text: str) -> str:
+    """A format name checked against the registry, or ``none`` (full precision)."""
+    if text.strip().lower() == "none":
+        return "none"
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"expected one format name (or 'none'), got {text!r}")
+    return _format_names(text)[0]
+
+
+def _roles(text: str) -> list[str]:
+    from .config import ROLES
+
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(ROLES)}, got {text!r}")
+    return roles
+
+
+def _points(text: str) -> list[str]:
+    pts = [p.strip() for p in text.split(",") if p.strip()]
+    if not pts:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of points, got {text!r}")
+    return pts
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="demo", metavar="NAME|FILE.py",
+                   help="'demo' (default: a small built-in CNN on synthetic input), a torchvision classification "
+                        "model name (e.g. resnet18; random weights, synthetic N(0,1) images), or a Python file "
+                        "that defines model (or build_model()) and batches (or get_batches()), and optionally "
+                        "metric(model, batches) -> float, forward(model, batch), output(model_output) -> tensor")
+    g.add_argument("--batch", type=_positive_int, default=8, metavar="N",
+                   help="synthetic batch size for demo/torchvision models (default 8)")
+    g.add_argument("--size", type=_positive_int, default=None, metavar="PIXELS",
+                   help="synthetic image size (default 32 for demo, 224 for torchvision models)")
+    g.add_argument("--batches", type=_positive_int, default=1, metavar="N",
+                   help="number of synthetic batches (default 1); statistics merge exactly over all")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random weights and synthetic data (default 0)")
+
+
+def _config_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    """``--config`` and the role flags; ``default`` says what applies when neither is given."""
+    g = p.add_argument_group("simulation")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="a .toml or .json file with the keys of QuantConfig.from_dict: input, weight, output "
+                        "(format names or 'none'), rules (a list of tables: match, input, weight, output, "
+                        "*_scaling, enabled, name), strict, seed")
+    for role in ("input", "weight", "output"):
+        g.add_argument(f"--{role}", type=_format_or_none, default=None, metavar="FORMAT",
+                       help=f"the {role} format of every layer (or 'none'); overrides the config file's "
+                            f"(neither given: {default})")
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="write the result as JSON on stdout")
+    out.add_argument("--csv", action="store_true", help="write the rows as CSV on stdout")
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    from .modelsrc import ModelFileError, SourceError, load_model
+
+    try:
+        return load_model(args.model, batch=args.batch, size=args.size, batches=args.batches, seed=args.seed)
+    except SourceError as exc:
+        raise UsageError(f"--model: {exc}") from None
+    except ModelFileError as exc:
+        raise CommandError(f"{exc} (set QSIM_HOOKS_DEBUG=1 for the traceback)") from exc
+
+
+def _build_config(args: argparse.Namespace, default: dict[str, Any] | None) -> Any:
+    import dataclasses
+
+    from .config import QuantConfig
+    from .modelsrc import SourceError, load_config
+
+    flags = {r: (None if v == "none" else v) for r in ("input", "weight", "output")
+             if (v := getattr(args, r)) is not None}
+    if args.config is not None:
+        try:
+            cfg = load_config(args.config)
+        except SourceError as exc:
+            raise UsageError(f"--config: {exc}") from None
+        return dataclasses.replace(cfg, **flags) if flags else cfg
+    if flags or default is None:
+        return QuantConfig(**flags)
+    return QuantConfig(**default)
+
+
+def _describe_config(cfg: Any) -> str:
+    def name(f: Any) -> str:
+        return "full precision" if f is None else f.name
+
+    text = f"input {name(cfg.input)}, weight {name(cfg.weight)}, output {name(cfg.output)}"
+    if cfg.rules:
+        text += f"; {len(cfg.rules)} rule{'s' if len(cfg.rules) > 1 else ''}: " + ", ".join(
+            r.name or f"rule[{i}]" for i, r in enumerate(cfg.rules))
+    return text
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    _config_arguments(p, "e4m3 inputs and weights, fp16 outputs")
+    g = p.add_argument_group("the table")
+    g.add_argument("--sort", choices=("model", "sqnr"), default="model",
+                   help="row order: model order (default) or worst SQNR first")
+    g.add_argument("--top", type=_positive_int, default=None, metavar="N", help="only the first N rows")
+    g.add_argument("--group", type=_positive_int, default=None, metavar="DEPTH",
+                   help="merge the points of each module-name prefix of DEPTH components (2: layer1.0.*), "
+                        "SQNR from the summed powers")
+    g.add_argument("--point", type=_points, default=None, metavar="P,Q",
+                   help="only these points (input, weight, output, q, k, scores, probs, v, context)")
+    _output_arguments(p)
+
+
+def _report_run(args: argparse.Namespace) -> int:
+    from . import analysis, report
+
+    src = _load_model(args)
+    cfg = _build_config(args, DEFAULT_SIMULATION)
+    res = analysis.compare(src.model, cfg, batches=src.batches, forward=src.forward, output=src.output,
+                           metric=src.metric, stats=True)
+    options = {"sort": args.sort, "top": args.top, "point": args.point, "group": args.group}
+    rows = report.select_stats(res.stats, **options)
+    if args.json:
+        sys.stdout.write(report.to_json({"model": src.name, "description": src.description,
+                                         "config": _describe_config(cfg), "summary": res.as_dict(stats=False),
+                                         "points": rows}))
+    elif args.csv:
+        keys = list(report.STATS_EXPORT_KEYS)
+        if args.group is not None:
+            keys = [k for k in keys if k != "decided_by"] + ["points"]
+        sys.stdout.write(report.to_csv(rows, keys))
+    else:
+        console = _console()
+        report.render_heading(f"qsim-hooks report: {src.name}",
+                              [src.description, f"simulation: {_describe_config(cfg)}"], console)
+        report.render_compare(res, console, **options)
+    return 0
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    _config_arguments(p, "full precision")
+    g = p.add_argument_group("the sweep")
+    g.add_argument("--formats", type=_format_names, default="fp16,bf16,e4m3,e5m2,int8,mxfp4,int4",
+                   metavar="A,B,C", help="comma-separated format names (default fp16,bf16,e4m3,e5m2,int8,mxfp4,int4)")
+    g.add_argument("--roles", type=_roles, default=["input", "weight"], metavar="R,S",
+                   help="the roles each format is given (default input,weight; roles not listed keep the "
+                        "config's formats, full precision without one)")
+    g.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw output SQNR per format to a PNG (needs matplotlib)")
+    _output_arguments(p)
+
+
+def _sweep_run(args: argparse.Namespace) -> int:
+    from . import analysis, report
+
+    if args.plot is not None:
+        from .plots import _matplotlib
+
+        try:
+            _matplotlib()
+        except ImportError as exc:
+            raise UsageError(f"--plot: {exc}") from None
+    src = _load_model(args)
+    cfg = _build_config(args, None)
+    rows = analysis.sweep(src.model, cfg, args.formats, batches=src.batches, roles=args.roles,
+                          forward=src.forward, output=src.output, metric=src.metric)
+    if args.json:
+        sys.stdout.write(report.to_json({"model": src.name, "description": src.description,
+                                         "config": _describe_config(cfg), "rows": rows}))
+    elif args.csv:
+        sys.stdout.write(report.to_csv(rows))
+    else:
+        console = _console()
+        report.render_heading(f"qsim-hooks sweep: {src.name}",
+                              [src.description, f"each format on: {', '.join(args.roles)}; "
+                                                f"the rest: {_describe_config(cfg)}"], console)
+        report.render_sweep(rows, console)
+    if args.plot is not None:
+        from .plots import sweep_plot
+
+        path = sweep_plot(rows, args.plot, title=f"{src.name}: output SQNR per format ({', '.join(args.roles)})")
+        if not (args.json or args.csv):
+            _console().print(f"plot written to {path}", markup=False, highlight=False)
+    return 0
+
+
+def _sensitivity_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    _config_arguments(p, "e4m3 inputs and weights, fp16 outputs")
+    g = p.add_argument_group("the ranking")
+    g.add_argument("--mode", choices=("one", "all-but-one"), default="one",
+                   help="'one' (default): each layer quantized alone, the rest in full precision, lowest "
+                        "output SQNR first; 'all-but-one': everything quantized but that layer, the largest "
+                        "recovery first")
+    g.add_argument("--depth", type=_positive_int, default=None, metavar="N",
+                   help="rank module-name prefixes of N components (blocks) instead of single layers")
+    g.add_argument("--top", type=_positive_int, default=None, metavar="N", help="only the first N rows")
+    _output_arguments(p)
+
+
+def _sensitivity_run(args: argparse.Namespace) -> int:
+    from . import analysis, report
+
+    src = _load_model(args)
+    cfg = _build_config(args, DEFAULT_SIMULATION)
+    rows = analysis.sensitivity(src.model, cfg, batches=src.batches, mode=args.mode,
+                                granularity="layer" if args.depth is None else args.depth,
+                                forward=src.forward, output=src.output, progress=True)
+    rows = rows[:args.top] if args.top is not None else rows
+    if args.json:
+        sys.stdout.write(report.to_json({"model": src.name, "description": src.description,
+                                         "config": _describe_config(cfg), "mode": args.mode, "rows": rows}))
+    elif args.csv:
+        sys.stdout.write(report.to_csv(rows))
+    else:
+        console = _console()
+        report.render_heading(f"qsim-hooks sensitivity: {src.name}",
+                              [src.description, f"simulation: {_describe_config(cfg)}"], console)
+        report.render_sensitivity(rows, console)
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # The command table and main
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -186,6 +425,12 @@ COMMANDS: dict[str, Command] = {
                        "SQNR on N(0,1)", _formats_arguments, _formats_run),
     "demo": Command("the demo: the formats table with SQNR on N(0,1) data, then a small resnet18 through a "
                     "session with its per-point report", _demo_arguments, _demo_run),
+    "report": Command("a model (demo, a torchvision name or your .py file) simulated under a config: output SQNR "
+                      "against full precision, then one row per quantization point", _report_arguments, _report_run),
+    "sweep": Command("a list of formats: output SQNR (and your metric) per format, optionally as a PNG plot",
+                     _sweep_arguments, _sweep_run),
+    "sensitivity": Command("which layers must stay in higher precision: each layer quantized alone (or all but "
+                           "one), ranked by output SQNR", _sensitivity_arguments, _sensitivity_run),
 }
 
 
@@ -221,6 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except UsageError as exc:
+        if os.environ.get("QSIM_HOOKS_DEBUG"):
+            raise
+        return _fail(str(exc), 2)
     except (CommandError, ValueError, TypeError) as exc:
         if os.environ.get("QSIM_HOOKS_DEBUG"):
             raise

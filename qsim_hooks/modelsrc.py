@@ -1,0 +1,241 @@
+"""Where the command line's models, batches and configs come from: names and files.
+
+:func:`load_model` turns ``--model`` into a model and its batches:
+
+* ``demo`` - :class:`DemoNet`, a small CNN classifier (stem, two blocks, head;
+  random weights, seeded) on synthetic N(0, 1) batches of 3 x 32 x 32 images;
+* a torchvision classification model name (``resnet18``, ``mobilenet_v3_small``,
+  ...) - random weights (nothing is downloaded), synthetic N(0, 1) batches
+  of 3 x size x size images;
+* a path to a Python file that defines ``model`` (an ``nn.Module``) or
+  ``build_model()``, and ``batches`` (a list of batches; one tensor is one
+  batch) or ``get_batches()``; optionally ``metric(model, batches) -> float``
+  (a task metric, higher or lower is the file's business),
+  ``forward(model, batch)`` and ``output(model_output) -> Tensor`` (see
+  :mod:`qsim_hooks.analysis`).
+
+:func:`load_config` reads a TOML or JSON file with the keys of
+:meth:`QuantConfig.from_dict <qsim_hooks.config.QuantConfig.from_dict>`.
+
+A wrong name or a bad file raises :class:`SourceError` (a ValueError) with one
+line that names it; the command line exits 2 on it. An exception raised by the
+user's file itself is re-raised as a :class:`ModelFileError` naming the file (exit 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import QuantConfig
+
+__all__ = ["ModelSource", "SourceError", "ModelFileError", "DemoNet", "load_model", "load_config", "torchvision_names"]
+
+
+class SourceError(ValueError):
+    """A model name, model file or config file that cannot be used (one line, names it)."""
+
+
+class ModelFileError(RuntimeError):
+    """The user's model file raised while it was run (the message names the file; the cause is chained)."""
+
+
+@dataclass
+class ModelSource:
+    """A model and what to feed it, as the command line uses them."""
+
+    name: str
+    model: nn.Module
+    batches: list[Any]
+    description: str
+    forward: Callable[[nn.Module, Any], Any] | None = None
+    output: Callable[[Any], torch.Tensor] | None = None
+    metric: Callable[[nn.Module, Any], float] | None = None
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))))
+
+
+class DemoNet(nn.Module):
+    """The built-in demo model: a small CNN classifier for 3 x 32 x 32 inputs (10 classes).
+
+    Modules: ``stem`` (conv), ``blocks.0`` and ``blocks.1`` (two convs each), ``head.fc``.
+    """
+
+    def __init__(self, classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+        self.blocks = nn.Sequential(_Block(width, 2 * width), _Block(2 * width, 4 * width))
+        self.head = nn.Sequential()
+        self.head.add_module("pool", nn.AdaptiveAvgPool2d(1))
+        self.head.add_module("flatten", nn.Flatten())
+        self.head.add_module("fc", nn.Linear(4 * width, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def torchvision_names() -> list[str]:
+    """The torchvision classification model names (``torchvision.models.list_models``)."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def _synthetic(batch: int, size: int, count: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, size, size, generator=gen) for _ in range(count)]
+
+
+def load_model(spec: str, *, batch: int = 8, size: int | None = None, batches: int = 1,
+               seed: int = 0) -> ModelSource:
+    """The model named by ``spec`` (``demo``, a torchvision name, or a ``.py`` file) and its batches.
+
+    ``batch``, ``size`` (default 32 for the demo, 224 for torchvision) and
+    ``batches`` shape the synthetic input of the built-in models; a file
+    brings its own. ``seed`` seeds the random weights and the synthetic data.
+
+    Raises:
+        SourceError: an unknown name, a missing file, or a file without
+            ``model``/``build_model`` or ``batches``/``get_batches``.
+        ModelFileError: the file itself raised (the message names the file).
+    """
+    for label, v in (("batch", batch), ("batches", batches)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SourceError(f"{label}={v!r} must be a positive int")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise SourceError(f"size={size!r} must be a positive int")
+    if spec.endswith(".py") or "/" in spec or Path(spec).suffix:
+        return _from_file(Path(spec))
+    if spec == "demo":
+        size = 32 if size is None else size
+        torch.manual_seed(seed)
+        return ModelSource("demo", DemoNet().eval(), _synthetic(batch, size, batches, seed),
+                           f"the built-in demo CNN (random weights, seed {seed}); {batches} synthetic N(0,1) "
+                           f"batch{'es' if batches > 1 else ''} of {batch} x 3 x {size} x {size}")
+    names = torchvision_names()
+    if spec not in names:
+        close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SourceError(f"unknown model {spec!r}{hint}; expected 'demo', a torchvision classification "
+                          "model name or a path to a .py file")
+    import torchvision
+
+    size = 224 if size is None else size
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(spec, weights=None).eval()
+    return ModelSource(spec, model, _synthetic(batch, size, batches, seed),
+                       f"torchvision {spec} (random weights, seed {seed}); {batches} synthetic N(0,1) "
+                       f"batch{'es' if batches > 1 else ''} of {batch} x 3 x {size} x {size}")
+
+
+def _from_file(path: Path) -> ModelSource:
+    if path.suffix != ".py":
+        raise SourceError(f"model file {str(path)!r} must be a Python file ending in .py")
+    if not path.is_file():
+        raise SourceError(f"model file {str(path)!r} not found")
+    name = f"_qsim_hooks_model_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
+        raise SourceError(f"cannot load {str(path)!r} as a Python module")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses and pickling inside the file look themselves up here
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # the file may import its neighbours, as when run as a script
+    try:
+        spec.loader.exec_module(mod)
+        model = _get(mod, path, "model", "build_model")
+        batches = _get(mod, path, "batches", "get_batches")
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.modules.pop(name, None)
+        if folder in sys.path:
+            sys.path.remove(folder)
+    if not isinstance(model, nn.Module):
+        raise SourceError(f"{path}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(batches, torch.Tensor):
+        batches = [batches]
+    else:
+        try:
+            batches = list(batches)
+        except TypeError:
+            raise SourceError(f"{path}: batches must be a list of batches (or one tensor), "
+                              f"got {type(batches).__name__}") from None
+    if not batches:
+        raise SourceError(f"{path}: batches is empty")
+    hooks = {}
+    for attr in ("forward", "output", "metric"):
+        fn = getattr(mod, attr, None)
+        if fn is not None and not callable(fn):
+            raise SourceError(f"{path}: {attr} must be a function, got {type(fn).__name__}")
+        hooks[attr] = fn
+    return ModelSource(path.stem, model, batches,
+                       f"{path} ({type(model).__name__}, {len(batches)} batch{'es' if len(batches) > 1 else ''})",
+                       **hooks)
+
+
+def _get(mod: Any, path: Path, value: str, factory: str) -> Any:
+    if hasattr(mod, value):
+        return getattr(mod, value)
+    fn = getattr(mod, factory, None)
+    if callable(fn):
+        return fn()
+    raise SourceError(f"{path} defines neither {value!r} nor {factory}(); the command line needs both a "
+                      "model (model or build_model()) and its input (batches or get_batches())")
+
+
+def load_config(path: str | Path) -> QuantConfig:
+    """A :class:`QuantConfig` from a ``.toml`` or ``.json`` file (keys of ``QuantConfig.from_dict``).
+
+    Raises:
+        SourceError: a missing file, another suffix, a parse error, or an
+            invalid config (unknown key or format name); the message starts
+            with the file's path.
+    """
+    p = Path(path)
+    if p.suffix not in (".toml", ".json"):
+        raise SourceError(f"config file {str(p)!r} must end in .toml or .json")
+    if not p.is_file():
+        raise SourceError(f"config file {str(p)!r} not found")
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                try:
+                    import tomli as tomllib  # type: ignore[no-redef]
+                except ModuleNotFoundError:
+                    raise SourceError(f"{p}: reading TOML needs Python 3.11 or the tomli package; "
+                                      "or write the config as JSON") from None
+            with p.open("rb") as fh:
+                data = tomllib.load(fh)
+        else:
+            with p.open(encoding="utf-8") as fh:
+                data = json.load(fh)
+    except SourceError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise SourceError(f"{p}: malformed {p.suffix[1:].upper()}: {exc}") from None
+    try:
+        return QuantConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise SourceError(f"{p}: {exc}") from None
