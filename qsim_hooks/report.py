@@ -186,8 +186,15 @@ def fmt_percent(v: Any) -> str:
     return f"{100.0 * float(v):.2f}"
 
 
+def fmt_module(v: Any) -> str:
+    """A module name; the model itself (``""``) as ``<model>``."""
+    if v is None:
+        return "-"
+    return str(v) or "<model>"
+
+
 STATS_COLUMNS: tuple[Column, ...] = (
-    Column("module", "module", justify="left", style="bold"),
+    Column("module", "module", fmt_module, justify="left", style="bold"),
     Column("point", "point", justify="left"),
     Column("format", "format", justify="left"),
     Column("granularity", "granularity", justify="left"),
@@ -231,13 +238,6 @@ def select_stats(rows: Rows, *, sort: Literal["model", "sqnr"] = "model", top: i
     if sort == "sqnr":
         out.sort(key=_sqnr_key)
     return out[:top] if top is not None else out
-
-
-def fmt_module(v: Any) -> str:
-    """A module name; the model itself (``""``) as ``<model>``."""
-    if v is None:
-        return "-"
-    return str(v) or "<model>"
 
 
 #: the per-point table when rows are grouped (``group=N``): one more column, the points merged
@@ -319,7 +319,10 @@ def render_compare(result: Any, console: Console | None = None, *, title: str | 
     """
     console = _wide_console(console)
     d = _as_mapping(result)
-    render_heading(title or "", [compare_line(d)], console)
+    if title:
+        render_heading(title, [compare_line(d)], console)
+    else:
+        console.print(compare_line(d), markup=False, highlight=False)
     rows = d.get("stats") or []
     if stats and rows:
         render_stats(rows, console, **stats_options)
