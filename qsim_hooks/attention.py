@@ -97,6 +97,19 @@ def _q(pts: _Points, name: str, x: Tensor, axis: int = -1) -> Tensor:
 # ---------------------------------------------------------------------------
 # Decompositions
 # ---------------------------------------------------------------------------
+def _safe_softmax(s: Tensor) -> Tensor:
+    """Softmax over the last axis whose fully masked rows (all ``-inf``) are zeros, not NaN.
+
+    That is what the fused SDPA kernels return (PyTorch >= 2.5); a NaN row would leak into every
+    position through the next layer's P·V (left-padded batches give such rows).
+    """
+    f = getattr(torch, "_safe_softmax", None)
+    if f is not None:
+        return f(s, -1)
+    p = torch.softmax(s, dim=-1)
+    return p.masked_fill((s == float("-inf")).all(-1, keepdim=True), 0.0)
+
+
 def sdpa_decomposed(pts: _Points, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
                     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                     enable_gqa: bool = False) -> Tensor:
@@ -120,7 +133,7 @@ def sdpa_decomposed(pts: _Points, query: Tensor, key: Tensor, value: Tensor, att
             s = s.masked_fill(~attn_mask, float("-inf"))
         else:
             s = s + attn_mask
-    p = torch.softmax(s, dim=-1)
+    p = _safe_softmax(s)
     if dropout_p > 0.0:
         p = F.dropout(p, p=dropout_p, training=True)
     p = _q(pts, "probs", p, -1)
