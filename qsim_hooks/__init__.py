@@ -7,6 +7,7 @@ convolution, per the rules of ``cfg``, and removes everything on exit.
 
 from . import formats
 from .analysis import Captured, Comparison, capture, compare, sensitivity, sweep
+from .calibration import Calibration, calibrate
 from .config import LayerSpec, Plan, QuantConfig, Rule, register_layer
 from .formats import FloatFormat, Format, GradSpec, IntFormat, Rounding, Scaling
 from .session import Session, attach, plan, quantized
@@ -14,4 +15,5 @@ from .session import Session, attach, plan, quantized
 __version__ = "0.1.0"
 __all__ = ["quantized", "attach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
            "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
-           "GradSpec", "compare", "Comparison", "sensitivity", "sweep", "capture", "Captured", "__version__"]
+           "GradSpec", "compare", "Comparison", "sensitivity", "sweep", "capture", "Captured",
+           "calibrate", "Calibration", "__version__"]

@@ -1,0 +1,344 @@
+"""``calibrate(model, cfg, data, ...)``: a calibration pass through the session's own points.
+
+One mechanism, two modes: the session that quantizes is the session that
+calibrates. :func:`calibrate` attaches a :class:`~qsim_hooks.session.Session`
+for ``cfg``; every point whose format can take a static amax
+(:func:`~qsim_hooks.calibration.calibration.calibration_target`) gets an
+observer in its ``observer`` slot and its format set to ``None``, so the
+batches run in full precision (TensorRT calibrates with quantization off) and
+every point - layer inputs, weights, outputs, attention internals, whatever
+the plan holds - is observed by the same hooks that later quantize it. The
+session is detached in ``finally``; then the statistics are merged across
+ranks (when ``torch.distributed`` is initialised) and turned into an amax per
+point by the chosen method.
+
+:func:`calibrate_session` does the same on a session that is already attached
+(INT-FP-QSim's ``replace_layers`` session, in :mod:`qsim_hooks.compat`), and
+leaves it attached with its formats restored.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import QuantConfig
+from ..formats import Format
+from ..points import QuantPoint
+from ..session import Session
+from .calibration import Calibration, CalibrationTarget, PointCalibration, calibration_target, point_label
+from .methods import HISTOGRAM_METHODS, METHODS, SCORING_METHODS, compute_amax
+from .observers import HistogramObserver, MaxObserver, Observer
+
+__all__ = ["calibrate", "calibrate_session", "default_forward", "check_method"]
+
+Key = tuple[str, str, str]
+ForwardFn = Callable[[nn.Module, Any], Any]
+#: per-channel histograms have ``bins // CHANNEL_BIN_DIVISOR`` bins
+CHANNEL_BIN_DIVISOR = 8
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, else ``model(batch)``."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def check_method(method: Any, percentile: Any) -> str | dict[str, str]:
+    """Validate ``method`` (a name, or ``{point: name}`` with an optional ``"default"``) and ``percentile``."""
+    known = ", ".join(repr(m) for m in sorted(METHODS))
+    names: list[tuple[str, Any]]
+    if isinstance(method, str):
+        names = [("method", method)]
+    elif isinstance(method, Mapping):
+        if not method:
+            raise ValueError("method: an empty mapping; give a method name or {point: method}")
+        names = [(f"method[{k!r}]", v) for k, v in method.items()]
+        for k in method:
+            if not isinstance(k, str):
+                raise TypeError(f"method: keys are point names (str) or 'default', got {k!r}")
+    else:
+        raise TypeError(f"method must be a str or a mapping point -> str, got {type(method).__name__}")
+    for who, v in names:
+        if not isinstance(v, str) or v.lower() not in METHODS:
+            raise ValueError(f"{who}={v!r} is not a calibration method; use one of {known}")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or \
+            not math.isfinite(float(percentile)) or not 0.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile={percentile!r} must be in (0, 100]")
+    if isinstance(method, str):
+        return method.lower()
+    return {k: v.lower() for k, v in method.items()}
+
+
+def _method_for(method: str | dict[str, str], point: str) -> str:
+    if isinstance(method, str):
+        return method
+    return method.get(point, method.get("default", "max"))
+
+
+class _Installed:
+    """The observers set on a session's points, and what to put back."""
+
+    def __init__(self) -> None:
+        self.saved: dict[Key, tuple[QuantPoint, Format | None, Any]] = {}
+        self.observers: dict[Key, tuple[Observer, Format, CalibrationTarget, str]] = {}
+        self.skipped: dict[Key, str] = {}
+
+    def restore(self) -> None:
+        for point, fmt, obs in self.saved.values():
+            point.format = fmt
+            point.observer = obs
+        self.saved.clear()
+
+
+def _install(points: Mapping[Key, QuantPoint], method: str | dict[str, str], bins: int,
+             select: Callable[[QuantPoint], bool] | None,
+             target_format: Callable[[QuantPoint], Format | None] | None) -> _Installed:
+    inst = _Installed()
+    for key, qp in points.items():
+        if select is not None and not select(qp):
+            continue
+        fmt = target_format(qp) if target_format is not None else qp.format
+        tgt = calibration_target(fmt, qp.entry.axis)
+        if not tgt.ok:
+            inst.skipped[key] = tgt.reason
+            continue
+        assert fmt is not None
+        m = _method_for(method, qp.entry.point)
+        name = point_label(key)
+        if m in HISTOGRAM_METHODS:
+            # a channel of a weight holds tens to thousands of values: bins / 8 bins (256) resolve them
+            nb = bins if tgt.granularity == "tensor" else max(16, bins // CHANNEL_BIN_DIVISOR)
+            obs: Observer = HistogramObserver(tgt.axis, name, nb)
+        else:
+            obs = MaxObserver(tgt.axis, name)
+        inst.saved[key] = (qp, qp.format, qp.observer)
+        inst.observers[key] = (obs, fmt, tgt, m)
+        qp.observer = obs
+        qp.format = None  # calibrate with quantization off
+    return inst
+
+
+def _observe_weights(session: Session, inst: _Installed) -> None:
+    """Read every observed weight once through its parametrization (so unused weights are calibrated too)."""
+    named = dict(session.model.named_modules(remove_duplicate=False))
+    for key in inst.observers:
+        module, point, tensor = key
+        if point == "weight" and module in named:
+            getattr(named[module], tensor)
+
+
+def _progress(enabled: bool | None, total: int | None):
+    show = sys.stdout.isatty() if enabled is None else bool(enabled)
+    if not show:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)
+    return prog
+
+
+def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: ForwardFn,
+                 progress: bool | None) -> int:
+    if isinstance(data, (Tensor, Mapping)):
+        data = [data]  # one batch
+    try:
+        it = iter(data)
+    except TypeError:
+        raise TypeError(f"data must be an iterable of batches (a DataLoader, a list, a generator) or one "
+                        f"tensor / dict batch, got {type(data).__name__}") from None
+    total: int | None = num_batches
+    if total is None:
+        try:
+            total = len(data)
+        except TypeError:
+            total = None
+    elif hasattr(data, "__len__"):
+        try:
+            total = min(total, len(data))
+        except TypeError:
+            pass
+    prog = _progress(progress, total)
+    n = 0
+    with torch.no_grad():
+        if prog is not None:
+            prog.start()
+            task = prog.add_task("batches", total=total)
+        try:
+            for batch in it:
+                forward(model, batch)
+                n += 1
+                if prog is not None:
+                    prog.advance(task)
+                if num_batches is not None and n >= num_batches:
+                    break
+        finally:
+            if prog is not None:
+                prog.stop()
+    return n
+
+
+def _finish(inst: _Installed, method: str | dict[str, str], percentile: float, bins: int, n_batches: int,
+            distributed: bool | None) -> Calibration:
+    import torch.distributed as dist
+
+    merge = (dist.is_available() and dist.is_initialized()) if distributed is None else distributed
+    points: dict[Key, PointCalibration] = {}
+    skipped = dict(inst.skipped)
+    no_data: list[str] = []
+    zero: list[str] = []
+    fallback: list[str] = []
+    sparse: list[str] = []
+    for key, (obs, fmt, tgt, m) in inst.observers.items():  # the plan's order: the same on every rank
+        if merge:
+            obs.all_reduce()
+        label = point_label(key)
+        if not obs.seen_data:
+            skipped[key] = "saw no data"
+            no_data.append(label)
+            continue
+        if m in SCORING_METHODS and not tgt.histogram_scoring:
+            fallback.append(label)
+            amax = compute_amax("max", obs, fmt, percentile)
+            used = "max"
+        else:
+            amax = compute_amax(m, obs, fmt, percentile)
+            used = m
+            if m == "entropy" and isinstance(obs, HistogramObserver) and \
+                    obs.numel < obs.bins * (obs.channels or 1):
+                sparse.append(label)
+        pos = amax > 0
+        if not bool(pos.any()):
+            skipped[key] = "saw only zeros"
+            zero.append(label)
+            continue
+        if not bool(pos.all()):  # all-zero channels (pruned): any amax quantizes them to 0
+            amax = torch.where(pos, amax, amax[pos].max())
+        vals = [float(v) for v in amax.tolist()]
+        fname = getattr(fmt, "name", type(fmt).__name__)
+        if tgt.granularity == "channel":
+            pc = PointCalibration(*key, tuple(vals), fname, used, "channel", tgt.axis, obs.shape,
+                                  obs.numel, obs.nonfinite)
+        else:
+            pc = PointCalibration(*key, vals[0], fname, used, "tensor", None, None, obs.numel, obs.nonfinite)
+        points[key] = pc
+    if inst.observers and not points and no_data and len(no_data) == len(inst.observers):
+        raise ValueError(f"calibration: none of the {len(no_data)} points saw data ({_few(no_data)}); does "
+                         "`forward` run the model on the batches?")
+    if no_data:
+        warnings.warn(f"calibration: {len(no_data)} point(s) saw no data and keep their dynamic scale: "
+                      f"{_few(no_data)}", UserWarning, stacklevel=3)
+    if zero:
+        warnings.warn(f"calibration: {len(zero)} point(s) saw only zeros and keep their dynamic scale: "
+                      f"{_few(zero)}", UserWarning, stacklevel=3)
+    if fallback:
+        warnings.warn(f"calibration: mse/entropy cannot score a two-level block format's tensor amax on a "
+                      f"histogram; 'max' was used for {len(fallback)} point(s): {_few(fallback)}",
+                      UserWarning, stacklevel=3)
+    if sparse:
+        warnings.warn(f"calibration: entropy compares distributions, and {len(sparse)} point(s) saw fewer values "
+                      f"(per channel) than the histogram has bins, where the divergence says little: "
+                      f"{_few(sparse)}; calibrate on more data, or use max / mse there (e.g. "
+                      "method={'weight': 'max', 'default': 'entropy'}, TensorRT's practice for weights)",
+                      UserWarning, stacklevel=3)
+    return Calibration(points, skipped, method, float(percentile), bins, n_batches)
+
+
+def _few(labels: list[str], n: int = 6) -> str:
+    return ", ".join(labels[:n]) + (f", ... ({len(labels)} in all)" if len(labels) > n else "")
+
+
+def calibrate_session(session: Session, data: Any = None, *, num_batches: int | None = None,
+                      method: str | Mapping[str, str] = "max", percentile: float = 99.99,
+                      forward: ForwardFn | None = None, progress: bool | None = None, bins: int = 2048,
+                      select: Callable[[QuantPoint], bool] | None = None,
+                      target_format: Callable[[QuantPoint], Format | None] | None = None,
+                      distributed: bool | None = None) -> Calibration:
+    """Calibrate the points of an attached session (it stays attached, formats restored).
+
+    ``select`` limits the points; ``target_format`` gives the format to
+    calibrate a point for (default: its own). ``data=None`` runs no batch: only
+    weights are observed (read once through their parametrization).
+    Arguments otherwise as :func:`calibrate`.
+    """
+    if not session.attached:
+        raise RuntimeError("calibrate_session needs an attached session")
+    m = check_method(method, percentile)
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                    or num_batches < 1):
+        raise ValueError(f"num_batches={num_batches!r} must be a positive int or None (all batches)")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 16:
+        raise ValueError(f"bins={bins!r} must be an int >= 16")
+    inst = _install(session.points, m, bins, select, target_format)
+    n = 0
+    try:
+        if inst.observers:
+            _observe_weights(session, inst)
+            if data is not None:
+                n = _run_batches(session.model, data, num_batches, forward or default_forward, progress)
+                if n == 0:
+                    raise ValueError("calibration: `data` yielded no batches (an empty loader?); give at "
+                                     "least one batch")
+    finally:
+        inst.restore()
+    if not inst.observers:
+        warnings.warn("calibration: no point has a format that takes a static scale "
+                      f"({_few([f'{point_label(k)}: {r}' for k, r in inst.skipped.items()], 3) or 'no points'}); "
+                      "the calibration is empty", UserWarning, stacklevel=2)
+    return _finish(inst, m, percentile, bins, n, distributed)
+
+
+def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any], num_batches: int | None = None,
+              method: str | Mapping[str, str] = "max", percentile: float = 99.99,
+              forward: ForwardFn | None = None, progress: bool | None = None, bins: int = 2048) -> Calibration:
+    """Run ``data`` through ``model`` with observers at every calibratable point of ``cfg``.
+
+    Args:
+        model: the model (unchanged afterwards; put it in ``eval()`` mode first:
+            the batches run as the model is, BatchNorm in training mode would
+            update its statistics).
+        cfg: the QuantConfig that will be evaluated; points whose format is
+            scaled (integers, scaled floats, NVFP4's tensor level) are calibrated.
+        data: an iterable of batches (DataLoader, list, generator), or one
+            tensor / dict as a single batch.
+        num_batches: use at most this many batches (``None``: all).
+        method: ``"max"``, ``"percentile"``, ``"entropy"`` or ``"mse"``, or a
+            mapping from point name to method, e.g.
+            ``{"weight": "max", "default": "entropy"}``.
+        percentile: for ``"percentile"``, in (0, 100].
+        forward: ``forward(model, batch)`` feeds a batch (INT-FP-QSim's
+            ``batch_process_func``); default :func:`default_forward`.
+        progress: a rich progress bar over the batches: ``None`` shows it when
+            stdout is a terminal, ``False`` never, ``True`` always.
+        bins: histogram bins (histogram methods).
+
+    Returns:
+        a :class:`Calibration` for ``qh.quantized(model, cfg, calibration=...)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(cfg, QuantConfig):
+        raise TypeError(f"cfg must be a qsim_hooks.QuantConfig, got {type(cfg).__name__}")
+    m = check_method(method, percentile)
+    if data is None:
+        raise ValueError("calibrate: data is None; give an iterable of batches")
+    if model.training:
+        warnings.warn("calibrate: the model is in training mode (BatchNorm statistics and dropout change "
+                      "with every batch); call model.eval() first", UserWarning, stacklevel=2)
+    session = Session(model, cfg)
+    session.attach()
+    try:
+        return calibrate_session(session, data, num_batches=num_batches, method=m, percentile=percentile,
+                                 forward=forward, progress=progress, bins=bins)
+    finally:
+        session.detach()
