@@ -8,6 +8,7 @@ signatures and semantics (``static_scale=`` included); ``replace_layers``
 Nothing here imports qtorch.
 """
 
+from .calibration import apply_calibration, calibrate_inputs, calibrate_weights
 from .layers import DEFAULT_LAYERS, ReplacedModel, replace_layers
 from .quantizers import (
     BF16,
@@ -26,4 +27,4 @@ from .quantizers import (
 
 __all__ = ["INT8", "INT4", "E4M3", "FP16", "BF16", "E1M2", "E2M1", "IntQuantizer", "FloatQuantizer",
            "CastQuantizer", "quantize_to_int", "quantize_to_fp", "replace_layers", "ReplacedModel",
-           "DEFAULT_LAYERS"]
+           "DEFAULT_LAYERS", "calibrate_inputs", "calibrate_weights", "apply_calibration"]
