@@ -53,7 +53,7 @@ from .session import Session, plan
 from .stats import power_sums, sqnr_db_from_sums
 
 __all__ = ["compare", "Comparison", "sweep", "sensitivity", "capture", "Captured", "group_stats",
-           "group_name", "default_forward", "first_tensor", "SENSITIVITY_MODES"]
+           "group_name", "select_points", "default_forward", "first_tensor", "SENSITIVITY_MODES"]
 
 Forward = Callable[[nn.Module, Any], Any]
 OutputFn = Callable[[Any], Tensor]
@@ -516,7 +516,12 @@ class Captured:
         return f"{where}.{self.tensor}" if self.point == "weight" else f"{where} [{self.point}]"
 
 
-def _selected(keys: Sequence[tuple[str, str, str]], points: Any) -> list[tuple[str, str, str]]:
+def select_points(keys: Sequence[tuple[str, str, str]], points: Any) -> list[tuple[str, str, str]]:
+    """The ``(module, point, tensor)`` keys that ``points`` names (see :func:`capture`), in ``keys`` order per name.
+
+    Raises:
+        ValueError: a name that matches no key (the message lists some that exist).
+    """
     if points is None:
         return list(keys)
     wanted = [points] if isinstance(points, (str, tuple)) else list(points)
@@ -533,7 +538,7 @@ def _selected(keys: Sequence[tuple[str, str, str]], points: Any) -> list[tuple[s
                 and (len(parts) < 2 or parts[1] in (k[1], k[2])) and (len(parts) < 3 or parts[2] == k[2])]
         if not hits:
             known = ", ".join(f"{k[0] or '<model>'}:{k[2] if k[1] == 'weight' else k[1]}" for k in keys[:8])
-            raise ValueError(f"points: {w!r} is not a quantization point of this session; "
+            raise ValueError(f"points: {w!r} is not a quantization point under this config; "
                              f"some that are: {known}{' ...' if len(keys) > 8 else ''}")
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
@@ -570,7 +575,7 @@ def capture(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: I
         return flat
 
     with _eval_no_grad(model), Session(model, cfg, calibration=calibration) as qs:
-        keys = _selected(list(qs.points), points)
+        keys = select_points(list(qs.points), points)
         for k in keys:
             qp = qs.points[k]
             seen[k] = [[], 0, 0]

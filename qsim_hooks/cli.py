@@ -295,22 +295,64 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
                         "SQNR from the summed powers")
     g.add_argument("--point", type=_points, default=None, metavar="P,Q",
                    help="only these points (input, weight, output, q, k, scores, probs, v, context)")
+    h = p.add_argument_group("histograms")
+    h.add_argument("--histogram", action="append", default=None, metavar="MODULE[:POINT]",
+                   help="also draw the |x| distribution this point saw (or every point of this module), with "
+                        "the format's limits marked, to a PNG (needs matplotlib); repeatable")
+    h.add_argument("--plot-dir", default=".", metavar="DIR",
+                   help="folder for the histogram PNGs (default: the current folder)")
     _output_arguments(p)
+
+
+def _check_matplotlib(option: str) -> None:
+    from .plots import _matplotlib
+
+    try:
+        _matplotlib()
+    except ImportError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _histograms(src: Any, cfg: Any, points: list[str], folder: str) -> list[str]:
+    """Capture ``points`` on the simulated model and write one PNG each; returns the paths."""
+    import re as _re
+    from pathlib import Path
+
+    from . import analysis
+    from .plots import histogram
+
+    cap = analysis.capture(src.model, cfg, batches=src.batches, points=points, forward=src.forward)
+    paths = []
+    for c in cap.values():
+        stem = _re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{c.module or 'model'}_{c.tensor}")
+        paths.append(str(histogram(c, Path(folder) / f"{stem}.png")))
+    return paths
 
 
 def _report_run(args: argparse.Namespace) -> int:
     from . import analysis, report
 
+    if args.histogram:
+        _check_matplotlib("--histogram")
     src = _load_model(args)
     cfg = _build_config(args, DEFAULT_SIMULATION)
+    if args.histogram:  # a name that is no point of this model is a bad invocation: say so before any run
+        from .session import plan
+
+        try:
+            analysis.select_points([(e.module, e.point, e.tensor) for e in plan(src.model, cfg).active()],
+                                   args.histogram)
+        except ValueError as exc:
+            raise UsageError(f"--histogram: {exc}") from None
     res = analysis.compare(src.model, cfg, batches=src.batches, forward=src.forward, output=src.output,
                            metric=src.metric, stats=True)
     options = {"sort": args.sort, "top": args.top, "point": args.point, "group": args.group}
     rows = report.select_stats(res.stats, **options)
+    pngs = _histograms(src, cfg, args.histogram, args.plot_dir) if args.histogram else []
     if args.json:
         sys.stdout.write(report.to_json({"model": src.name, "description": src.description,
                                          "config": _describe_config(cfg), "summary": res.as_dict(stats=False),
-                                         "points": rows}))
+                                         "points": rows, "histograms": pngs}))
     elif args.csv:
         keys = list(report.STATS_EXPORT_KEYS)
         if args.group is not None:
@@ -321,6 +363,8 @@ def _report_run(args: argparse.Namespace) -> int:
         report.render_heading(f"qsim-hooks report: {src.name}",
                               [src.description, f"simulation: {_describe_config(cfg)}"], console)
         report.render_compare(res, console, **options)
+        for path in pngs:
+            console.print(f"histogram written to {path}", markup=False, highlight=False)
     return 0
 
 
@@ -342,12 +386,7 @@ def _sweep_run(args: argparse.Namespace) -> int:
     from . import analysis, report
 
     if args.plot is not None:
-        from .plots import _matplotlib
-
-        try:
-            _matplotlib()
-        except ImportError as exc:
-            raise UsageError(f"--plot: {exc}") from None
+        _check_matplotlib("--plot")
     src = _load_model(args)
     cfg = _build_config(args, None)
     rows = analysis.sweep(src.model, cfg, args.formats, batches=src.batches, roles=args.roles,

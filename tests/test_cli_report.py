@@ -170,6 +170,18 @@ def test_sweep_and_sensitivity_tables(eager, capsys, files):
     assert "all quantized but one" in out and "gain dB" in out
 
 
+def test_report_histograms_as_json(eager, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    assert cli.main(["report", "--json", "--input", "int8", "--weight", "e4m3", "--histogram", "blocks.0.conv1:input",
+                     "--histogram", "head.fc", "--plot-dir", str(tmp_path / "h")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = sorted(os.path.basename(p) for p in data["histograms"])
+    assert names == ["blocks.0.conv1_input.png", "head.fc_input.png", "head.fc_weight.png"]
+    for p in data["histograms"]:
+        with open(p, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def _write(name, text):
     """A builder: the path of a file ``name`` with ``text``, written in the test's folder."""
     def build(d):
@@ -202,6 +214,7 @@ BAD = {
     "bad-mode": (["sensitivity", "--mode", "two"], 2, "--mode"),
     "json-and-csv": (["report", "--json", "--csv"], 2, "--csv"),
     "zero-top": (["report", "--top", "0"], 2, "--top"),
+    "histogram-of-no-point": (["report", "--weight", "int4", "--histogram", "head.fc:input"], 2, "head.fc:input"),
 }
 
 
