@@ -234,6 +234,9 @@ def _config_arguments(p: argparse.ArgumentParser, default: str) -> None:
         g.add_argument(f"--{role}", type=_format_or_none, default=None, metavar="FORMAT",
                        help=f"the {role} format of every layer (or 'none'); overrides the config file's "
                             f"(neither given: {default})")
+    g.add_argument("--calibration", metavar="FILE.json", default=None,
+                   help="static scales: a calibration saved by qsim_hooks.Calibration.save (made with "
+                        "qsim_hooks.calibrate for this model and config); points it lacks keep dynamic scales")
 
 
 def _output_arguments(p: argparse.ArgumentParser) -> None:
@@ -270,6 +273,20 @@ def _build_config(args: argparse.Namespace, default: dict[str, Any] | None) -> A
     if flags or default is None:
         return QuantConfig(**flags)
     return QuantConfig(**default)
+
+
+def _load_calibration(args: argparse.Namespace, model: Any) -> Any:
+    """The ``--calibration`` file, checked against the model; ``None`` without the option."""
+    if args.calibration is None:
+        return None
+    from .calibration import Calibration
+
+    try:
+        return Calibration.load(args.calibration, model)
+    except FileNotFoundError:
+        raise UsageError(f"--calibration: file {args.calibration!r} not found") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"--calibration: {exc}") from None
 
 
 def _describe_config(cfg: Any) -> str:
@@ -313,7 +330,7 @@ def _check_matplotlib(option: str) -> None:
         raise UsageError(f"{option}: {exc}") from None
 
 
-def _histograms(src: Any, cfg: Any, points: list[str], folder: str) -> list[str]:
+def _histograms(src: Any, cfg: Any, cal: Any, points: list[str], folder: str) -> list[str]:
     """Capture ``points`` on the simulated model and write one PNG each; returns the paths."""
     import re as _re
     from pathlib import Path
@@ -321,7 +338,8 @@ def _histograms(src: Any, cfg: Any, points: list[str], folder: str) -> list[str]
     from . import analysis
     from .plots import histogram
 
-    cap = analysis.capture(src.model, cfg, batches=src.batches, points=points, forward=src.forward)
+    cap = analysis.capture(src.model, cfg, batches=src.batches, points=points, forward=src.forward,
+                           calibration=cal)
     paths = []
     for c in cap.values():
         stem = _re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{c.module or 'model'}_{c.tensor}")
@@ -336,6 +354,7 @@ def _report_run(args: argparse.Namespace) -> int:
         _check_matplotlib("--histogram")
     src = _load_model(args)
     cfg = _build_config(args, DEFAULT_SIMULATION)
+    cal = _load_calibration(args, src.model)
     if args.histogram:  # a name that is no point of this model is a bad invocation: say so before any run
         from .session import plan
 
@@ -345,14 +364,15 @@ def _report_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--histogram: {exc}") from None
     res = analysis.compare(src.model, cfg, batches=src.batches, forward=src.forward, output=src.output,
-                           metric=src.metric, stats=True)
+                           metric=src.metric, calibration=cal, stats=True)
     options = {"sort": args.sort, "top": args.top, "point": args.point, "group": args.group}
     rows = report.select_stats(res.stats, **options)
-    pngs = _histograms(src, cfg, args.histogram, args.plot_dir) if args.histogram else []
+    pngs = _histograms(src, cfg, cal, args.histogram, args.plot_dir) if args.histogram else []
     if args.json:
         sys.stdout.write(report.to_json({"model": src.name, "description": src.description,
-                                         "config": _describe_config(cfg), "summary": res.as_dict(stats=False),
-                                         "points": rows, "histograms": pngs}))
+                                         "config": _describe_config(cfg), "calibration": args.calibration,
+                                         "summary": res.as_dict(stats=False), "points": rows,
+                                         "histograms": pngs}))
     elif args.csv:
         keys = list(report.STATS_EXPORT_KEYS)
         if args.group is not None:
@@ -360,8 +380,10 @@ def _report_run(args: argparse.Namespace) -> int:
         sys.stdout.write(report.to_csv(rows, keys))
     else:
         console = _console()
-        report.render_heading(f"qsim-hooks report: {src.name}",
-                              [src.description, f"simulation: {_describe_config(cfg)}"], console)
+        lines = [src.description, f"simulation: {_describe_config(cfg)}"]
+        if cal is not None:
+            lines.append(f"calibration: {args.calibration} ({cal.method}, {len(cal)} points with a static amax)")
+        report.render_heading(f"qsim-hooks report: {src.name}", lines, console)
         report.render_compare(res, console, **options)
         for path in pngs:
             console.print(f"histogram written to {path}", markup=False, highlight=False)
@@ -389,8 +411,9 @@ def _sweep_run(args: argparse.Namespace) -> int:
         _check_matplotlib("--plot")
     src = _load_model(args)
     cfg = _build_config(args, None)
+    cal = _load_calibration(args, src.model)
     rows = analysis.sweep(src.model, cfg, args.formats, batches=src.batches, roles=args.roles,
-                          forward=src.forward, output=src.output, metric=src.metric)
+                          forward=src.forward, output=src.output, metric=src.metric, calibration=cal)
     if args.json:
         sys.stdout.write(report.to_json({"model": src.name, "description": src.description,
                                          "config": _describe_config(cfg), "rows": rows}))
@@ -430,9 +453,10 @@ def _sensitivity_run(args: argparse.Namespace) -> int:
 
     src = _load_model(args)
     cfg = _build_config(args, DEFAULT_SIMULATION)
+    cal = _load_calibration(args, src.model)
     rows = analysis.sensitivity(src.model, cfg, batches=src.batches, mode=args.mode,
                                 granularity="layer" if args.depth is None else args.depth,
-                                forward=src.forward, output=src.output, progress=True)
+                                forward=src.forward, output=src.output, calibration=cal, progress=True)
     rows = rows[:args.top] if args.top is not None else rows
     if args.json:
         sys.stdout.write(report.to_json({"model": src.name, "description": src.description,

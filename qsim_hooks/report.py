@@ -31,8 +31,9 @@ from .stats import FORMAT_ROW_KEYS, format_rows
 __all__ = ["Column", "build_table", "print_table", "FORMAT_COLUMNS", "formats_table",
            "render_formats_table", "render_heading", "to_json", "to_csv", "fmt_number", "fmt_pow2",
            "fmt_db", "format_rows", "STATS_COLUMNS", "select_stats", "stats_table", "render_stats",
-           "GROUP_STATS_COLUMNS", "STATS_EXPORT_KEYS", "compare_line", "render_compare", "SENSITIVITY_COLUMNS",
-           "sensitivity_table", "render_sensitivity", "SWEEP_COLUMNS", "sweep_table", "render_sweep"]
+           "GROUP_STATS_COLUMNS", "STATIC_AMAX_COLUMN", "fmt_range", "STATS_EXPORT_KEYS", "compare_line",
+           "render_compare", "SENSITIVITY_COLUMNS", "sensitivity_table", "render_sensitivity", "SWEEP_COLUMNS",
+           "sweep_table", "render_sweep", "fmt_module", "fmt_percent"]
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -240,6 +241,21 @@ def select_stats(rows: Rows, *, sort: Literal["model", "sqnr"] = "model", top: i
     return out[:top] if top is not None else out
 
 
+def fmt_range(v: Any) -> str:
+    """A static amax: one value, or ``min..max (n)`` for per-channel values; ``-`` for none (dynamic)."""
+    if v is None:
+        return "-"
+    vals = [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return fmt_number(vals[0])
+    return f"{fmt_number(min(vals))}..{fmt_number(max(vals))} ({len(vals)})"
+
+
+#: shown after "amax seen" when some point has a static (calibrated) amax
+STATIC_AMAX_COLUMN = Column("static_amax", "static\namax", fmt_range)
+
 #: the per-point table when rows are grouped (``group=N``): one more column, the points merged
 GROUP_STATS_COLUMNS: tuple[Column, ...] = (
     Column("module", "module (group)", fmt_module, justify="left", style="bold"),
@@ -262,8 +278,11 @@ def stats_table(rows: Rows, *, title: str | None = "Quantization points", captio
     if group is not None and caption is None:
         caption = (f"points grouped by the first {group} component{'s' if group > 1 else ''} of the module name: "
                    "SQNR from the summed signal and noise powers, % weighted by elements, calls summed")
-    return build_table(selected, GROUP_STATS_COLUMNS if group is not None else STATS_COLUMNS,
-                       title=title, caption=caption)
+    columns = GROUP_STATS_COLUMNS if group is not None else STATS_COLUMNS
+    if group is None and any(r.get("static_amax") is not None for r in selected):  # a calibration: its scales
+        at = [c.key for c in columns].index("amax") + 1
+        columns = (*columns[:at], STATIC_AMAX_COLUMN, *columns[at:])
+    return build_table(selected, columns, title=title, caption=caption)
 
 
 def _wide_console(console: Console | None) -> Console:

@@ -318,3 +318,19 @@ def test_capture_sees_the_unquantized_values():
     assert not m.fc1._forward_pre_hooks
     with pytest.raises(ValueError, match="not a quantization point"):
         qh.capture(m, FRAGILE_CFG, xs[0], points=["fc9:input"])
+
+
+def test_report_shows_static_amax_of_a_calibration():
+    class Fixed:  # anything with amax_for(entry) serves a session as a calibration
+        def amax_for(self, entry):
+            return torch.tensor(2.0) if entry.point == "input" else None
+
+    m = _identity()
+    res = qh.compare(m, qh.QuantConfig(input="int8"), torch.tensor([X1]), calibration=Fixed())
+    (row,) = res.stats
+    assert row["static_amax"] == [2.0] and row["saturated"] == 3 / 8  # 1000, -600 and 3 clip at the static amax
+    buf = io.StringIO()
+    report.render_compare(res, Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "static" in text and "1000" in text
+    assert report.fmt_range([0.5, 3.0, 2.0]) == "0.5..3 (3)" and report.fmt_range(None) == "-"

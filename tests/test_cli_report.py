@@ -182,6 +182,33 @@ def test_report_histograms_as_json(eager, capsys, tmp_path):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_with_a_calibration_file(eager, capsys, files, tmp_path):
+    import qsim_hooks as qh
+    from qsim_hooks.modelsrc import load_model
+
+    src = load_model(str(files / "fragile.py"))
+    cfg = qh.QuantConfig(input="int4", weight="int8")
+    cal = qh.calibrate(src.model, cfg, src.batches, method="percentile", percentile=99.0, progress=False)
+    cal.save(tmp_path / "cal.json")
+    argv = ["report", "--model", str(files / "fragile.py"), "--input", "int4", "--weight", "int8", "--json"]
+    assert cli.main([*argv, "--calibration", str(tmp_path / "cal.json")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["calibration"] == str(tmp_path / "cal.json")
+    by = {(p["module"], p["point"]): p for p in data["points"]}
+    assert by[("fc1", "input")]["static_amax"] == [pytest.approx(cal.amax("fc1", "input"))]
+    with qh.quantized(src.model, cfg, calibration=cal, stats=True) as qs:  # the same as the library gives
+        for b in src.batches:
+            src.model(b)
+    assert by[("fc1", "input")]["sqnr_db"] == pytest.approx(
+        next(r["sqnr_db"] for r in qs.stats() if (r["module"], r["point"]) == ("fc1", "input")))
+    (tmp_path / "other.json").write_text(json.dumps({**json.loads((tmp_path / "cal.json").read_text()),
+                                                     "points": [{**json.loads((tmp_path / "cal.json").read_text())
+                                                                 ["points"][0], "module": "nope"}]}))
+    assert cli.main([*argv, "--calibration", str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--calibration" in err[0] and "nope" in err[0]
+
+
 def _write(name, text):
     """A builder: the path of a file ``name`` with ``text``, written in the test's folder."""
     def build(d):
@@ -214,6 +241,8 @@ BAD = {
     "bad-mode": (["sensitivity", "--mode", "two"], 2, "--mode"),
     "json-and-csv": (["report", "--json", "--csv"], 2, "--csv"),
     "zero-top": (["report", "--top", "0"], 2, "--top"),
+    "calibration-missing": (["report", "--calibration", _path("nope.json")], 2, "not found"),
+    "calibration-malformed": (["sweep", "--calibration", _write("cal.json", "{")], 2, "--calibration"),
     "histogram-of-no-point": (["report", "--weight", "int4", "--histogram", "head.fc:input"], 2, "head.fc:input"),
 }
 
