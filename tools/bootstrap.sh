@@ -18,3 +18,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     .venv/bin/python -m pip install --quiet -e ".[dev]"
     echo "$WANT" > "$STAMP"
 fi
+# transformers 4.57 beside .venv (shares its torch) for the Graphormer attention test; a no-op once built
+if ! bash tools/graphormer_env.sh; then
+    echo "bootstrap: could not build .venv-tf457; tests/attention/test_graphormer.py will be skipped" >&2
+fi
