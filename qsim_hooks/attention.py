@@ -296,9 +296,16 @@ class AttentionScope(TorchFunctionMode):
             return self._pair(args[0], args[1], lambda x, y: func(x, y))
         if func in _RMATMULS and len(args) == 2 and _is_float(args[0]) and _is_float(args[1]):
             return self._pair(args[1], args[0], lambda x, y: func(y, x))
-        if func in _BADDBMM and len(args) >= 3 and _is_float(args[1]) and _is_float(args[2]):
-            rest = args[3:]
-            return self._pair(args[1], args[2], lambda x, y: func(args[0], x, y, *rest, **kwargs))
+        if func in _BADDBMM:
+            # operands positional or by keyword (BLOOM: ``alibi.baddbmm(batch1=q, batch2=k, beta=..., alpha=...)``)
+            ops = list(args[:3])
+            kw = dict(kwargs)
+            for n in ("input", "batch1", "batch2")[len(ops):]:
+                if n in kw:
+                    ops.append(kw.pop(n))
+            if len(ops) == 3 and _is_float(ops[1]) and _is_float(ops[2]):
+                rest = args[3:]
+                return self._pair(ops[1], ops[2], lambda x, y: func(ops[0], x, y, *rest, **kw))
         if func in _EINSUM and args and isinstance(args[0], str):
             ops = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
             if len(ops) == 2 and _is_float(ops[0]) and _is_float(ops[1]):
