@@ -80,6 +80,23 @@ def codegen_inputs():
     return {"input_ids": torch.randint(0, 64, (2, 6), generator=g)}
 
 
+@_seeded
+def bloom(impl: str):
+    import transformers as tf
+    # BLOOM has no SDPA path; its Q·Kᵀ is ``alibi.baddbmm(batch1=q, batch2=k, beta=, alpha=)``, operands by keyword
+    cfg = tf.BloomConfig(vocab_size=64, hidden_size=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
+                         pad_token_id=0, attn_implementation=impl)
+    return tf.BloomForCausalLM(cfg).eval()
+
+
+def bloom_inputs():
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(1, 64, (2, 6), generator=g)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0  # left padding
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def _resnet():
     import transformers as tf
     return tf.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
@@ -148,6 +165,7 @@ CASES = {c.name: c for c in (
     Case("opt", opt, opt_inputs, frozenset({"OPTAttention"})),
     Case("bert", bert, bert_inputs, frozenset({"BertSelfAttention"}), frozenset({"BertAttention"})),
     Case("codegen", codegen, codegen_inputs, frozenset({"CodeGenAttention"})),
+    Case("bloom", bloom, bloom_inputs, frozenset({"BloomAttention"}), impls=("eager",)),
     Case("detr", detr, detr_inputs, frozenset({"DetrSelfAttention", "DetrCrossAttention"})),
     Case("maskformer", maskformer, maskformer_inputs,
          frozenset({"MaskFormerSwinSelfAttention", "MaskFormerDetrSelfAttention", "MaskFormerDetrCrossAttention"}),
