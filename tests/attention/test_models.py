@@ -2,6 +2,7 @@
 Swin backbone; "eager" and "sdpa"; BLOOM, eager only, for its keyword-operand baddbmm) and a diffusers
 UNet2DConditionModel (self- and cross-attention), each built from a tiny random config
 (tests/attention/zoo.py; no downloads).
+
 For every model and implementation:
   (a) the plan finds exactly the expected attention classes, leaves only;
   (b) the six points at the identity format fp32 give the un-instrumented output: bit for bit where the
@@ -90,6 +91,8 @@ def test_plan_finds_the_attention_leaves(name, impl):
     assert not {e for e in plan if e.module_type in case.not_leaves}
     for module in attn:
         assert sorted(e.point for e in plan.for_module(module)) == sorted(POINTS)
+    if name == "unet":  # diffusers' Attention serves both: attn1 self-attention, attn2 cross-attention
+        assert {n.rsplit(".", 1)[-1] for n in attn} == {"attn1", "attn2"}
 
 
 @pytest.mark.parametrize("name,impl", IMPL_CASES)
