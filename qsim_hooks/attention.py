@@ -22,9 +22,13 @@ exception cannot leave it on the stack) intercepts the calls the module makes:
   ``need_weights`` and averaged weights; the out-projection gets the
   ``out_proj`` Linear's input and output points, as if it had been called.
 
-``scores`` is the raw product ``Q·Kᵀ`` (before the softmax scale and masks, as
-``torch.matmul(q, k.T) * scaling`` is in eager code), ``probs`` the softmax
-output after dropout. Block formats run along each operand's reduction axis:
+``scores`` is the result of the first call of a pair: the raw product ``Q·Kᵀ``
+for matmul/bmm/einsum and in the decompositions (before the softmax scale and
+masks, as ``torch.matmul(q, k.T) * scaling`` is in eager code), and for
+``baddbmm`` whatever the model folded into that call (``beta·bias + alpha·Q·Kᵀ``:
+diffusers' eager processor folds the scale, BLOOM its ALiBi bias); splitting it
+would make those models' identity runs differ from the originals. ``probs`` is
+the softmax output after dropout. Block formats run along each operand's reduction axis:
 the last axis of ``q``, ``k`` (as ``(…, S, E)``), ``probs`` and ``context``, the
 sequence axis of ``v``; a ``kᵀ`` operand is quantized along its axis -2.
 
@@ -240,7 +244,9 @@ def mha_decomposed(pts: _Points, *args: Any, **kwargs: Any) -> tuple[Tensor, Ten
         s = _q(pts, "scores", torch.bmm(q_scaled, k.transpose(-2, -1)), -1)
         if am is not None:
             s = s + am
-    p = torch.softmax(s, dim=-1)
+    # PyTorch's need_weights path uses a plain softmax (NaN for a fully masked row); without
+    # weights it calls the fused SDPA, which gives zeros there: follow whichever PyTorch takes
+    p = torch.softmax(s, dim=-1) if need_weights else _safe_softmax(s)
     if dropout_p > 0.0:
         p = F.dropout(p, p=dropout_p)
     p = _q(pts, "probs", p, -1)

@@ -328,3 +328,19 @@ def test_attention_gradients_flow():
         m(x).pow(2).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert m.qkv.weight.grad is not None
+
+
+def test_multihead_attention_fully_masked_row_follows_pytorch():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2).train()
+    x = torch.randn(3, 2, 8)
+    kpm = torch.zeros(2, 3, dtype=torch.bool)
+    kpm[1] = True  # every key of the second sequence masked
+    cfg = qh.QuantConfig(rules=[qh.Rule(types=nn.MultiheadAttention, **IDENTITY)])
+    for need_weights in (True, False):
+        ref, _ = mha(x, x, x, key_padding_mask=kpm, need_weights=need_weights)
+        with qh.quantized(mha, cfg):
+            got, _ = mha(x, x, x, key_padding_mask=kpm, need_weights=need_weights)
+        assert torch.equal(torch.isnan(got), torch.isnan(ref))  # NaN with weights, finite without
+        fin = ~torch.isnan(ref)
+        assert (got[fin] - ref[fin]).abs().max().item() <= 1e-6
