@@ -204,8 +204,10 @@ def _finish(inst: _Installed, method: str | dict[str, str], percentile: float, b
             obs.all_reduce()
         label = point_label(key)
         if not obs.seen_data:
-            skipped[key] = "saw no data"
-            no_data.append(label)
+            why = "saw no data" if obs.calls == 0 else (
+                "saw only Inf/NaN" if obs.nonfinite else "saw only empty tensors")
+            skipped[key] = why
+            no_data.append(label if why == "saw no data" else f"{label} ({why})")
             continue
         if m in SCORING_METHODS and not tgt.histogram_scoring:
             fallback.append(label)
@@ -233,7 +235,7 @@ def _finish(inst: _Installed, method: str | dict[str, str], percentile: float, b
             pc = PointCalibration(*key, vals[0], fname, used, "tensor", None, None, obs.numel, obs.nonfinite)
         points[key] = pc
     if inst.observers and not points and no_data and len(no_data) == len(inst.observers):
-        raise ValueError(f"calibration: none of the {len(no_data)} points saw data ({_few(no_data)}); does "
+        raise ValueError(f"calibration: none of the {len(no_data)} points saw finite data ({_few(no_data)}); does "
                          "`forward` run the model on the batches?")
     if no_data:
         warnings.warn(f"calibration: {len(no_data)} point(s) saw no data and keep their dynamic scale: "

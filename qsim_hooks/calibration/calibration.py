@@ -30,7 +30,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -372,7 +372,3 @@ def _norm(axis: int, shape: tuple[int, ...] | None) -> int:
     if shape is None or not shape:
         return axis
     return axis % len(shape)
-
-
-def _as_points(items: Iterable[PointCalibration]) -> dict[Key, PointCalibration]:
-    return {p.key: p for p in items}

@@ -4,9 +4,10 @@ Each method is a function ``(observer, fmt, percentile) -> amax`` (float32,
 one value per channel) registered under its name with :func:`register_method`:
 
 * ``max`` - the largest finite |x| seen.
-* ``percentile`` - the upper edge of the histogram bin where the cumulative
-  count of |x| reaches ``percentile`` % (TensorRT's rule), never above the max;
-  within one bin width of ``numpy.percentile(|x|, p)``.
+* ``percentile`` - where the cumulative count of |x| reaches ``percentile`` %,
+  interpolated linearly within that histogram bin (TensorRT takes the bin's
+  upper edge), never above the max: within one bin width of
+  ``numpy.percentile(|x|, p)``.
 * ``mse`` - the candidate amax with the least squared error over the
   histogram: every bin centre ``c`` weighted by its count, quantized **by the
   target format itself** with ``amax=candidate`` (TensorRT's candidates, the
@@ -89,9 +90,13 @@ def _percentile(obs: Observer, fmt: Format | None, percentile: float) -> Tensor:
     counts = h.counts.cpu()  # type: ignore[union-attr]
     cum = counts.cumsum(dim=1)
     target = cum[:, -1:] * (percentile / 100.0)
-    idx = torch.searchsorted(cum.contiguous(), target.contiguous()).clamp(max=h.bins - 1)[:, 0]
-    upper = (idx + 1).double() * h.width.cpu()
-    return torch.minimum(upper, h.amax.cpu().double())  # type: ignore[union-attr]
+    idx = torch.searchsorted(cum.contiguous(), target.contiguous()).clamp(max=h.bins - 1)  # [C, 1]
+    # linear within the bin where the count crosses the target (TensorRT takes the bin's upper edge)
+    before = torch.where(idx > 0, cum.gather(1, (idx - 1).clamp(min=0)), 0.0)
+    inbin = counts.gather(1, idx).clamp(min=1.0)
+    frac = ((target - before) / inbin).clamp(0.0, 1.0)
+    amax = ((idx.double() + frac) * h.width.cpu()[:, None])[:, 0]
+    return torch.minimum(amax, h.amax.cpu().double())  # type: ignore[union-attr]
 
 
 def _hist(obs: Observer) -> HistogramObserver:
@@ -157,7 +162,10 @@ def _pick(rows_c: Tensor, score: Tensor, value: Tensor, C: int, *, last: bool) -
     """Per channel, the value of the (first or last) row with the least score; and whether one was finite."""
     best = torch.full((C,), torch.inf, dtype=torch.float64)
     best.scatter_reduce_(0, rows_c, score, reduce="amin")
-    hit = (score == best[rows_c]) & torch.isfinite(score)
+    b = best[rows_c]
+    # ties within rounding (1e-9 relative) are ties: the pick must not depend on how sums were rounded
+    # (two ranks' merged counts, a histogram counted twice)
+    hit = (score <= b + 1e-9 * b.abs() + 1e-12) & torch.isfinite(score)
     order = torch.arange(score.numel())
     sel = torch.full((C,), -1 if last else score.numel(), dtype=torch.long)
     sel.scatter_reduce_(0, rows_c[hit], order[hit], reduce="amax" if last else "amin")

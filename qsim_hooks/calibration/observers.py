@@ -305,7 +305,7 @@ class HistogramObserver(Observer):
         import torch.distributed as dist
 
         assert self.k is not None and self.counts is not None
-        k = self.k.to(device)
+        k = self.k.to(device, copy=True)  # not self.k itself: the shift is measured from it
         dist.all_reduce(k, op=dist.ReduceOp.MAX, group=group)
         self.counts = self.counts.to(device)
         self.k = self.k.to(device)
