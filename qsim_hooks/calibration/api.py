@@ -260,28 +260,20 @@ def _few(labels: list[str], n: int = 6) -> str:
     return ", ".join(labels[:n]) + (f", ... ({len(labels)} in all)" if len(labels) > n else "")
 
 
-def calibrate_session(session: Session, data: Any = None, *, num_batches: int | None = None,
-                      method: str | Mapping[str, str] = "max", percentile: float = 99.99,
-                      forward: ForwardFn | None = None, progress: bool | None = None, bins: int = 2048,
-                      select: Callable[[QuantPoint], bool] | None = None,
-                      target_format: Callable[[QuantPoint], Format | None] | None = None,
-                      distributed: bool | None = None) -> Calibration:
-    """Calibrate the points of an attached session (it stays attached, formats restored).
-
-    ``select`` limits the points; ``target_format`` gives the format to
-    calibrate a point for (default: its own). ``data=None`` runs no batch: only
-    weights are observed (read once through their parametrization).
-    Arguments otherwise as :func:`calibrate`.
-    """
-    if not session.attached:
-        raise RuntimeError("calibrate_session needs an attached session")
-    m = check_method(method, percentile)
+def _check_counts(num_batches: Any, bins: Any) -> None:
     if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
                                     or num_batches < 1):
         raise ValueError(f"num_batches={num_batches!r} must be a positive int or None (all batches)")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 16:
         raise ValueError(f"bins={bins!r} must be an int >= 16")
-    inst = _install(session.points, m, bins, select, target_format)
+
+
+def _collect(session: Session, data: Any, num_batches: int | None, method: str | dict[str, str],
+             forward: ForwardFn | None, progress: bool | None, bins: int,
+             select: Callable[[QuantPoint], bool] | None,
+             target_format: Callable[[QuantPoint], Format | None] | None) -> tuple[_Installed, int]:
+    """Observers in, weights read once, the batches run, formats and observers back (in ``finally``)."""
+    inst = _install(session.points, method, bins, select, target_format)
     n = 0
     try:
         if inst.observers:
@@ -296,7 +288,29 @@ def calibrate_session(session: Session, data: Any = None, *, num_batches: int | 
     if not inst.observers:
         warnings.warn("calibration: no point has a format that takes a static scale "
                       f"({_few([f'{point_label(k)}: {r}' for k, r in inst.skipped.items()], 3) or 'no points'}); "
-                      "the calibration is empty", UserWarning, stacklevel=2)
+                      "the calibration is empty", UserWarning, stacklevel=3)
+    return inst, n
+
+
+def calibrate_session(session: Session, data: Any = None, *, num_batches: int | None = None,
+                      method: str | Mapping[str, str] = "max", percentile: float = 99.99,
+                      forward: ForwardFn | None = None, progress: bool | None = None, bins: int = 2048,
+                      select: Callable[[QuantPoint], bool] | None = None,
+                      target_format: Callable[[QuantPoint], Format | None] | None = None,
+                      distributed: bool | None = None) -> Calibration:
+    """Calibrate the points of an attached session (it stays attached, formats restored).
+
+    ``select`` limits the points; ``target_format`` gives the format to
+    calibrate a point for (default: its own). ``data=None`` runs no batch: only
+    weights are observed (read once through their parametrization).
+    ``distributed`` merges across ranks (default: when torch.distributed is
+    initialised). Arguments otherwise as :func:`calibrate`.
+    """
+    if not session.attached:
+        raise RuntimeError("calibrate_session needs an attached session")
+    m = check_method(method, percentile)
+    _check_counts(num_batches, bins)
+    inst, n = _collect(session, data, num_batches, m, forward, progress, bins, select, target_format)
     return _finish(inst, m, percentile, bins, n, distributed)
 
 
@@ -322,16 +336,22 @@ def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any], num_batch
             ``batch_process_func``); default :func:`default_forward`.
         progress: a rich progress bar over the batches: ``None`` shows it when
             stdout is a terminal, ``False`` never, ``True`` always.
-        bins: histogram bins (histogram methods).
+        bins: histogram bins (histogram methods; per-channel histograms get
+            ``bins // 8``).
 
     Returns:
         a :class:`Calibration` for ``qh.quantized(model, cfg, calibration=...)``.
+
+    When ``torch.distributed`` is initialised every rank must call this with
+    the same model and config; the statistics are merged so that every rank
+    gets the same scales.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(cfg, QuantConfig):
         raise TypeError(f"cfg must be a qsim_hooks.QuantConfig, got {type(cfg).__name__}")
     m = check_method(method, percentile)
+    _check_counts(num_batches, bins)
     if data is None:
         raise ValueError("calibrate: data is None; give an iterable of batches")
     if model.training:
@@ -340,7 +360,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any], num_batch
     session = Session(model, cfg)
     session.attach()
     try:
-        return calibrate_session(session, data, num_batches=num_batches, method=m, percentile=percentile,
-                                 forward=forward, progress=progress, bins=bins)
+        inst, n = _collect(session, data, num_batches, m, forward, progress, bins, None, None)
     finally:
-        session.detach()
+        session.detach()  # always; the amax is computed from the observers alone
+    return _finish(inst, m, percentile, bins, n, None)

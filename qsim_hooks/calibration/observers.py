@@ -22,7 +22,9 @@ interpolated or lost, the memory stays ``bins`` counts per channel (TensorRT
 keeps its first width and appends bins, an unbounded number after an outlier),
 and two histograms, from two batches or two ranks, merge exactly once brought
 to the larger ``k``. The price: the max lies in the upper half of the range,
-so the data spans between ``bins / 2`` and ``bins`` bins.
+so the data spans between ``bins / 2`` and ``bins`` bins. With ``bins`` a
+power of two (2048 is) every bin index is computed exactly, so a histogram
+does not depend on how the data was split into batches or ranks (tested).
 
 A Parameter (a weight reached through its parametrization) is observed once
 per value: seen again with the same version counter, it is skipped, so
