@@ -64,6 +64,12 @@ class Session:
         if self.attached:
             raise RuntimeError("this session is already attached")
         p = resolve(self.model, self.cfg)
+        if self.calibration is not None:
+            if not hasattr(self.calibration, "amax_for"):
+                raise TypeError(f"calibration must be a qsim_hooks.Calibration, got "
+                                f"{type(self.calibration).__name__}")
+            if hasattr(self.calibration, "validate"):
+                self.calibration.validate(self.model)  # module names of another model: a clear error
         named = dict(self.model.named_modules(remove_duplicate=False))
         mods = {e.module for e in p.entries}
         with _active_lock:

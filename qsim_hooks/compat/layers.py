@@ -44,8 +44,8 @@ class ReplacedModel(Session):
 
 
 def replace_layers(module: nn.Module, input_quantizer: Any = None, weight_quantizer: Any = None,
-                   output_quantizer: Any = None, mapping: Mapping[type, Any] | Iterable[type] | None = None
-                   ) -> ReplacedModel:
+                   output_quantizer: Any = None, mapping: Mapping[type, Any] | Iterable[type] | None = None,
+                   calibration: Any = None) -> ReplacedModel:
     """Instrument ``module``'s layers with INT-FP-QSim-style quantizers (any format-like object).
 
     Args:
@@ -55,6 +55,9 @@ def replace_layers(module: nn.Module, input_quantizer: Any = None, weight_quanti
         mapping: the layer types to instrument. INT-FP-QSim's ``{nn.Linear: qnn.Linear, ...}``
             mapping is accepted (its keys are used) as is a list of types.
             Default: Linear, Conv1d, Conv2d, ConvTranspose2d.
+        calibration: a :class:`qsim_hooks.Calibration` (from ``qh.calibrate`` or
+            ``compat.calibrate_inputs/weights`` on the plain model) whose static scales
+            the layers use, INT-FP-QSim's calibrate-then-replace order.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"replace_layers: module must be a torch.nn.Module, got {type(module).__name__}")
@@ -66,4 +69,4 @@ def replace_layers(module: nn.Module, input_quantizer: Any = None, weight_quanti
                       rules=(Rule(enabled=False, name="not in mapping"),
                              Rule(types=types, enabled=True, name="mapping")),
                       strict=False)
-    return ReplacedModel(module, cfg).attach()  # type: ignore[return-value]
+    return ReplacedModel(module, cfg, calibration=calibration).attach()  # type: ignore[return-value]

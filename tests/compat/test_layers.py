@@ -60,3 +60,15 @@ def test_equivalent_to_quantized():
     with replace_layers(model, "int8", "int4", "e5m2"):
         b = model(x)
     assert torch.equal(a, b)
+
+
+def test_calibration_passed_to_replace_layers_sets_static_scales():
+    model = _net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    calib = qh.calibrate(model, qh.QuantConfig(input="int8"), [x], method="max", progress=False)
+    with replace_layers(model, input_quantizer="int8", calibration=calib) as h:
+        model(x)
+    assert all(p.amax is not None for (m, pt, t), p in h.points.items() if pt == "input")
+    other = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="not in the model|do not exist|not found"):
+        replace_layers(other, input_quantizer="int8", calibration=calib)
