@@ -47,6 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .batches import default_forward  # noqa: F401  (re-exported: part of this module's API)
 from .config import QuantConfig, Rule
 from .formats import Format
 from .session import Session, plan
@@ -65,15 +66,6 @@ SENSITIVITY_MODES = ("one", "all-but-one")
 # ---------------------------------------------------------------------------
 # Feeding a model and picking its output
 # ---------------------------------------------------------------------------
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple/list, else ``model(batch)``."""
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
 def _find_tensor(out: Any) -> Tensor | None:
     if isinstance(out, Tensor):
         return out

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..batches import default_forward  # noqa: F401  (re-exported: part of this module's API)
 from ..config import QuantConfig
 from ..formats import Format
 from ..points import QuantPoint
@@ -42,15 +43,6 @@ Key = tuple[str, str, str]
 ForwardFn = Callable[[nn.Module, Any], Any]
 #: per-channel histograms have ``bins // CHANNEL_BIN_DIVISOR`` bins
 CHANNEL_BIN_DIVISOR = 8
-
-
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, else ``model(batch)``."""
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def check_method(method: Any, percentile: Any) -> str | dict[str, str]:
