@@ -121,9 +121,24 @@ def _formats_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------
+DEMO_EVALUATIONS = ("digits", "sentences")
+
+
+def _demo_evaluations(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in DEMO_EVALUATIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(DEMO_EVALUATIONS)}, "
+                                         f"got {text!r}")
+    return names
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     _add_sample_arguments(p)
     p.add_argument("--no-model", action="store_true", help="only the formats table, no model run")
+    p.add_argument("--skip", type=_demo_evaluations, default=[], metavar="NAME[,NAME]",
+                   help="leave out evaluations: digits (the CNN trained on scikit-learn's digits), sentences "
+                        "(all-MiniLM-L6-v2 embeddings)")
 
 
 def _demo_run(args: argparse.Namespace) -> int:
@@ -140,34 +155,29 @@ def _demo_run(args: argparse.Namespace) -> int:
     rows = stats.format_rows(samples=args.samples, seed=args.seed)
     report.render_formats_table(rows, console, caption=_sqnr_caption(args.samples, args.seed))
     if not args.no_model:
-        _demo_model(console, args.seed)
+        _demo_models(console, args.seed, [n for n in DEMO_EVALUATIONS if n not in args.skip])
     return 0
 
 
-def _demo_model(console: Console, seed: int) -> None:
-    """A small torchvision model through a session: the per-point report and the output SQNR."""
-    import torch
-    import torchvision
+def _demo_models(console: Console, seed: int, which: list[str]) -> None:
+    """The real-weight evaluations of :mod:`qsim_hooks.demos` (examples/digits_cnn, examples/sentence_embeddings)."""
+    import dataclasses
 
-    from . import QuantConfig, Rule, quantized, report, stats
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)  # a pipe or a file: room for the per-point tables' module names
+    if "digits" in which:
+        from .demos import digits
 
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=10).eval()
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-    cfg = QuantConfig(input="e4m3", weight="e4m3", output="fp16",  # INT-FP-QSim's default setting
-                      rules=[Rule(match="layer4.*", weight="int4", weight_scaling="channel", name="layer4-int4"),
-                             Rule(match="fc", enabled=False, name="fc-fp32")])
-    with torch.no_grad():
-        full = model(x)
-        with quantized(model, cfg, stats=True) as qs:
-            sim = model(x)
-    report.render_heading(
-        "resnet18 (random weights, 4 x 3 x 64 x 64 N(0,1) batch): E4M3 inputs/weights, FP16 outputs, "
-        "INT4 per-channel weights in layer4, fc in full precision",
-        [f"output SQNR vs full precision: {stats.sqnr_db(full, sim):.2f} dB; "
-         f"{len(qs.points)} quantization points; the 12 with the worst SQNR:"], console)
-    report.render_stats(qs.stats(), console, sort="sqnr", top=12,
-                        title="resnet18: quantization points, worst SQNR first")
+        digits.render(digits.run(dataclasses.replace(digits.Settings(), seed=seed)), console)
+    if "sentences" in which:
+        from .demos import sentences
+
+        try:
+            result = sentences.run()
+        except sentences.ModelUnavailable as exc:
+            console.print(f"all-MiniLM-L6-v2 evaluation skipped: {exc}", markup=False, highlight=False)
+            return
+        sentences.render(result, console)
 
 
 # ---------------------------------------------------------------------------
@@ -486,8 +496,10 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "formats": Command("table of the named formats: bits, max, smallest subnormal, spacing at 1.0, "
                        "SQNR on N(0,1)", _formats_arguments, _formats_run),
-    "demo": Command("the demo: the formats table with SQNR on N(0,1) data, then a small resnet18 through a "
-                    "session with its per-point report", _demo_arguments, _demo_run),
+    "demo": Command("the demo: the formats table with SQNR on N(0,1) data, then two evaluations with real weights "
+                    "and data (a CNN trained on scikit-learn's digits: post-training and QAT accuracy per format; "
+                    "all-MiniLM-L6-v2 embeddings per format) with their per-point reports", _demo_arguments,
+                    _demo_run),
     "report": Command("a model (demo, a torchvision name or your .py file) simulated under a config: output SQNR "
                       "against full precision, then one row per quantization point", _report_arguments, _report_run),
     "sweep": Command("a list of formats: output SQNR (and your metric) per format, optionally as a PNG plot",

@@ -41,10 +41,10 @@ __all__ = ["Settings", "DigitsResult", "FORMATS", "build_format", "load_data", "
 
 #: the formats of the table: name -> what it is
 FORMATS = {
-    "int8": "INT8, per-tensor scale",
-    "int4": "INT4, per-tensor scale",
-    "e4m3": "E4M3 (OCP FP8), per-tensor scale",
-    "e2m1": "E2M1 (OCP FP4), per-tensor scale",
+    "int8": "INT8",
+    "int4": "INT4",
+    "e4m3": "OCP FP8 E4M3, scaled",
+    "e2m1": "OCP FP4 E2M1, scaled",
 }
 
 
@@ -210,14 +210,17 @@ def render(result: DigitsResult, console: Any = None, *, top: int = 8) -> None:
     rows = table_rows(result)
     cols = (report.Column("format", "format", justify="left", style="bold"),
             report.Column("what", "", justify="left"),
-            report.Column("fp", "full\nprecision %", _pct),
-            report.Column("ptq", "post-training\ndynamic %", _pct),
+            report.Column("fp", "full\nprecision", _pct),
+            report.Column("ptq", "post-training\ndynamic", _pct),
             report.Column("ptq_sqnr_db", "output\nSQNR dB", report.fmt_db),
-            report.Column("ptq_agreement", "top-1 agree\nwith fp %", _pct),
-            report.Column("static", f"post-training\nstatic ({s.calibration}) %", _pct),
-            report.Column("qat", "QAT %", _pct),
+            report.Column("ptq_agreement", "top-1 agree\nwith fp", _pct),
+            report.Column("static", f"post-training\nstatic ({s.calibration})", _pct),
+            report.Column("qat", "QAT", _pct),
             report.Column("recovered", "QAT recovers\n% of the loss", lambda v: "-" if v is None else f"{100 * v:.0f}"))
-    report.print_table(report.build_table(rows, cols, title="Digits CNN: test accuracy"), console)
+    report.print_table(report.build_table(rows, cols, title="Digits CNN: test accuracy %",
+                                          caption="scaled: per-tensor scale (amax to the format's max); "
+                                                  "output SQNR and top-1 agreement: the logits, dynamic scales"),
+                       console)
     if result.report_rows:
         report.render_stats(result.report_rows, console, sort="sqnr", top=top,
                             title=f"Digits CNN, {s.report_format} post-training: the {top} points with the worst "

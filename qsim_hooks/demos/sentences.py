@@ -128,17 +128,17 @@ def _e2m1_scaled() -> FloatFormat:
     return FloatFormat(2, 1, specials="none", scaling=Scaling(), name="e2m1 scaled")
 
 
-#: name -> (what it is, QuantConfig); the integers' weights get per-channel scales
-CONFIGS: dict[str, tuple[str, Any]] = {
-    "fp16": ("FP16 inputs and weights", lambda: QuantConfig(input="fp16", weight="fp16")),
-    "bf16": ("BF16 inputs and weights", lambda: QuantConfig(input="bf16", weight="bf16")),
-    "e4m3": ("E4M3 (OCP FP8) inputs and weights, casts", lambda: QuantConfig(input="e4m3", weight="e4m3")),
-    "e5m2": ("E5M2 (OCP FP8) inputs and weights, casts", lambda: QuantConfig(input="e5m2", weight="e5m2")),
-    "int8": ("INT8 inputs (per tensor) and weights (per channel)",
+#: name -> (weights, inputs, QuantConfig); the integers' weights get per-channel scales
+CONFIGS: dict[str, tuple[str, str, Any]] = {
+    "fp16": ("fp16", "fp16", lambda: QuantConfig(input="fp16", weight="fp16")),
+    "bf16": ("bf16", "bf16", lambda: QuantConfig(input="bf16", weight="bf16")),
+    "e4m3": ("e4m3", "e4m3", lambda: QuantConfig(input="e4m3", weight="e4m3")),
+    "e5m2": ("e5m2", "e5m2", lambda: QuantConfig(input="e5m2", weight="e5m2")),
+    "int8": ("int8 /channel", "int8 /tensor",
              lambda: QuantConfig(input="int8", weight="int8", rules=[Rule(weight_scaling="channel", name="w/ch")])),
-    "w4a8": ("INT4 weights (per channel), INT8 inputs (per tensor)",
+    "w4a8": ("int4 /channel", "int8 /tensor",
              lambda: QuantConfig(input="int8", weight="int4", rules=[Rule(weight_scaling="channel", name="w/ch")])),
-    "e2m1": ("E2M1 (OCP FP4) inputs and weights, per-tensor scale",
+    "e2m1": ("e2m1 scaled /tensor", "e2m1 scaled /tensor",
              lambda: QuantConfig(input=_e2m1_scaled(), weight=_e2m1_scaled())),
 }
 
@@ -244,7 +244,7 @@ def _run(names: tuple[str, ...], sentences: tuple[tuple[str, str], ...], k: int,
                           fp_topic_precision=float((topics[ref_nn[:, 0]] == topics).float().mean()),
                           report_config=report_config if report_config in names else None)
     for name in names:
-        what, make = CONFIGS[name]
+        weights, inputs, make = CONFIGS[name]
         with quantized(model, make(), stats=name == res.report_config) as qs:
             e = embed(model, enc)
         if name == res.report_config:
@@ -252,7 +252,8 @@ def _run(names: tuple[str, ...], sentences: tuple[tuple[str, str], ...], k: int,
         cos = (e * ref).sum(-1)
         nn_ = _neighbours(e, k)
         overlap = torch.tensor([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(nn_, ref_nn)])
-        res.rows.append({"config": name, "what": what, "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
+        res.rows.append({"config": name, "weights": weights, "inputs": inputs,
+                         "cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
                          "top1_agreement": float((nn_[:, 0] == ref_nn[:, 0]).float().mean()),
                          "recall_at_k": float(overlap.mean()),
                          "topic_precision": float((topics[nn_[:, 0]] == topics).float().mean())})
@@ -271,14 +272,17 @@ def render(result: SentencesResult, console: Any = None, *, top: int = 8, k: int
          "(outputs, scores, context in full precision)"], console)
     pct = lambda v: "-" if v is None else f"{100 * float(v):.1f}"  # noqa: E731
     cols = (report.Column("config", "config", justify="left", style="bold"),
-            report.Column("what", "", justify="left"),
+            report.Column("weights", "weights", justify="left"),
+            report.Column("inputs", "inputs, q k probs v", justify="left"),
             report.Column("cos_mean", "cosine vs fp\nmean", lambda v: f"{v:.5f}"),
             report.Column("cos_min", "cosine vs fp\nmin", lambda v: f"{v:.5f}"),
             report.Column("top1_agreement", "nearest neighbour\nsame as fp %", pct),
             report.Column("recall_at_k", f"recall@{k}\noverlap %", pct),
             report.Column("topic_precision", "topic\nprecision@1 %", pct))
-    report.print_table(report.build_table(result.rows, cols, title="all-MiniLM-L6-v2: embeddings per format"),
-                       console)
+    report.print_table(report.build_table(
+        result.rows, cols, title="all-MiniLM-L6-v2: embeddings per format",
+        caption="/channel, /tensor: integer scales per output channel or per tensor; scaled: a per-tensor "
+                "scale (amax to the format's max); the others are plain casts"), console)
     if result.report_rows:
         report.render_stats(result.report_rows, console, sort="sqnr", top=top,
                             title=f"all-MiniLM-L6-v2, {result.report_config}: the {top} points with the worst SQNR "
