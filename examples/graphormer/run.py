@@ -290,11 +290,13 @@ def write_smoke_checkpoint(root: Path, seed: int) -> Path:
     return ckpt
 
 
-def _delegate(argv: list[str]) -> dict:
+def _delegate(argv: list[str], json_path: str | None) -> dict:
     """Run this script under .venv-tf457 (its output goes straight to ours) and return its figures."""
     with tempfile.TemporaryDirectory(prefix="qsim-graphormer-") as d:
-        out = Path(d) / "result.json"
-        cmd = [str(SECOND_ENV), str(Path(__file__).resolve()), *argv, "--no-delegate", "--json", str(out)]
+        out = Path(json_path) if json_path else Path(d) / "result.json"
+        cmd = [str(SECOND_ENV), str(Path(__file__).resolve()), *argv, "--no-delegate"]
+        if not json_path:
+            cmd += ["--json", str(out)]
         sys.stdout.flush()
         res = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
         if res.returncode != 0:
@@ -318,7 +320,7 @@ def main(argv=None) -> dict:
 
         common.console().print(f"graphormer: transformers {transformers.__version__} here has no Graphormer; "
                                f"running under {SECOND_ENV} (transformers 4.57)", markup=False, highlight=False)
-        return _delegate(argv)
+        return _delegate(argv, args.json)
     if args.smoke:
         args.batch_size = min(args.batch_size, 4)
         with common.workdir(args, "graphormer") as root:
