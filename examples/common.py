@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["offline", "make_parser", "parse_args", "build_config", "describe_config", "Task", "run", "console",
-           "workdir", "device_of", "perplexity", "run_program", "IoU", "clip_score", "roc_auc",
+           "workdir", "device_of", "HelpFormatter", "perplexity", "run_program", "IoU", "clip_score", "roc_auc",
            "write_image_folder", "train_tokenizer", "read_lines", "write_json", "DEFAULTS", "METHODS"]
 
 #: INT-FP-QSim's default setting
@@ -85,10 +85,19 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one to show (not None/False) and the help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def make_parser(prog: str, description: str, *, checkpoint: str, data: str) -> argparse.ArgumentParser:
     """The arguments every example takes; an example adds its own to the returned parser."""
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("what to run")
     g.add_argument("--smoke", action="store_true",
                    help="a tiny random-initialised model on stand-in data written to a temporary folder "

@@ -29,14 +29,14 @@ def main(argv=None) -> dict:
 
     d = digits.Settings()
     p = argparse.ArgumentParser(prog="examples/digits_cnn/run.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=common.HelpFormatter)
     p.add_argument("--seed", type=int, default=d.seed, help="data split, initialisation and shuffling")
     p.add_argument("--epochs", type=int, default=d.epochs, help="full-precision training epochs")
     p.add_argument("--formats", default=",".join(d.formats), help=f"comma-separated, from {', '.join(digits.FORMATS)}")
     p.add_argument("--calibrate", choices=common.METHODS, default=d.calibration, help="static calibration method")
     p.add_argument("--qat-formats", default=",".join(d.qat_formats), help="formats that get QAT ('' for none)")
-    p.add_argument("--qat-epochs", type=int, default=d.qat_epochs)
-    p.add_argument("--qat-lr", type=float, default=d.qat_lr)
+    p.add_argument("--qat-epochs", type=int, default=d.qat_epochs, help="fine-tuning epochs inside qh.quantized")
+    p.add_argument("--qat-lr", type=float, default=d.qat_lr, help="QAT learning rate (Adam, cosine decay)")
     p.add_argument("--report", default=d.report_format, help="the format whose per-point report is shown")
     p.add_argument("--top", type=int, default=8, help="rows of the per-point report")
     p.add_argument("--backend", choices=("eager", "auto", "compiled"), default=d.backend, help="quantization kernels")

@@ -310,7 +310,7 @@ def main(argv=None) -> dict:
                            checkpoint="local Hugging Face GraphormerForGraphClassification folder (2 classes)",
                            data="ogbg-molhiv graphs: .jsonl / .json, or a folder with <split>.jsonl")
     p.add_argument("--split", default="test", help="<split>.jsonl when --data is a folder")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="graphs per batch")
     p.add_argument("--no-delegate", action="store_true",
                    help="do not hand over to .venv-tf457/bin/python when this environment lacks Graphormer")
     args = common.parse_args(p, argv)

@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
     p.add_argument("--labels", metavar="FILE", default=None, help="class names in folder order (.txt or .json)")
     p.add_argument("--template", default="a photo of a {}.", help="text of each class")
     p.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI CLIP weights)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     args = common.parse_args(p, argv)
     if args.smoke:

@@ -102,9 +102,9 @@ def main(argv=None) -> dict:
                            checkpoint="torchvision state dict (.pth) of --arch",
                            data="ImageNet validation images, ImageFolder layout (DATA/val/<wnid>/ or DATA/<wnid>/)")
     p.add_argument("--arch", default="resnet50", help="torchvision model name")
-    p.add_argument("--resize", type=int, default=256)
-    p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--resize", type=int, default=256, help="shorter image side before the crop")
+    p.add_argument("--crop", type=int, default=224, help="centre crop size")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     args = common.parse_args(p, argv)
     if args.smoke:

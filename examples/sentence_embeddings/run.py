@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     from qsim_hooks.demos import sentences
 
     p = argparse.ArgumentParser(prog="examples/sentence_embeddings/run.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=common.HelpFormatter)
     p.add_argument("--configs", default=",".join(sentences.CONFIGS),
                    help=f"comma-separated, from {', '.join(sentences.CONFIGS)}")
     p.add_argument("--per-topic", type=int, default=None, metavar="N",

@@ -67,10 +67,13 @@ def _features(out):
 
 
 def build_task(checkpoint: Path, clip_path: Path, data: Path, args) -> common.Task:
+    import diffusers
     import torch
     from diffusers import StableDiffusionPipeline
     from torch import nn
 
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     dev = common.device_of(args)
     pipe = StableDiffusionPipeline.from_pretrained(str(checkpoint), safety_checker=None, requires_safety_checker=False,
                                                    local_files_only=True).to(dev)
@@ -137,7 +140,7 @@ def write_smoke(root: Path, seed: int) -> tuple[Path, Path, Path]:
                         norm_num_groups=8, sample_size=32)
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=2, max_position_embeddings=16, projection_dim=32))
-    sched = DDIMScheduler(num_train_timesteps=100, clip_sample=False)
+    sched = DDIMScheduler(num_train_timesteps=100, clip_sample=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     ckpt = root / "sd-tiny"
