@@ -161,7 +161,7 @@ class Session:
             f = qp.format
             row: dict[str, Any] = {"module": module, "point": point, "tensor": tensor,
                                    "format": f.name if f is not None else "-",
-                                   "granularity": f.granularity if f is not None else "-",
+                                   "granularity": _granularity(f, qp.amax is not None),
                                    "static_amax": None if qp.amax is None else qp.amax.flatten().tolist(),
                                    "decided_by": qp.entry.decided_by}
             if qp.stats is not None:
@@ -180,6 +180,16 @@ class Session:
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
         return f"<qsim_hooks.Session {state}: {len(self.points)} points on {type(self.model).__name__}>"
+
+
+def _granularity(f: Any, static: bool) -> str:
+    """The format's granularity; a dynamic scale replaced by a calibrated amax reads 'static'."""
+    if f is None:
+        return "-"
+    g = f.granularity
+    if static:
+        g = g.split(" dyn-")[0] + " static" if " dyn-" in g else g
+    return g
 
 
 def _child(prefix: str, name: str) -> str:

@@ -29,7 +29,7 @@ from torch import Tensor
 __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "canonical",
            "COMPILE_MIN_NUMEL"]
 
-COMPILE_MIN_NUMEL = 1 << 12
+COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is not worth the wait
 _BACKENDS = ("auto", "eager", "compiled")
 _backend = os.environ.get("QSIM_HOOKS_BACKEND", "auto")
 if _backend not in _BACKENDS:

@@ -29,8 +29,11 @@ def snapshot(model: nn.Module) -> dict:
 
 
 def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.view(torch.uint8) if a.is_floating_point() else a, b.view(torch.uint8) if b.is_floating_point() else b)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():  # compare bit patterns (NaN == NaN, -0.0 != 0.0)
+        a, b = a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)
+    return torch.equal(a, b)
 
 
 def verify_unchanged(model: nn.Module, snap: dict, *, values: bool = True, ids: bool = True) -> None:
