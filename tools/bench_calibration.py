@@ -20,6 +20,7 @@ import time
 
 import torch
 import torchvision
+from _timing import best_time  # tools/ is on sys.path when a script runs
 from rich.console import Console
 from rich.table import Table
 
@@ -28,14 +29,7 @@ from qsim_hooks.calibration.api import _install
 
 
 def _time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(fn, repeats, warmup)
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torchvision
+from _timing import best_time  # tools/ is on sys.path when a script runs
 from rich.console import Console
 from rich.table import Table
 
@@ -23,14 +23,7 @@ import qsim_hooks as qh
 
 
 def _time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(fn, repeats, warmup)
 
 
 def _intfp_qsim_way(model: torch.nn.Module):

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import math
-import types
 
 import numpy as np
 import pytest
@@ -39,26 +38,11 @@ from qsim_hooks.compat import (
     quantize_to_fp,
     quantize_to_int,
 )
-from qsim_hooks.formats import Format, as_format, kernels
+from qsim_hooks.formats import Format, as_format
 
 from ..formats._reference import all_bf16, assert_same_bits, random_f32
 
-
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    old = kernels.get_backend()
-    kernels.set_backend("eager")
-    yield
-    kernels.set_backend(old)
-
-
-@pytest.fixture(scope="module")
-def qtorch() -> types.SimpleNamespace:
-    import qtorch as qt
-    import qtorch.quant as qq
-
-    return types.SimpleNamespace(FloatingPoint=qt.FloatingPoint, quantizer=qq.quantizer,
-                                 float_quantize=qq.float_quantize)
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 # ---------------------------------------------------------------------------

@@ -31,13 +31,7 @@ INF = float("inf")
 NAN = float("nan")
 
 
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    """Eager kernels: the fused path has its own test (test_kernels.py); no compile here."""
-    old = kernels.get_backend()
-    kernels.set_backend("eager")
-    yield
-    kernels.set_backend(old)
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 @pytest.fixture(scope="module")

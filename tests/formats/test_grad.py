@@ -11,17 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qsim_hooks.formats import FloatFormat, GradSpec, IntFormat, Scaling, get, kernels
+from qsim_hooks.formats import FloatFormat, GradSpec, IntFormat, Scaling, get
 
 from ._reference import assert_same_bits
 
-
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    old = kernels.get_backend()
-    kernels.set_backend("eager")
-    yield
-    kernels.set_backend(old)
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def _grad(fmt, x: torch.Tensor, g: torch.Tensor, **kw) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from qsim_hooks.formats import IntFormat, Scaling, get, kernels, names
+from qsim_hooks.formats import IntFormat, Scaling, get, names
 from qsim_hooks.formats.base import Rounding
 
 from ._reference import assert_same_bits
@@ -23,12 +23,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 RANGES = {"narrow": dict(narrow=True), "full": dict(narrow=False), "unsigned": dict(signed=False)}
 
 
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    old = kernels.get_backend()
-    kernels.set_backend("eager")
-    yield
-    kernels.set_backend(old)
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def _sample(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -41,33 +41,15 @@ is imported here only, inside a module-scoped fixture.
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 import torch
 
-from qsim_hooks.formats import CallableFormat, FloatFormat, GradSpec, IntFormat, as_format, kernels
+from qsim_hooks.formats import CallableFormat, FloatFormat, GradSpec, IntFormat, as_format
 
 from ._reference import all_bf16, assert_same_bits, random_f32, ref_round
 
-
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    old = kernels.get_backend()
-    kernels.set_backend("eager")
-    yield
-    kernels.set_backend(old)
-
-
-@pytest.fixture(scope="module")
-def qtorch() -> types.SimpleNamespace:
-    import qtorch as qt
-    import qtorch.quant as qq
-
-    return types.SimpleNamespace(FloatingPoint=qt.FloatingPoint, FixedPoint=qt.FixedPoint,
-                                 float_quantize=qq.float_quantize, fixed_point_quantize=qq.fixed_point_quantize,
-                                 quantizer=qq.quantizer)
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from qsim_hooks.formats import FloatFormat, IntFormat, Scaling, kernels
+from qsim_hooks.formats import FloatFormat, IntFormat, Scaling
 
 from ._reference import assert_same_bits, ref_round
 
@@ -28,12 +28,7 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
 DETERMINISTIC = ["nearest_even", "nearest_away", "toward_zero"]
 
 
-@pytest.fixture(autouse=True)
-def _eager_backend():
-    old = kernels.get_backend()
-    kernels.set_backend("eager")
-    yield
-    kernels.set_backend(old)
+pytestmark = pytest.mark.usefixtures("eager_kernels")
 
 
 def _float_format(E: int, M: int, bias_shift: int, specials: str, subnormals: bool, overflow: str,
