@@ -192,7 +192,8 @@ class FloatFormat(Format):
         # fp32 powers of two, and |x / step| < 2^21 (exact additions of 0.5 or noise)
         elo = self.emin + 127
         ehi = math.frexp(mx)[1] + 127  # the exponent field just above max: larger values all overflow
-        fast = (elo - self.man_bits >= 1 and 254 - (ehi - self.man_bits) >= 1 and self.man_bits <= 20)
+        fast = (elo - self.man_bits >= 1 and 254 - (ehi - self.man_bits) >= 1 and self.man_bits <= 20
+                and self.subnormals)
         return torch.tensor([self.man_bits, self.emin, _f32_bits(mx), ovf, _f32_bits(self.min_normal),
                              _f32_bits(qmin), half, 0 if self.subnormals else 1,
                              elo, ehi if fast else 0] + [0] * 7,
