@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .config import PlanEntry
 from .formats import Format
+from .formats.base import check_tensor
 from .stats import sqnr_db_from_sums
 
 __all__ = ["QuantPoint", "PointStats"]
@@ -116,6 +117,12 @@ class QuantPoint:
             self._by_axis[axis] = cached
         return cached[1]
 
+    def _quantize(self, fmt: Format, x: Tensor, amax: Tensor | None) -> Tensor:
+        if type(fmt).__call__ is not Format.__call__:  # a format with its own calling rules (compat)
+            return fmt(x, amax=amax, generator=self.generator)
+        check_tensor(x, f"format {fmt.name}")
+        return fmt._quantize_checked(x, amax, self.generator)  # amax was checked once, by set_amax
+
     def __call__(self, x: Tensor, axis: int | None = None) -> Tensor:
         """Quantize ``x``; ``axis`` fills an open scaling axis (attention operands)."""
         if self.observer is not None:
@@ -127,9 +134,9 @@ class QuantPoint:
         if amax is not None and amax.device != x.device:
             amax = self._amax = amax.to(x.device)
         if self.stats is None:
-            return fmt(x, amax=amax, generator=self.generator)
+            return self._quantize(fmt, x, amax)
         if torch.is_grad_enabled() and x.requires_grad:
-            y = fmt(x, amax=amax, generator=self.generator)
+            y = self._quantize(fmt, x, amax)
             with torch.no_grad():
                 _, mask = fmt._forward(x.detach().float(), amax, None, True)
         else:

@@ -114,10 +114,10 @@ class Session:
                 raise AssertionError(e.point)
         # nn.MultiheadAttention calls F.linear for out_proj, so that Linear's input/output hooks never
         # fire: a scope (even with its six points off) decomposes the call and applies them
-        for e in p.entries:
-            if e.point == "weight" and e.module_type == "MultiheadAttention" and e.module not in scopes:
-                if any((_child(e.module, "out_proj"), r, r) in self.points for r in ("input", "output")):
-                    scopes[e.module] = {}
+        for name in {e.module for e in p.entries} - set(scopes):
+            if isinstance(named[name], nn.MultiheadAttention) and any(
+                    (_child(name, "out_proj"), r, r) in self.points for r in ("input", "output")):
+                scopes[name] = {}
         for name, pts in scopes.items():
             out_in = self.points.get((_child(name, "out_proj"), "input", "input"))
             out_out = self.points.get((_child(name, "out_proj"), "output", "output"))

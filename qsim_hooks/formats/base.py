@@ -130,6 +130,14 @@ class Format:
                  generator: torch.Generator | None = None) -> Tensor:
         check_tensor(x, f"format {self.name}")
         amax_t = None if amax is None else _check_amax(amax, self.name, x.device)
+        return self._quantize_checked(x, amax_t, generator)
+
+    def _quantize_checked(self, x: Tensor, amax_t: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """``__call__`` after its checks: ``amax_t`` is already a valid float32 tensor on x's device.
+
+        Quantization points check a static amax once, when it is set; checking it again
+        on every call would cost a host sync per call.
+        """
         if x.numel() == 0:
             return x.clone()
         if torch.is_grad_enabled() and x.requires_grad:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -270,14 +271,34 @@ def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
     return x.reshape(a, c, -1), s.reshape(1, c, 1), shape
 
 
-def _float_args(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    # detach: kernels never take part in autograd (formats wrap them in a STE);
-    # a plain Tensor also keeps torch.compile from specialising on Parameter.
-    return x.detach().contiguous(), params.to(x.device)
+_prepared: dict[int, tuple[weakref.ref, bool, dict[torch.device, Tensor]]] = {}
+
+
+def _prepare(params: Tensor, device: torch.device) -> tuple[bool, Tensor]:
+    """(may the step kernel run, ``params`` on ``device``), worked out once per params tensor.
+
+    A format's params are a small CPU tensor that lives as long as the format: reading a
+    flag off it or copying it to a GPU on every call would cost a sync or a transfer per call.
+    """
+    entry = _prepared.get(id(params))
+    if entry is None or entry[0]() is not params:
+        entry = (weakref.ref(params), bool(params[P_EHI] > 0), {})
+        _prepared[id(params)] = entry
+        weakref.finalize(params, _prepared.pop, id(params), None)
+    p = entry[2].get(device)
+    if p is None:
+        p = entry[2][device] = params.to(device)
+    return entry[1], p
 
 
 def _fast(params: Tensor) -> bool:
-    return bool(params[P_EHI] > 0)
+    return _prepare(params, params.device)[0]
+
+
+def _float_args(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    # detach: kernels never take part in autograd (formats wrap them in a STE);
+    # a plain Tensor also keeps torch.compile from specialising on Parameter.
+    return x.detach().contiguous(), _prepare(params, x.device)[1]
 
 
 def float_round(x: Tensor, params: Tensor, mode: int, generator: torch.Generator | None = None,
