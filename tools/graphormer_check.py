@@ -11,7 +11,8 @@ JSON line with the measurements and exits non-zero (an AssertionError) when a ch
   (e) after exit the model is unchanged and no torch function mode is left.
 
 The graphs are synthetic but preprocessed as GraphormerDataCollator does (its Cython floyd_warshall and
-gen_edge_input re-written in NumPy below), two graphs of different sizes so the batch is padded.
+gen_edge_input, re-written in NumPy in examples/graphormer/run.py),
+two graphs of different sizes so the batch is padded.
 """
 
 from __future__ import annotations
@@ -30,44 +31,10 @@ sys.path.insert(0, str(ROOT))
 import transformers  # noqa: E402
 
 import qsim_hooks as qh  # noqa: E402
+from examples.graphormer.run import floyd_warshall, gen_edge_input  # noqa: E402  (GraphormerDataCollator in NumPy)
 from tests.core.model_check import snapshot, verify_unchanged  # noqa: E402
 
 POINTS = ("q", "k", "scores", "probs", "v", "context")
-UNREACHABLE = 510
-
-
-def _floyd_warshall(adj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n = adj.shape[0]
-    m = np.where(adj, 1, UNREACHABLE).astype(np.int64)
-    np.fill_diagonal(m, 0)
-    path = -np.ones((n, n), dtype=np.int64)
-    for k in range(n):
-        for i in range(n):
-            for j in range(n):
-                if m[i, j] > m[i, k] + m[k, j]:
-                    m[i, j] = m[i, k] + m[k, j]
-                    path[i, j] = k
-    far = m >= UNREACHABLE
-    m[far], path[far] = UNREACHABLE, UNREACHABLE
-    return m, path
-
-
-def _edges(path: np.ndarray, i: int, j: int) -> list[int]:
-    k = path[i, j]
-    return [] if k == -1 else _edges(path, i, k) + [int(k)] + _edges(path, k, j)
-
-
-def _edge_input(max_dist: int, path: np.ndarray, edge_feat: np.ndarray) -> np.ndarray:
-    n = path.shape[0]
-    out = -np.ones((n, n, max_dist, edge_feat.shape[-1]), dtype=np.int64)
-    for i in range(n):
-        for j in range(n):
-            if i == j or path[i, j] == UNREACHABLE:
-                continue
-            p = [i] + _edges(path, i, j) + [j]
-            for k in range(len(p) - 1):
-                out[i, j, k] = edge_feat[p[k], p[k + 1]]
-    return out
 
 
 def _graph(num_nodes: int, edge_index: np.ndarray, rng: np.random.Generator) -> dict:
@@ -79,10 +46,10 @@ def _graph(num_nodes: int, edge_index: np.ndarray, rng: np.random.Generator) -> 
     attn_edge_type[edge_index[0], edge_index[1]] = single(edge_attr) + 1
     adj = np.zeros((num_nodes, num_nodes), dtype=bool)
     adj[edge_index[0], edge_index[1]] = True
-    dist, path = _floyd_warshall(adj)
+    dist, path = floyd_warshall(adj)
     return {"input_nodes": single(node_feat) + 1 + 1, "attn_bias": np.zeros((num_nodes + 1,) * 2, np.float32),
             "attn_edge_type": attn_edge_type, "spatial_pos": dist + 1, "in_degree": adj.sum(1) + 1,
-            "input_edges": _edge_input(int(dist.max()), path, attn_edge_type) + 1}
+            "input_edges": gen_edge_input(int(dist.max()), path, attn_edge_type) + 1}
 
 
 def _collate(items: list[dict]) -> dict:
