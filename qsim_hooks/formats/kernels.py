@@ -20,6 +20,7 @@ Eager and fused paths give bit-identical results (tested).
 from __future__ import annotations
 
 import os
+import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -28,7 +29,10 @@ import torch
 from torch import Tensor
 
 __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "canonical",
-           "COMPILE_MIN_NUMEL"]
+           "named_copy", "run", "COMPILE_MIN_NUMEL", "NEAREST_EVEN", "NEAREST_AWAY", "TOWARD_ZERO", "STOCHASTIC"]
+
+#: Rounding-mode ids (what :class:`~qsim_hooks.formats.base.Rounding` maps to).
+NEAREST_EVEN, NEAREST_AWAY, TOWARD_ZERO, STOCHASTIC = 0, 1, 2, 3
 
 COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is not worth the wait
 _BACKENDS = ("auto", "eager", "compiled")
@@ -164,64 +168,6 @@ def _fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> T
     return torch.where(y.abs() > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), y)
 
 
-def _fast_round_0(x, p):
-    return _fast_round_impl(x, p, 0, None)
-
-
-def _fast_round_1(x, p):
-    return _fast_round_impl(x, p, 1, None)
-
-
-def _fast_round_2(x, p):
-    return _fast_round_impl(x, p, 2, None)
-
-
-def _scaled_fast_round_0(x, p, inv, scale):
-    return _fast_round_impl(x * inv, p, 0, None) * scale
-
-
-def _scaled_fast_round_1(x, p, inv, scale):
-    return _fast_round_impl(x * inv, p, 1, None) * scale
-
-
-def _scaled_fast_round_2(x, p, inv, scale):
-    y = x * inv
-    g = _fast_round_impl(y, p, 0, None)  # snap onto a grid point within _SNAP first (see _snap_float)
-    y = torch.where(torch.isfinite(g) & ((y - g).abs() <= g.abs() * _SNAP), g, y)
-    return _fast_round_impl(y, p, 2, None) * scale
-
-
-_FAST_FNS = (_fast_round_0, _fast_round_1, _fast_round_2)
-_SCALED_FAST_FNS = (_scaled_fast_round_0, _scaled_fast_round_1, _scaled_fast_round_2)
-
-
-def _float_round_0(x, p):
-    return _float_round_impl(x, p, 0, None)
-
-
-def _float_round_1(x, p):
-    return _float_round_impl(x, p, 1, None)
-
-
-def _float_round_2(x, p):
-    return _float_round_impl(x, p, 2, None)
-
-
-def _float_round_3(x, p, noise):
-    return _float_round_impl(x, p, 3, noise)
-
-
-_FLOAT_FNS = (_float_round_0, _float_round_1, _float_round_2, _float_round_3)
-
-
-def _scaled_float_round_0(x, p, inv, scale):
-    return _float_round_impl(x * inv, p, 0, None) * scale
-
-
-def _scaled_float_round_1(x, p, inv, scale):
-    return _float_round_impl(x * inv, p, 1, None) * scale
-
-
 # Toward-zero and stochastic rounding of a scaled tensor: a dequantized grid value
 # g * scale, scaled again by 1/scale, can come back an ulp below g, and truncating
 # that would move it one grid step down (q(q(x)) != q(x)). Values within _SNAP
@@ -230,21 +176,48 @@ def _scaled_float_round_1(x, p, inv, scale):
 _SNAP = 2.0**-22
 
 
-def _snap_float(y: Tensor, p: Tensor) -> Tensor:
-    g = _float_round_impl(y, p, 0, None)
+def _snap(y: Tensor, p: Tensor, impl: Callable) -> Tensor:
+    g = impl(y, p, 0, None)
     return torch.where(torch.isfinite(g) & ((y - g).abs() <= g.abs() * _SNAP), g, y)
 
 
-def _scaled_float_round_2(x, p, inv, scale):
-    return _float_round_impl(_snap_float(x * inv, p), p, 2, None) * scale
+def named_copy(fn: Callable, name: str) -> Callable:
+    """``fn`` with its own code object named ``name``.
+
+    Dynamo caches compiled graphs per code object: closures made by one factory
+    share one, and their guards would pile onto one cache entry list.
+    """
+    code = fn.__code__.replace(co_name=name, co_qualname=name) if hasattr(fn.__code__, "co_qualname") \
+        else fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
-def _scaled_float_round_3(x, p, inv, scale, noise):
-    return _float_round_impl(_snap_float(x * inv, p), p, 3, noise) * scale
+def _make_float_kernel(impl: Callable, mode: int, scaled: bool) -> Callable:
+    """One ExMy kernel: ``impl`` (bit or step kernel) at a fixed rounding mode, optionally scaled.
+
+    Unscaled: ``kernel(x, p[, noise])``; scaled: ``kernel(x, p, inv, scale[, noise])``
+    computes ``round(x * inv) * scale`` (snapping first for the directed modes, see _SNAP).
+    """
+    if not scaled:
+        def kernel(x: Tensor, p: Tensor, *noise: Tensor) -> Tensor:
+            return impl(x, p, mode, noise[0] if noise else None)
+        return kernel
+
+    def scaled_kernel(x: Tensor, p: Tensor, inv: Tensor, scale: Tensor, *noise: Tensor) -> Tensor:
+        y = x * inv
+        if mode >= 2:
+            y = _snap(y, p, impl)
+        return impl(y, p, mode, noise[0] if noise else None) * scale
+    return scaled_kernel
 
 
-_SCALED_FLOAT_FNS = (_scaled_float_round_0, _scaled_float_round_1, _scaled_float_round_2,
-                     _scaled_float_round_3)
+# (kind, scaled) -> one kernel per rounding mode; the step kernel has no stochastic mode
+_KINDS = {"float_round": (_float_round_impl, 4), "fast_round": (_fast_round_impl, 3)}
+_FLOAT_KERNELS: dict[tuple[str, bool], tuple[Callable, ...]] = {
+    (kind, scaled): tuple(
+        named_copy(_make_float_kernel(impl, mode, scaled), f"{'scaled_' if scaled else ''}{kind}_{mode}")
+        for mode in range(n_modes))
+    for kind, (impl, n_modes) in _KINDS.items() for scaled in (False, True)}
 
 
 def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
@@ -312,12 +285,8 @@ def float_round(x: Tensor, params: Tensor, mode: int, generator: torch.Generator
     x, p = _float_args(x, params)
     shape = x.shape
     x = x.reshape(-1)
-    fns, name = (_FAST_FNS, "fast_round") if use_fast else (_FLOAT_FNS, "float_round")
-    if mode == 3:
-        noise = torch.randint(0, 1 << 23, x.shape, generator=generator, device=x.device,
-                              dtype=torch.int32)
-        return run(f"{name}_3", fns[3], x, p, noise).reshape(shape)
-    return run(f"{name}_{mode}", fns[mode], x, p).reshape(shape)
+    fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", False][mode]
+    return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator)).reshape(shape)
 
 
 def scaled_float_round(x: Tensor, params: Tensor, inv: Tensor, scale: Tensor, mode: int,
@@ -327,12 +296,16 @@ def scaled_float_round(x: Tensor, params: Tensor, inv: Tensor, scale: Tensor, mo
     x, p = _float_args(x, params)
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv)
-    fns, name = (_SCALED_FAST_FNS, "scaled_fast_round") if use_fast else (_SCALED_FLOAT_FNS, "scaled_float_round")
-    if mode == 3:
-        noise = torch.randint(0, 1 << 23, xc.shape, generator=generator, device=x.device,
-                              dtype=torch.int32)
-        return run(f"{name}_3", fns[3], xc, p, ic, sc, noise).reshape(shape)
-    return run(f"{name}_{mode}", fns[mode], xc, p, ic, sc).reshape(shape)
+    fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", True][mode]
+    return run(fn.__name__, fn, xc, p, ic, sc, *_bit_noise(mode, xc.shape, x.device, generator)).reshape(shape)
+
+
+def _bit_noise(mode: int, shape: torch.Size, device: torch.device,
+               generator: torch.Generator | None) -> tuple[Tensor, ...]:
+    """Stochastic rounding's noise for the bit kernel (uniform in [0, 2^23)); nothing for other modes."""
+    if mode != STOCHASTIC:
+        return ()
+    return (torch.randint(0, 1 << 23, shape, generator=generator, device=device, dtype=torch.int32),)
 
 
 # ---------------------------------------------------------------------------
@@ -361,23 +334,13 @@ def _int_fq_impl(x: Tensor, inv_scale: Tensor, scale: Tensor, lim: Tensor, mode:
     return _round_mode(q, mode, noise) * scale
 
 
-def _int_fq_0(x, inv, scale, lim):
-    return _int_fq_impl(x, inv, scale, lim, 0, None)
+def _make_int_kernel(mode: int) -> Callable:
+    def kernel(x: Tensor, inv: Tensor, scale: Tensor, lim: Tensor, *noise: Tensor) -> Tensor:
+        return _int_fq_impl(x, inv, scale, lim, mode, noise[0] if noise else None)
+    return kernel
 
 
-def _int_fq_1(x, inv, scale, lim):
-    return _int_fq_impl(x, inv, scale, lim, 1, None)
-
-
-def _int_fq_2(x, inv, scale, lim):
-    return _int_fq_impl(x, inv, scale, lim, 2, None)
-
-
-def _int_fq_3(x, inv, scale, lim, noise):
-    return _int_fq_impl(x, inv, scale, lim, 3, noise)
-
-
-_INT_FNS = (_int_fq_0, _int_fq_1, _int_fq_2, _int_fq_3)
+_INT_KERNELS = tuple(named_copy(_make_int_kernel(mode), f"int_fq_{mode}") for mode in range(4))
 
 
 def int_fake_quant(x: Tensor, inv_scale: Tensor, scale: Tensor, qmin: int, qmax: int, mode: int,
@@ -387,7 +350,7 @@ def int_fake_quant(x: Tensor, inv_scale: Tensor, scale: Tensor, qmin: int, qmax:
     x = x.detach().contiguous()
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv_scale)
-    if mode == 3:
-        noise = torch.rand(xc.shape, generator=generator, device=x.device, dtype=torch.float32)
-        return run("int_fq_3", _int_fq_3, xc, ic, sc, lim, noise).reshape(shape)
-    return run(f"int_fq_{mode}", _INT_FNS[mode], xc, ic, sc, lim).reshape(shape)
+    fn = _INT_KERNELS[mode]
+    noise = (torch.rand(xc.shape, generator=generator, device=x.device, dtype=torch.float32),) \
+        if mode == STOCHASTIC else ()
+    return run(fn.__name__, fn, xc, ic, sc, lim, *noise).reshape(shape)
