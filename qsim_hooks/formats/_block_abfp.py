@@ -10,6 +10,7 @@ docs/formats/block.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,8 @@ from torch import Tensor
 
 from . import kernels
 from ._block_format import BlockFormat
+from ._checks import check_float, check_int
+from ._exmy import round_int
 from .base import GradSpec, Rounding
 from .floating import BF16, FloatFormat
 from .integer import IntElement, int_limits
@@ -71,18 +74,19 @@ class ABFP:
     _mode: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 1:
-            raise ValueError(f"ABFP.tile={self.tile!r} must be a positive int")
+        check_int("ABFP", "tile", self.tile, 1)
         if self.weight_bits is None:
             object.__setattr__(self, "weight_bits", self.bits)
         for f in ("bits", "weight_bits", "out_bits"):
             v = getattr(self, f)
             if v is None and f == "out_bits":
                 continue
-            if isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 16:
-                raise ValueError(f"ABFP.{f}={v!r} must be an int in 2..16")
-        if not (float(self.gain) >= 1.0):
-            raise ValueError(f"ABFP.gain={self.gain!r} must be >= 1")
+            check_int("ABFP", f, v, 2, 16)
+        gain = check_float("ABFP", "gain", self.gain)
+        if not (math.isfinite(gain) and gain >= 1.0):
+            raise ValueError(f"ABFP.gain={self.gain!r} must be finite and >= 1")
+        if not isinstance(self.scale, FloatFormat) or self.scale.scaling is not None:
+            raise TypeError(f"ABFP.scale must be an unscaled FloatFormat (bf16 in the paper), got {self.scale!r}")
         rounding = Rounding.parse(self.rounding, field="ABFP.rounding")
         object.__setattr__(self, "rounding", rounding)
         object.__setattr__(self, "_mode", rounding.mode_id)
@@ -110,7 +114,7 @@ class ABFP:
         xb = x.reshape(*x.shape[:-1], -1, n)
         s = self.scale.cast(torch.amax(xb.abs(), dim=-1, keepdim=True).contiguous())
         safe = torch.where(s == 0, torch.ones_like(s), s)
-        k = kernels._round_mode(torch.clamp((xb / safe) * q, -q, q), self._mode,
+        k = round_int(torch.clamp((xb / safe) * q, -q, q), self._mode,
                                 torch.rand(xb.shape, device=x.device) if self._mode == kernels.STOCHASTIC
                                 else None)
         return k, s
@@ -134,7 +138,7 @@ class ABFP:
                 qo = float(int_limits(self.out_bits)[1])
                 full = self.tile / float(self.gain)
                 noise = torch.rand(d.shape, device=d.device) if mode == kernels.STOCHASTIC else None
-                d = kernels._round_mode(torch.clamp(d * (qo / full), -qo, qo), mode, noise) * (full / qo)
+                d = round_int(torch.clamp(d * (qo / full), -qo, qo), mode, noise) * (full / qo)
             y = y + d * (sx[:, t] * sw[:, t].reshape(1, -1))
         y = y.reshape(*lead, w.shape[0]).to(x.dtype)
         if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):

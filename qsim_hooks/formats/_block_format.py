@@ -11,7 +11,6 @@ in :mod:`.block`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,11 +18,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import kernels
 from ._block_kernels import FP_TENSOR_DIV, BlockKernel, Element
+from ._checks import check_bool, check_choice, check_int, check_name
 from .base import Format, FormatInfo, GradSpec, Rounding
 from .floating import E2M1, E2M3, E3M2, E4M3, E5M2, FloatFormat
 from .integer import IntElement
-from .scaling import Scaling, _norm_axis, from_blocks, reduce_amax, to_blocks
+from .scaling import Scaling, _norm_axis, from_blocks, to_blocks
 
 __all__ = ["BlockFormat", "Element", "ELEMENTS"]
 
@@ -96,13 +97,13 @@ class BlockFormat(Format):
             el = dataclasses.replace(el, rounding=Rounding.parse(self.rounding, field="BlockFormat.rounding"))
         object.__setattr__(self, "element", el)
         object.__setattr__(self, "rounding", el.rounding)
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"BlockFormat.block_size={self.block_size!r} must be a positive int")
-        if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
-            raise TypeError(f"BlockFormat.axis must be an int or None, got {type(self.axis).__name__}")
-        if self.grouping not in _GROUPINGS:
-            raise ValueError(f"BlockFormat.grouping={self.grouping!r} is not allowed; "
-                             f"use one of {', '.join(repr(g) for g in _GROUPINGS)}")
+        check_int("BlockFormat", "block_size", self.block_size, 1)
+        if self.axis is not None:
+            check_int("BlockFormat", "axis", self.axis)
+        check_choice("BlockFormat", "grouping", self.grouping, _GROUPINGS)
+        check_bool("BlockFormat", "tensor_scale", self.tensor_scale)
+        check_bool("BlockFormat", "qtorch_compat", self.qtorch_compat)
+        check_name("BlockFormat", self.name)
         if isinstance(self.scale, str):
             if self.scale.lower() != "e8m0":
                 raise ValueError(f"BlockFormat.scale={self.scale!r} is not allowed; use 'e8m0' or a FloatFormat")
@@ -113,9 +114,7 @@ class BlockFormat(Format):
         sr = self.scale_rounding
         if sr is None:
             sr = "floor" if self.scale == "e8m0" else "nearest"
-        if sr not in _SCALE_ROUNDINGS:
-            raise ValueError(f"BlockFormat.scale_rounding={sr!r} is not allowed; "
-                             f"use one of {', '.join(repr(s) for s in _SCALE_ROUNDINGS)}")
+        check_choice("BlockFormat", "scale_rounding", sr, _SCALE_ROUNDINGS)
         object.__setattr__(self, "scale_rounding", sr)
         if self.tensor_scale and self.scale == "e8m0":
             raise ValueError("BlockFormat.tensor_scale=True needs a FloatFormat scale grid (as NVFP4's "
@@ -162,6 +161,10 @@ class BlockFormat(Format):
         if self.tensor_scale:
             d += " x fp32/tensor"
         return d
+
+    @property
+    def saturates(self) -> bool:
+        return True
 
     @property
     def scaling(self) -> Scaling:
@@ -220,10 +223,7 @@ class BlockFormat(Format):
 
 def _finite_amax(x: Tensor) -> Tensor:
     """max |x| over the finite elements (Inf/NaN are their blocks' business, not the tensor's)."""
-    if torch.compiler.is_compiling():  # branch-free: no graph break inside a user's torch.compile
-        a = x.abs()
-        return torch.where(a < math.inf, a, torch.zeros((), dtype=a.dtype, device=a.device)).amax()
-    return reduce_amax(x, Scaling()).to(torch.float32)
+    return kernels.finite_absmax(x).to(torch.float32)
 
 
 def _group(x: Tensor, fmt: BlockFormat) -> tuple[Tensor, Callable[[Tensor], Tensor]]:

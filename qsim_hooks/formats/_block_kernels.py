@@ -15,15 +15,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from . import kernels
+from ._exmy import (
+    NEAREST_EVEN,
+    P_EMIN,
+    P_M,
+    P_MAX,
+    STOCHASTIC,
+    TOWARD_ZERO,
+    cap,
+    clamp_f32,
+    directed,
+    f32_bits,
+    float_round_impl,
+    grid_down,
+    grid_up,
+    round_int,
+    saturate,
+)
 from .base import Rounding
-from .floating import FloatFormat, f32_bits
+from .floating import FloatFormat
 from .integer import IntElement
 
 __all__ = ["BlockKernel", "pow2", "Element"]
@@ -80,14 +97,14 @@ def _e8m0(amax: Tensor, ip: Tensor, fp: Tensor, srnd: str) -> Tensor:
 def _grid_round(v: Tensor, sp: Tensor, srnd: str) -> Tensor:
     """Round a non-negative tensor onto a float grid (params ``sp``), saturating."""
     if srnd == "nearest":
-        return kernels._float_round_impl(v, sp, kernels.NEAREST_EVEN, None)
-    r = kernels._float_round_impl(v, sp, kernels.TOWARD_ZERO, None)
+        return float_round_impl(v, sp, NEAREST_EVEN, None)
+    r = float_round_impl(v, sp, TOWARD_ZERO, None)
     if srnd == "floor":
         return r
     # ceil: the next grid point above r where r < v
     e = (r.view(torch.int32) >> 23) - 127
-    step = pow2(torch.clamp(torch.maximum(e, sp[kernels.P_EMIN]) - sp[kernels.P_M], min=-149))
-    up = torch.minimum(r + step, sp[kernels.P_MAX].view(torch.float32))
+    step = pow2(torch.clamp(torch.maximum(e, sp[P_EMIN]) - sp[P_M], min=-149))
+    up = torch.minimum(r + step, sp[P_MAX].view(torch.float32))
     return torch.where(r < v, up, r)
 
 
@@ -105,8 +122,64 @@ def _scale(amax: Tensor, ip: Tensor, fp: Tensor, sp: Tensor, tsc: Tensor, scale_
     return torch.where(torch.isfinite(amax), s, float("nan"))
 
 
-def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: bool,
-          want_mask: bool) -> Callable:
+def _decode_int(k: Tensor, s: Tensor, pu: Tensor, pow2: bool) -> Tensor:
+    """``k * S / per_unit``, correctly rounded, saturating at ±float32 max.
+
+    ``pow2`` (an E8M0 scale and a power-of-two per_unit): ``k * (S / per_unit)``, exact.
+    Otherwise ``(k * S) / per_unit`` (the reference ABFP and the tests use); in blocks whose
+    scale is so large that ``k * S`` could overflow, both are taken down by 2^64 first.
+    """
+    if pow2:
+        return k * (s / pu)
+    big = s > 2.0**64  # per block: cheap; NaN blocks are not big and keep their NaN
+    y = (k * torch.where(big, s * 2.0**-64, s)) / pu
+    return torch.where(big, clamp_f32(y * 2.0**64), y)
+
+
+def _float_elements(x: Tensor, t: Tensor, s: Tensor, ep: Tensor, fp: Tensor, mode: int, nz: Tensor | None,
+                    exact: bool, sat: bool) -> Tensor:
+    """Float elements: ``round(t) * S`` (``t = x / S``); ``sat``: saturating at ±float32 max.
+
+    ``exact``: ``t`` is exact (a power-of-two scale), so every mode rounds ``t`` itself;
+    otherwise the directed modes decide on the decoded values (:func:`._exmy.directed`).
+    """
+    if exact or mode < TOWARD_ZERO:
+        q = float_round_impl(t, ep, mode, nz)
+        y = q * s
+        return clamp_f32(y) if sat else y
+    u = None if nz is None else nz.to(torch.float32) * 2.0**-23
+
+    def decode(g: Tensor) -> Tensor:
+        return cap(g * s)
+
+    g = directed(x.abs(), float_round_impl(t.abs(), ep, TOWARD_ZERO, None), mode, u, decode,
+                 lambda v: grid_up(v, ep), lambda v: grid_down(v, ep), ep[P_MAX].view(torch.float32))
+    return torch.copysign(saturate(g * s, g), x)
+
+
+def _int_elements(x: Tensor, t: Tensor, s: Tensor, fp: Tensor, mode: int, nz: Tensor | None,
+                  exact: bool, pow2: bool) -> Tensor:
+    """Integer elements: ``k = round(clamp(t * per_unit, qmin, qmax))``, value ``k * S / per_unit``."""
+    pu = fp[FP_PER_UNIT]
+    q = torch.clamp(t * pu, fp[FP_QMIN], fp[FP_QMAX])
+    if exact or mode < TOWARD_ZERO:
+        return _decode_int(round_int(q, mode, nz), s, pu, pow2)
+
+    def decode(k: Tensor) -> Tensor:
+        return _decode_int(k, s, pu, pow2)
+
+    top = torch.where(x < 0, -fp[FP_QMIN], fp[FP_QMAX])
+    k = directed(x.abs(), torch.trunc(q.abs()), mode, nz, decode, lambda k: k + 1, lambda k: k - 1, top)
+    return torch.copysign(decode(k), x)
+
+
+def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: bool, want_mask: bool,
+          sat: bool, pow2_unit: bool) -> Callable:
+    exact = scale_kind == "e8m0"  # power-of-two scales: x / S and g * S are exact
+    # E8M0 floor scales cannot overflow: every element is < 2^(floor(log2 amax) + 1) <= 2^128
+    sat = sat and not (exact and srnd == "floor")
+    pow2 = exact and pow2_unit
+
     def fn(x: Tensor, ip: Tensor, fp: Tensor, ep: Tensor, sp: Tensor, tsc: Tensor,
            *noise: Tensor) -> tuple[Tensor, Tensor] | Tensor:
         nz = noise[0] if noise else None
@@ -115,11 +188,9 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
         safe = torch.where(s == 0, 1.0, s)  # a zero scale decodes every element to 0
         t = x / safe
         if kind == "f":
-            y = kernels._float_round_impl(t, ep, mode, nz) * s
+            y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat)
         else:
-            u = t * fp[FP_PER_UNIT]
-            k = kernels._round_mode(torch.clamp(u, fp[FP_QMIN], fp[FP_QMAX]), mode, nz)
-            y = (k * s) / fp[FP_PER_UNIT]
+            y = _int_elements(x, t, s, fp, mode, nz, exact, pow2)
             if compat:
                 # qtorch block_quantize_nearest: fl32(x + 6*2^emax), add half an ulp at wl
                 # kept bits, truncate, subtract, clip to the largest code
@@ -155,11 +226,9 @@ class BlockKernel:
     scale_kind: Literal["e8m0", "grid"]
     scale_rounding: str
     qtorch_compat: bool
-    ip: Tensor
-    fp: Tensor
-    ep: Tensor  # the element grid's ExMy params (float elements)
-    sp: Tensor  # the scale grid's ExMy params (float scale grids)
-    _on: dict[torch.device, tuple[Tensor, Tensor, Tensor, Tensor]] = field(default_factory=dict)
+    sat: bool  # float elements saturate (not overflow="special")
+    pow2_unit: bool  # integer elements: per_unit is a power of two
+    consts: kernels.Consts  # ip, fp, ep (the element grid's ExMy params), sp (the scale grid's)
 
     @classmethod
     def of(cls, element: Element, scale: FloatFormat | None, scale_rounding: str,
@@ -178,19 +247,19 @@ class BlockKernel:
                 ip[IP_QT_MASK] = (1 << (23 - element.bits)) - 1
         fp[FP_TENSOR_DIV] = el_max * (1.0 if scale is None else scale.max)
         none = torch.zeros(8, dtype=torch.int32)
+        ep = element._params.cpu[0] if isinstance(element, FloatFormat) else none
+        sp = none if scale is None else scale._params.cpu[0]
         return cls(kind="f" if isinstance(element, FloatFormat) else "i",
                    mode=Rounding.parse(element.rounding).mode_id, scale_kind="e8m0" if scale is None else "grid",
                    scale_rounding=scale_rounding, qtorch_compat=qtorch_compat,
-                   ip=torch.tensor(ip, dtype=torch.int32), fp=torch.tensor(fp, dtype=torch.float32),
-                   ep=element._params if isinstance(element, FloatFormat) else none,
-                   sp=none if scale is None else scale._params)
+                   sat=not isinstance(element, FloatFormat) or element.saturates,
+                   pow2_unit=isinstance(element, IntElement) and math.frexp(element.per_unit)[0] == 0.5,
+                   consts=kernels.Consts(torch.tensor(ip, dtype=torch.int32), torch.tensor(fp, dtype=torch.float32),
+                                         ep, sp))
 
-    def on(self, dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def on(self, dev: torch.device) -> tuple[Tensor, ...]:
         """(ip, fp, ep, sp) on ``dev``, copied there once."""
-        got = self._on.get(dev)
-        if got is None:
-            got = self._on[dev] = (self.ip.to(dev), self.fp.to(dev), self.ep.to(dev), self.sp.to(dev))
-        return got
+        return self.consts.on(dev)
 
     def scales(self, x: Tensor, tsc: Tensor | None) -> Tensor:
         """The decoded scale of each group of ``x`` (groups, group_size): shape (groups, 1)."""
@@ -205,16 +274,16 @@ class BlockKernel:
         """Quantize ``x`` of shape (groups, group_size): returns (y, in-range mask or None)."""
         two = tsc is not None
         name = (f"block_{self.kind}{self.mode}_{self.scale_kind}_{self.scale_rounding}_{int(two)}_"
-                f"{int(self.qtorch_compat)}_{int(want_mask)}")
+                f"{int(self.qtorch_compat)}_{int(want_mask)}_{int(self.sat)}{int(self.pow2_unit)}")
         fn = _FNS.get(name)
         if fn is None:
             fn = _make(self.kind, self.mode, self.scale_kind, self.scale_rounding, two, self.qtorch_compat,
-                       want_mask)
+                       want_mask, self.sat, self.pow2_unit)
             if not torch.compiler.is_compiling():  # inside a user's torch.compile: traced inline
                 fn = _FNS[name] = kernels.named_copy(fn, name)
         dev = x.device
         args = [*self.on(dev), tsc if tsc is not None else torch.ones((), device=dev)]
-        if self.mode == kernels.STOCHASTIC:
+        if self.mode == STOCHASTIC:
             if self.kind == "f":
                 args.append(torch.randint(0, 1 << 23, x.shape, generator=generator, device=dev,
                                           dtype=torch.int32))

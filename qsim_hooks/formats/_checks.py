@@ -8,10 +8,13 @@ live below every format module so that all of them say it the same way.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["check_bool", "check_int", "check_choice", "check_name", "check_float"]
+__all__ = ["check_bool", "check_int", "check_choice", "check_name", "check_float", "check_amax", "as_f32",
+           "AMAX_RANGE", "F32_MAX", "F32_TINY"]
 
 
 def _type_name(v: Any) -> str:
@@ -55,3 +58,27 @@ def check_name(owner: str, v: Any) -> str:
     if not isinstance(v, str):
         raise TypeError(f"{owner}.name must be a str, got {v!r} ({_type_name(v)})")
     return v
+
+
+F32_MAX = 3.4028234663852886e38  #: the largest finite float32
+F32_TINY = 2.0**-149  #: the smallest positive (subnormal) float32
+#: What an amax may be, as text for messages: a finite float32 value > 0.
+AMAX_RANGE = f"a finite float32 value > 0, i.e. in [{F32_TINY:.4g}, {F32_MAX:.8g}]"
+
+
+def as_f32(v: float) -> float:
+    """``v`` rounded to float32 (inf beyond float32's range)."""
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", v))[0])
+    except OverflowError:
+        return math.copysign(math.inf, v)
+
+
+def check_amax(owner: str, field: str, v: Any) -> float:
+    """A number that is usable as an amax once rounded to float32 (finite, > 0); returned as given."""
+    a = check_float(owner, field, v)
+    a32 = as_f32(a)
+    if not (math.isfinite(a32) and a32 > 0):
+        raise ValueError(f"{owner}.{field}={v!r} is not a usable amax: it must be {AMAX_RANGE} "
+                         f"(float32 makes it {a32!r})")
+    return a

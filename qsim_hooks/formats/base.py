@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union, cast
 import torch
 from torch import Tensor
 
-from ._checks import check_choice
+from . import kernels
+from ._checks import AMAX_RANGE, check_choice
 
 if TYPE_CHECKING:  # qtorch compiles a C++ extension on import: only its type is named here
     from qtorch.number import Number as QtorchNumber
@@ -175,6 +176,11 @@ class Format:
         """The format's figures (subclasses work them out once, when made)."""
         return _UNKNOWN
 
+    @property
+    def saturates(self) -> bool:
+        """Finite in, finite out: results are clamped to the input dtype's range when cast back."""
+        return False
+
     # -- descriptive figures: views of :attr:`info` -----------------------
     @property
     def bits(self) -> int | None:
@@ -226,7 +232,7 @@ class Format:
         if torch.is_grad_enabled() and x.requires_grad:
             return _QuantizeFn.apply(x, self, amax_t, generator)
         y, _ = self._forward(_to_f32(x), amax_t, generator, False)
-        return y.to(x.dtype)
+        return kernels.to_dtype(y, x.dtype, self.saturates)
 
     def with_axis(self, axis: int) -> Format:
         """A copy whose scaling axis is ``axis`` when the format left it open (``None``).
@@ -260,8 +266,9 @@ def _check_amax(amax: Any, who: str, device: torch.device) -> Tensor:
         raise ValueError(f"format {who}: amax is empty")
     bad = ~torch.isfinite(t) | (t <= 0)
     if bool(bad.any()):
-        raise ValueError(
-            f"format {who}: amax must be finite and > 0, got {t.flatten()[bad.flatten()][:4].tolist()}")
+        given = torch.as_tensor(amax, dtype=torch.float64, device="cpu").detach().flatten()[bad.flatten().cpu()][:4]
+        raise ValueError(f"format {who}: amax must be finite and > 0 in float32 ({AMAX_RANGE}), got "
+                         f"{given.tolist()} (float32: {t.flatten()[bad.flatten()][:4].tolist()})")
     return t
 
 
@@ -275,7 +282,7 @@ class _QuantizeFn(torch.autograd.Function):
         ctx.fmt = fmt
         if mask is not None:
             ctx.save_for_backward(mask)
-        return y.to(x.dtype)
+        return kernels.to_dtype(y, x.dtype, fmt.saturates)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]

@@ -4,17 +4,19 @@
 attaching a :class:`~qsim_hooks.formats.scaling.Scaling` maps an amax to the
 format's largest finite value first (INT-FP-QSim's scaled small floats).
 
-Rounding works on the float32 bit pattern (see :mod:`.kernels`): exact for
+Rounding works on the float32 bit pattern (see :mod:`._exmy`): exact for
 every finite float32 input, including ties and subnormals. Inputs in fp16 or
 bf16 are widened to fp32 exactly and the result is cast back to the input
-dtype (round to nearest even), so a format wider than the input dtype is
-rounded twice; a format is never wider than fp32.
+dtype (round to nearest even, saturating at its max for a saturating format),
+so a format wider than the input dtype is rounded twice; a format is never
+wider than fp32. The named formats are module constants (:data:`E4M3` ...
+:data:`FP32`). What each rounding mode and overflow policy guarantees:
+docs/formats/rounding.md.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -22,18 +24,14 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from ._checks import check_int
+from ._checks import check_bool, check_choice, check_int, check_name
+from ._exmy import exmy_params
 from .base import Format, FormatInfo, GradSpec, Rounding
 from .scaling import Scaling, scaled_forward, with_scaling_axis
 
 __all__ = ["FloatFormat", "E4M3", "E5M2", "E3M4", "E3M2", "E2M3", "E2M1", "FP16", "BF16", "TF32", "FP32"]
 
 Specials = Literal["ieee", "fn", "none"]
-
-
-def f32_bits(v: float) -> int:
-    """The float32 bit pattern of ``v`` as a signed int32 value."""
-    return struct.unpack("<i", struct.pack("<f", v))[0]
 
 
 class _Grid(NamedTuple):
@@ -46,10 +44,21 @@ class _Grid(NamedTuple):
     min_subnormal: float  # smallest non-zero value with subnormals (2^(emin - M))
 
 
+def _top_field(E: int, M: int, specials: str) -> int:
+    """The largest exponent field holding normal numbers (< 1: the grid has only subnormals)."""
+    return 2**E - 1 - (1 if specials == "ieee" or (specials == "fn" and M == 0) else 0)
+
+
+def _bias_range(E: int, M: int, specials: str) -> tuple[int, int]:
+    """The biases whose grid fits in float32: max <= float32 max, smallest subnormal >= 2^-149."""
+    top = _top_field(E, M, specials)
+    return (top - 127 if top >= 1 else -127), 150 - M
+
+
 def _grid(E: int, M: int, bias: int, specials: str) -> _Grid | None:
     """The grid of ExMy with ``bias`` and ``specials``; ``None`` when it has no nonzero finite value."""
     emin = 1 - bias
-    top = 2**E - 1 - (1 if specials == "ieee" or (specials == "fn" and M == 0) else 0)  # top normal field
+    top = _top_field(E, M, specials)
     if top < 1:  # only subnormals
         if M == 0:
             return None
@@ -97,21 +106,28 @@ class FloatFormat(Format):
     _grid: _Grid = field(init=False, repr=False, compare=False)
     _info: FormatInfo = field(init=False, repr=False, compare=False)
     _mode: int = field(init=False, repr=False, compare=False)
-    _params: Tensor = field(init=False, repr=False, compare=False)
+    _params: kernels.Consts = field(init=False, repr=False, compare=False)
+    # the grid a scaled format rounds on: the format's own, or (max < 1) it times 2^j, so that
+    # amax / max cannot overflow float32; _scale_max is that grid's max
+    _scaled_params: kernels.Consts = field(init=False, repr=False, compare=False)
+    _scaled_max: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_int("FloatFormat", "exp_bits", self.exp_bits, 1, 8)
         check_int("FloatFormat", "man_bits", self.man_bits, 0, 23)
+        check_choice("FloatFormat", "specials", self.specials, ("ieee", "fn", "none"))
+        lo, hi = _bias_range(self.exp_bits, self.man_bits, self.specials)
         if self.bias is None:
             object.__setattr__(self, "bias", 2 ** (self.exp_bits - 1) - 1)
         elif isinstance(self.bias, bool) or not isinstance(self.bias, int):
-            raise TypeError(f"FloatFormat.bias must be an int or None, got {type(self.bias).__name__}")
-        if self.specials not in ("ieee", "fn", "none"):
-            raise ValueError(f"FloatFormat.specials={self.specials!r} is not allowed; "
-                             "use 'ieee', 'fn' or 'none'")
-        if self.overflow not in ("saturate", "special"):
-            raise ValueError(f"FloatFormat.overflow={self.overflow!r} is not allowed; "
-                             "use 'saturate' or 'special'")
+            raise TypeError(f"FloatFormat.bias must be an int or None, got {self.bias!r} ({type(self.bias).__name__})")
+        elif not lo <= self.bias <= hi:
+            raise ValueError(f"FloatFormat.bias={self.bias} is out of range for E={self.exp_bits}, "
+                             f"M={self.man_bits}, specials={self.specials!r}: allowed {lo}..{hi} (the grid "
+                             "must lie within float32's range)")
+        check_bool("FloatFormat", "subnormals", self.subnormals)
+        check_choice("FloatFormat", "overflow", self.overflow, ("saturate", "special"))
+        check_name("FloatFormat", self.name)
         if self.overflow == "special" and self.specials == "none":
             raise ValueError("FloatFormat.overflow='special' needs specials 'ieee' or 'fn': "
                              "a format without Inf/NaN codes can only saturate")
@@ -129,10 +145,6 @@ class FloatFormat(Format):
         if not self.subnormals and not grid.has_normals:
             raise ValueError(f"{what} has only subnormal values, so subnormals=False leaves no nonzero "
                              "finite value; keep subnormals=True")
-        if grid.emin - self.man_bits < -149 or grid.max > 3.4028234663852886e38:
-            raise ValueError(f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, bias={self.bias}, "
-                             f"specials={self.specials!r}) does not fit in float32; choose a bias "
-                             "whose range lies within float32's")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
         bits = 1 + self.exp_bits + self.man_bits
@@ -143,7 +155,10 @@ class FloatFormat(Format):
             spacing_at_one=math.ldexp(1.0, max(0, grid.emin) - self.man_bits),
             is_scaled=self.scaling is not None,
             granularity=self.scaling.describe() if self.scaling is not None else "cast"))
-        object.__setattr__(self, "_params", self._make_params())
+        object.__setattr__(self, "_params", self._make_params(0))
+        shift = 1 - math.frexp(grid.max)[1] if self.scaling is not None and grid.max < 1 else 0
+        object.__setattr__(self, "_scaled_params", self._make_params(shift) if shift else self._params)
+        object.__setattr__(self, "_scaled_max", math.ldexp(grid.max, shift))
 
     # -- the grid ---------------------------------------------------------
     @property
@@ -170,27 +185,18 @@ class FloatFormat(Format):
             n += f"b{self.bias}"
         return n
 
-    def _make_params(self) -> Tensor:
-        grid = self._grid
-        mx = grid.max
-        if self.overflow == "saturate":
-            ovf = f32_bits(mx)
-        elif self.specials == "ieee":
-            ovf = f32_bits(math.inf)
-        else:
-            ovf = 0x7FC00000
-        qmin = grid.min_subnormal
-        half = f32_bits(qmin / 2) if self.emin - self.man_bits - 1 >= -149 else 0
-        # the step-based kernel needs every step 2^(e - M) and its reciprocal to be normal
-        # fp32 powers of two, and |x / step| < 2^21 (exact additions of 0.5 or noise)
-        elo = self.emin + 127
-        ehi = math.frexp(mx)[1] + 127  # the exponent field just above max: larger values all overflow
-        fast = (elo - self.man_bits >= 1 and 254 - (ehi - self.man_bits) >= 1 and self.man_bits <= 20
-                and self.subnormals)
-        return torch.tensor([self.man_bits, self.emin, f32_bits(mx), ovf, f32_bits(grid.min_normal),
-                             f32_bits(qmin), half, 0 if self.subnormals else 1,
-                             elo, ehi if fast else 0] + [0] * 7,
-                            dtype=torch.int32)  # padded to 17: a size no tensor shape is "duck-sized" to
+    @property
+    def saturates(self) -> bool:
+        return self.overflow == "saturate"
+
+    def _make_params(self, shift: int) -> kernels.Consts:
+        """The kernels' description of this grid, times ``2**shift``."""
+        g = self._grid
+        ovf = "saturate" if self.overflow == "saturate" else ("inf" if self.specials == "ieee" else "nan")
+        params, fast = exmy_params(self.man_bits, g.emin + shift, math.ldexp(g.max, shift),
+                                   math.ldexp(g.min_normal, shift), math.ldexp(g.min_subnormal, shift),
+                                   self.subnormals, ovf)
+        return kernels.Consts(params, fast=fast)
 
     # -- fast path through PyTorch's own casts ------------------------------
     def _native_dtype(self) -> torch.dtype | None:
@@ -210,7 +216,8 @@ class FloatFormat(Format):
                 return x.clamp(-self.max, self.max)
             return x.clone()
         native = self._native_dtype()
-        if native is not None and not kernels._use_compiled(x):
+        # inside a torch.compile, inductor would drop the x.to(native).float() round trip
+        if native is not None and not kernels._use_compiled(x) and not torch.compiler.is_compiling():
             xs = x.clamp(-self.max, self.max) if self.overflow == "saturate" else x
             return xs.to(native).to(torch.float32)
         return kernels.float_round(x, self._params, self._mode, generator)
@@ -225,13 +232,16 @@ class FloatFormat(Format):
         return scaled_forward(self, self.scaling, x, amax, generator, want_mask)
 
     def _scale_max(self) -> float:
-        return self.max
+        return self._scaled_max
 
     def _cast_scaled(self, xb: Tensor, inv: Tensor, scale: Tensor,
                      generator: torch.Generator | None) -> Tensor:
-        if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee":
-            return self.cast(xb * inv, generator) * scale
-        return kernels.scaled_float_round(xb, self._params, inv, scale, self._mode, generator)
+        if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee" and \
+                self._mode < kernels.TOWARD_ZERO:  # rounding to nearest onto every float32: a product
+            y = self.cast(xb * inv, generator) * scale
+            return y.clamp(-self.max, self.max) if self.saturates else y
+        return kernels.scaled_float_round(xb, self._scaled_params, inv, scale, self._mode, generator,
+                                          saturate=self.saturates)
 
     def _in_range(self, x: Tensor, amax: Tensor) -> Tensor:
         return x.abs() <= amax

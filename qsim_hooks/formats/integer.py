@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from ._checks import check_int
+from ._checks import check_bool, check_float, check_int, check_name
 from .base import Format, FormatInfo, GradSpec, Rounding
 from .scaling import Scaling, scaled_forward, with_scaling_axis
 
@@ -60,9 +60,13 @@ class IntFormat(Format):
     name: str = ""
     _info: FormatInfo = field(init=False, repr=False, compare=False)
     _mode: int = field(init=False, repr=False, compare=False)
+    _lim: kernels.Consts = field(init=False, repr=False, compare=False)  # [qmin, qmax] for the kernel
 
     def __post_init__(self) -> None:
         check_int("IntFormat", "bits", self.bits, 2, 16)
+        check_bool("IntFormat", "signed", self.signed)
+        check_bool("IntFormat", "narrow", self.narrow)
+        check_name("IntFormat", self.name)
         if not isinstance(self.scaling, Scaling):
             raise TypeError(f"IntFormat.scaling must be a Scaling, got {type(self.scaling).__name__} "
                             "(integers are always scaled)")
@@ -76,10 +80,15 @@ class IntFormat(Format):
         object.__setattr__(self, "_info", FormatInfo(
             bits=self.bits, bits_per_value=float(self.bits), max=float(self.qmax), min_normal=1.0,
             min_subnormal=1.0, spacing_at_one=1.0, is_scaled=True, granularity=self.scaling.describe()))
+        object.__setattr__(self, "_lim", kernels.Consts(torch.tensor([self.qmin, self.qmax], dtype=torch.float32)))
 
     @property
     def info(self) -> FormatInfo:
         return self._info
+
+    @property
+    def saturates(self) -> bool:
+        return True
 
     @property
     def qmax(self) -> int:
@@ -97,7 +106,7 @@ class IntFormat(Format):
 
     def _cast_scaled(self, xb: Tensor, inv: Tensor, scale: Tensor,
                      generator: torch.Generator | None) -> Tensor:
-        return kernels.int_fake_quant(xb, inv, scale, self.qmin, self.qmax, self._mode, generator)
+        return kernels.int_fake_quant(xb, inv, scale, self._lim, self._mode, generator, unsigned=not self.signed)
 
     def _in_range(self, x: Tensor, amax: Tensor) -> Tensor:
         return (x >= amax * (self.qmin / self.qmax)) & (x <= amax)
@@ -130,7 +139,10 @@ class IntElement:
 
     def __post_init__(self) -> None:
         check_int("IntElement", "bits", self.bits, 2, 24)
-        pu = float(2 ** (self.bits - 2)) if self.per_unit is None else float(self.per_unit)
+        check_bool("IntElement", "narrow", self.narrow)
+        check_name("IntElement", self.name)
+        pu = float(2 ** (self.bits - 2)) if self.per_unit is None else check_float("IntElement", "per_unit",
+                                                                                   self.per_unit)
         if not (math.isfinite(pu) and pu > 0):
             raise ValueError(f"IntElement.per_unit={self.per_unit!r} must be finite and > 0")
         object.__setattr__(self, "per_unit", pu)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import base, block
+from ._checks import check_name
 from .base import Format, FormatLike, GradSpec, check_tensor
 from .floating import BF16, E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FP16, FP32, TF32, FloatFormat
 from .integer import IntFormat
@@ -96,6 +97,9 @@ class CallableFormat(Format):
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"CallableFormat.fn must be callable, got {type(self.fn).__name__}")
+        check_name("CallableFormat", self.name)
+        if not isinstance(self.grad, GradSpec):
+            raise TypeError(f"CallableFormat.grad must be a GradSpec, got {type(self.grad).__name__}")
         if not self.name:
             object.__setattr__(self, "name", getattr(self.fn, "__name__", type(self.fn).__name__))
 
@@ -150,7 +154,10 @@ def as_format(obj: FormatLike | None, *, field: str = "format") -> Format | None
     if obj is None or isinstance(obj, Format):
         return obj
     if isinstance(obj, str):
-        return get(obj)
+        try:
+            return get(obj)
+        except ValueError as exc:
+            raise ValueError(f"{field}: {exc}") from None
     q = _from_qtorch(obj)
     if q is not None:
         return q

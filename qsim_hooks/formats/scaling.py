@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor
+
+from . import kernels
+from ._checks import check_amax, check_choice, check_float, check_int
 
 __all__ = ["Scaling", "ScaledFormat", "scaled_forward", "reduce_amax", "static_amax_for", "to_blocks",
            "from_blocks", "with_scaling_axis"]
@@ -57,27 +60,23 @@ class Scaling:
     method: Literal["max", "percentile"] = "max"
     percentile: float = 99.99
     amax: float | None = None
+    _amax: kernels.Consts | None = field(init=False, repr=False, compare=False)  # amax as a float32 tensor
 
     def __post_init__(self) -> None:
-        if self.granularity not in ("tensor", "channel", "block"):
-            raise ValueError(f"Scaling.granularity={self.granularity!r} is not allowed; "
-                             "use 'tensor', 'channel' or 'block'")
-        if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
-            raise TypeError(f"Scaling.axis must be an int or None, got {type(self.axis).__name__}")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"Scaling.block_size={self.block_size!r} must be a positive int")
-        if self.mode not in ("dynamic", "static"):
-            raise ValueError(f"Scaling.mode={self.mode!r} is not allowed; use 'dynamic' or 'static'")
-        if self.method not in ("max", "percentile"):
-            raise ValueError(f"Scaling.method={self.method!r} is not allowed; use 'max' or 'percentile'")
-        if not (0.0 < float(self.percentile) <= 100.0):
+        check_choice("Scaling", "granularity", self.granularity, ("tensor", "channel", "block"))
+        if self.axis is not None:
+            check_int("Scaling", "axis", self.axis)
+        check_int("Scaling", "block_size", self.block_size, 1)
+        check_choice("Scaling", "mode", self.mode, ("dynamic", "static"))
+        check_choice("Scaling", "method", self.method, ("max", "percentile"))
+        if not (0.0 < check_float("Scaling", "percentile", self.percentile) <= 100.0):
             raise ValueError(f"Scaling.percentile={self.percentile!r} must be in (0, 100]")
+        amax = None
         if self.amax is not None:
-            a = float(self.amax)
-            if not math.isfinite(a) or a <= 0:
-                raise ValueError(f"Scaling.amax={self.amax!r} must be finite and > 0")
+            amax = kernels.Consts(torch.tensor(check_amax("Scaling", "amax", self.amax), dtype=torch.float32))
             if self.mode != "static":
                 object.__setattr__(self, "mode", "static")
+        object.__setattr__(self, "_amax", amax)
 
     @property
     def resolved_axis(self) -> int:
@@ -106,11 +105,8 @@ def _finite_abs(x: Tensor) -> Tensor:
 
 
 def _tensor_max(x: Tensor) -> Tensor:
-    lo, hi = torch.aminmax(x)
-    amax = torch.maximum(-lo, hi)
-    if not bool(torch.isfinite(amax)):
-        amax = _finite_abs(x).amax()
-    return amax
+    """max |x| over the finite elements: one pass, no host sync (a per-tensor dynamic amax)."""
+    return kernels.finite_absmax(x)
 
 
 def _percentile_last(a: Tensor, p: float) -> Tensor:
@@ -241,9 +237,10 @@ def scaled_forward(fmt: ScaledFormat, sc: Scaling, x: Tensor, amax: Tensor | Non
 
 
 def _resolve_amax(who: str, x: Tensor, amax: Tensor | None, sc: Scaling) -> Tensor:
-    if amax is None and sc.amax is not None:
-        amax = torch.tensor(sc.amax, dtype=torch.float32, device=x.device)
+    if amax is None and sc._amax is not None:
+        amax = sc._amax.on(x.device)[0]
     if amax is not None:
+        # a no-op when amax is on x's device already (a point that keeps its amax on the CPU pays a copy)
         return static_amax_for(x, amax.to(x.device), sc)
     if sc.mode == "static":
         raise ValueError(f"format {who} has static scaling but no amax was given: pass amax= "
