@@ -78,7 +78,7 @@ def _run_path(fmt: FloatFormat, x: torch.Tensor, path: str) -> torch.Tensor:
         return fmt(x)
     if path == "bits":
         return kernels.float_round(x, fmt._params, 0, fast=False)
-    assert kernels._fast(fmt._params), "the step kernel must apply to this format"
+    assert fmt._params.fast, "the step kernel must apply to this format"
     return kernels.float_round(x, fmt._params, 0, fast=True)
 
 

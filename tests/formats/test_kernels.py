@@ -35,7 +35,7 @@ def test_float_kernels_eager_equal_compiled() -> None:
                    torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 464.0, -464.0,
                                  2.0**-10 - 2.0**-34])])
     fmt = FloatFormat(4, 3, specials="fn", overflow="special")  # NaN overflow: no native-cast shortcut
-    assert kernels._fast(fmt._params)
+    assert fmt._params.fast
     for mode_id, mode in enumerate(MODES):
         # the bit-pattern kernel for every mode, the step kernel for the deterministic ones
         for fast in ([False, True] if mode != "stochastic" else [False]):
