@@ -33,7 +33,7 @@ from ._checks import AMAX_RANGE, check_choice
 if TYPE_CHECKING:  # qtorch compiles a C++ extension on import: only its type is named here
     from qtorch.number import Number as QtorchNumber
 
-__all__ = ["Format", "FormatLike", "FormatInfo", "Rounding", "GradSpec", "check_tensor"]
+__all__ = ["Format", "Figures", "FormatLike", "FormatInfo", "Rounding", "GradSpec", "check_tensor"]
 
 #: What :func:`~qsim_hooks.formats.as_format` turns into a :class:`Format`: a
 #: Format, a name (``"e4m3"``, ``"int8"``, any ``eXmY`` / ``intN``), a qtorch
@@ -155,33 +155,14 @@ def check_tensor(x: Any, who: str) -> None:
             "allowed: torch.float32, torch.float16, torch.bfloat16 (float64 is computed in float32)")
 
 
-class Format:
-    """Base class of every number format.
-
-    Subclasses implement :meth:`_forward`, which returns the fake-quantized
-    float32 tensor and the boolean "in range" mask used by the clipped
-    straight-through estimator (or ``None`` when not asked for).
-    """
-
-    name: str
-    grad: GradSpec
-
-    # -- to implement ---------------------------------------------------
-    def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
-                 want_mask: bool) -> tuple[Tensor, Tensor | None]:
-        raise NotImplementedError
+class Figures:
+    """A grid's figures as attributes: views of :attr:`info` (formats and block element grids)."""
 
     @property
     def info(self) -> FormatInfo:
-        """The format's figures (subclasses work them out once, when made)."""
+        """The figures (subclasses work them out once, when made)."""
         return _UNKNOWN
 
-    @property
-    def saturates(self) -> bool:
-        """Finite in, finite out: results are clamped to the input dtype's range when cast back."""
-        return False
-
-    # -- descriptive figures: views of :attr:`info` -----------------------
     @property
     def bits(self) -> int | None:
         return self.info.bits
@@ -213,6 +194,28 @@ class Format:
     @property
     def granularity(self) -> str:
         return self.info.granularity
+
+
+class Format(Figures):
+    """Base class of every number format.
+
+    Subclasses implement :meth:`_forward`, which returns the fake-quantized
+    float32 tensor and the boolean "in range" mask used by the clipped
+    straight-through estimator (or ``None`` when not asked for).
+    """
+
+    name: str
+    grad: GradSpec
+
+    # -- to implement ---------------------------------------------------
+    def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
+                 want_mask: bool) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    @property
+    def saturates(self) -> bool:
+        """Finite in, finite out: results are clamped to the input dtype's range when cast back."""
+        return False
 
     # -- calling ----------------------------------------------------------
     def __call__(self, x: Tensor, *, amax: Any = None,

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import kernels
 from ._checks import check_bool, check_float, check_int, check_name
-from .base import Format, FormatInfo, GradSpec, Rounding
+from .base import Figures, Format, FormatInfo, GradSpec, Rounding
 from .scaling import Scaling, scaled_forward, with_scaling_axis
 
 __all__ = ["IntFormat", "IntElement", "int_limits"]
@@ -117,7 +117,7 @@ class IntFormat(Format):
 
 
 @dataclass(frozen=True)
-class IntElement:
+class IntElement(Figures):
     """A b-bit two's complement element grid: values ``k / per_unit``.
 
     Args:
@@ -130,7 +130,7 @@ class IntElement:
         name: display name.
     """
 
-    bits: int = 8
+    bits: int = 8  # type: ignore[assignment]  # a field here, a property (info.bits) on Figures
     per_unit: float = None  # type: ignore[assignment]  # None -> 2**(bits-2), filled in below
     narrow: bool = True
     rounding: Rounding | str = Rounding.NEAREST_EVEN
@@ -165,15 +165,3 @@ class IntElement:
     @property
     def qmin(self) -> int:
         return int_limits(self.bits, True, self.narrow)[0]
-
-    @property
-    def max(self) -> float:
-        return self._info.max
-
-    @property
-    def min_subnormal(self) -> float:
-        return self._info.min_subnormal
-
-    @property
-    def spacing_at_one(self) -> float:
-        return self._info.spacing_at_one
