@@ -95,10 +95,6 @@ def _normal_samples(samples: int, seed: int) -> Tensor:
     return torch.randn(samples, generator=gen, dtype=torch.float32)
 
 
-def _number(v: Any) -> float | None:
-    return None if v is None else float(v)
-
-
 def format_rows(names: Iterable[str] | None = None, samples: int = DEFAULT_SAMPLES,
                 seed: int = 0) -> list[dict[str, Any]]:
     """One row per named format: its figures and its SQNR on N(0, 1) samples.
@@ -125,14 +121,14 @@ def format_rows(names: Iterable[str] | None = None, samples: int = DEFAULT_SAMPL
     x = _normal_samples(samples, seed)
     rows = []
     for fmt in fmts:
-        bits = fmt.bits
+        info = fmt.info  # the format's own figures (one source: formats.FormatInfo)
         rows.append({
             "name": fmt.name,
-            "bits": None if bits is None else int(bits),
-            "max": _number(fmt.max),
-            "min_subnormal": _number(fmt.min_subnormal),
-            "spacing_at_1": _number(fmt.spacing_at_one),
-            "granularity": str(fmt.granularity),
+            "bits": info.bits,
+            "max": info.max,
+            "min_subnormal": info.min_subnormal,
+            "spacing_at_1": info.spacing_at_one,
+            "granularity": info.granularity,
             "sqnr_db": sqnr_db(x, _apply(fmt, x)),
         })
     return rows

@@ -6,22 +6,46 @@ pattern, or a scale rounded onto a float grid, with an optional per-tensor
 level), the element rounding and the in-range mask. It is plain torch, so
 :func:`kernels.run` fuses it with torch.compile into one pass over large
 tensors and runs it eagerly on small ones (same operations, same bits).
-Format constants travel as small tensors; only the structural choices (element
-kind, rounding mode, scale kind, scale rounding, mask) select the function.
+A format's constants travel as small tensors (:class:`BlockKernel`); only the
+structural choices (element kind, rounding mode, scale kind, scale rounding,
+mask) select the function. The arithmetic is written up in docs/formats/block.md.
 """
 
 from __future__ import annotations
 
-import types
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from . import kernels
-from .floating import _MODES, FloatFormat
+from ._exmy import (
+    NEAREST_EVEN,
+    P_EMIN,
+    P_M,
+    P_MAX,
+    STOCHASTIC,
+    TOWARD_ZERO,
+    cap,
+    clamp_f32,
+    directed,
+    f32_bits,
+    float_round_impl,
+    grid_down,
+    grid_up,
+    round_int,
+    saturate,
+)
+from .base import Rounding
+from .floating import FloatFormat
+from .integer import IntElement
 
-__all__ = ["block_quantize", "block_scales", "pow2"]
+__all__ = ["BlockKernel", "pow2", "Element"]
+
+Element = FloatFormat | IntElement
 
 _ABS = 0x7FFFFFFF
 _MAN = 0x7FFFFF
@@ -30,9 +54,19 @@ _SQRT1_2 = 0.7071067811865476
 _TWO64 = 18446744073709551616.0
 _SLACK = 1.0 + 2.0**-20
 
-# ip (int32): 0 emax_elem (exponent of the element's largest power of two)
-#             1 mantissa field of the element max   2 qtorch half ulp   3 qtorch low mask
-# fp (f32):   0 elem_max  1 elem_max / 2**emax_elem  2 per_unit  3 qmin  4 qmax  5 elem_max*scale_max
+# Fields of the int32 constants ``ip``
+IP_EMAX = 0  #: exponent of the element's largest power of two (emax_elem)
+IP_MAX_MANT = 1  #: mantissa field of the element max's fp32 pattern (E8M0 "ceil")
+IP_QT_HALF = 2  #: qtorch compat: half an ulp at wl kept mantissa bits
+IP_QT_MASK = 3  #: qtorch compat: the mask of the dropped mantissa bits
+# Fields of the float32 constants ``fp``
+FP_ELEM_MAX = 0  #: the element's largest magnitude
+FP_MAX_SIG = 1  #: elem_max / 2**emax_elem, in [1, 2) (E8M0 "nearest")
+FP_PER_UNIT = 2  #: integer elements: grid points per unit (1 for float elements)
+FP_QMIN = 3  #: integer elements: the smallest code
+FP_QMAX = 4  #: integer elements: the largest code
+FP_TENSOR_DIV = 5  #: elem_max * scale_max: amax_tensor / this is the tensor level (6 * 448 for NVFP4)
+_N_IP, _N_FP = 4, 6
 
 
 def pow2(e: Tensor) -> Tensor:
@@ -50,11 +84,11 @@ def _e8m0(amax: Tensor, ip: Tensor, fp: Tensor, srnd: str) -> Tensor:
     sub = (bits >> 23) == 0
     a2 = torch.where(sub, amax * _TWO64, amax)  # normalize fp32 subnormals (exact)
     b2 = a2.view(torch.int32) & _ABS
-    e = (b2 >> 23) - (sub.to(torch.int32) * 64 + 127) - ip[0]  # floor(log2 amax) - emax_elem
+    e = (b2 >> 23) - (sub.to(torch.int32) * 64 + 127) - ip[IP_EMAX]  # floor(log2 amax) - emax_elem
     if srnd == "ceil":
-        e = e + ((b2 & _MAN) > ip[1]).to(torch.int32)
+        e = e + ((b2 & _MAN) > ip[IP_MAX_MANT]).to(torch.int32)
     elif srnd == "nearest":
-        ratio = ((b2 & _MAN) | (127 << 23)).view(torch.float32) / fp[1]  # in (0.5, 2)
+        ratio = ((b2 & _MAN) | (127 << 23)).view(torch.float32) / fp[FP_MAX_SIG]  # in (0.5, 2)
         e = e + (ratio >= _SQRT2).to(torch.int32) - (ratio < _SQRT1_2).to(torch.int32)
     e = torch.clamp(e, -127, 127)
     return torch.where(nonfinite, float("nan"), pow2(e))
@@ -63,14 +97,14 @@ def _e8m0(amax: Tensor, ip: Tensor, fp: Tensor, srnd: str) -> Tensor:
 def _grid_round(v: Tensor, sp: Tensor, srnd: str) -> Tensor:
     """Round a non-negative tensor onto a float grid (params ``sp``), saturating."""
     if srnd == "nearest":
-        return kernels._float_round_impl(v, sp, 0, None)
-    r = kernels._float_round_impl(v, sp, 2, None)  # toward zero
+        return float_round_impl(v, sp, NEAREST_EVEN, None)
+    r = float_round_impl(v, sp, TOWARD_ZERO, None)
     if srnd == "floor":
         return r
     # ceil: the next grid point above r where r < v
     e = (r.view(torch.int32) >> 23) - 127
-    step = pow2(torch.clamp(torch.maximum(e, sp[kernels.P_EMIN]) - sp[kernels.P_M], min=-149))
-    up = torch.minimum(r + step, sp[kernels.P_MAX].view(torch.float32))
+    step = pow2(torch.clamp(torch.maximum(e, sp[P_EMIN]) - sp[P_M], min=-149))
+    up = torch.minimum(r + step, sp[P_MAX].view(torch.float32))
     return torch.where(r < v, up, r)
 
 
@@ -79,7 +113,7 @@ def _scale(amax: Tensor, ip: Tensor, fp: Tensor, sp: Tensor, tsc: Tensor, scale_
     """The decoded block scale S (NaN for a block holding Inf/NaN)."""
     if scale_kind == "e8m0":
         return _e8m0(amax, ip, fp, srnd)
-    v = amax / fp[0]
+    v = amax / fp[FP_ELEM_MAX]
     if two:
         v = v / tsc
     s = _grid_round(v, sp, srnd)
@@ -88,8 +122,64 @@ def _scale(amax: Tensor, ip: Tensor, fp: Tensor, sp: Tensor, tsc: Tensor, scale_
     return torch.where(torch.isfinite(amax), s, float("nan"))
 
 
-def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: bool,
-          want_mask: bool) -> Callable:
+def _decode_int(k: Tensor, s: Tensor, pu: Tensor, pow2: bool) -> Tensor:
+    """``k * S / per_unit``, correctly rounded, saturating at ±float32 max.
+
+    ``pow2`` (an E8M0 scale and a power-of-two per_unit): ``k * (S / per_unit)``, exact.
+    Otherwise ``(k * S) / per_unit`` (the reference ABFP and the tests use); in blocks whose
+    scale is so large that ``k * S`` could overflow, both are taken down by 2^64 first.
+    """
+    if pow2:
+        return k * (s / pu)
+    big = s > 2.0**64  # per block: cheap; NaN blocks are not big and keep their NaN
+    y = (k * torch.where(big, s * 2.0**-64, s)) / pu
+    return torch.where(big, clamp_f32(y * 2.0**64), y)
+
+
+def _float_elements(x: Tensor, t: Tensor, s: Tensor, ep: Tensor, fp: Tensor, mode: int, nz: Tensor | None,
+                    exact: bool, sat: bool) -> Tensor:
+    """Float elements: ``round(t) * S`` (``t = x / S``); ``sat``: saturating at ±float32 max.
+
+    ``exact``: ``t`` is exact (a power-of-two scale), so every mode rounds ``t`` itself;
+    otherwise the directed modes decide on the decoded values (:func:`._exmy.directed`).
+    """
+    if exact or mode < TOWARD_ZERO:
+        q = float_round_impl(t, ep, mode, nz)
+        y = q * s
+        return clamp_f32(y) if sat else y
+    u = None if nz is None else nz.to(torch.float32) * 2.0**-23
+
+    def decode(g: Tensor) -> Tensor:
+        return cap(g * s)
+
+    g = directed(x.abs(), float_round_impl(t.abs(), ep, TOWARD_ZERO, None), mode, u, decode,
+                 lambda v: grid_up(v, ep), lambda v: grid_down(v, ep), ep[P_MAX].view(torch.float32))
+    return torch.copysign(saturate(g * s, g), x)
+
+
+def _int_elements(x: Tensor, t: Tensor, s: Tensor, fp: Tensor, mode: int, nz: Tensor | None,
+                  exact: bool, pow2: bool) -> Tensor:
+    """Integer elements: ``k = round(clamp(t * per_unit, qmin, qmax))``, value ``k * S / per_unit``."""
+    pu = fp[FP_PER_UNIT]
+    q = torch.clamp(t * pu, fp[FP_QMIN], fp[FP_QMAX])
+    if exact or mode < TOWARD_ZERO:
+        return _decode_int(round_int(q, mode, nz), s, pu, pow2)
+
+    def decode(k: Tensor) -> Tensor:
+        return _decode_int(k, s, pu, pow2)
+
+    top = torch.where(x < 0, -fp[FP_QMIN], fp[FP_QMAX])
+    k = directed(x.abs(), torch.trunc(q.abs()), mode, nz, decode, lambda k: k + 1, lambda k: k - 1, top)
+    return torch.copysign(decode(k), x)
+
+
+def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: bool, want_mask: bool,
+          sat: bool, pow2_unit: bool) -> Callable:
+    exact = scale_kind == "e8m0"  # power-of-two scales: x / S and g * S are exact
+    # E8M0 floor scales cannot overflow: every element is < 2^(floor(log2 amax) + 1) <= 2^128
+    sat = sat and not (exact and srnd == "floor")
+    pow2 = exact and pow2_unit
+
     def fn(x: Tensor, ip: Tensor, fp: Tensor, ep: Tensor, sp: Tensor, tsc: Tensor,
            *noise: Tensor) -> tuple[Tensor, Tensor] | Tensor:
         nz = noise[0] if noise else None
@@ -98,17 +188,15 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
         safe = torch.where(s == 0, 1.0, s)  # a zero scale decodes every element to 0
         t = x / safe
         if kind == "f":
-            y = kernels._float_round_impl(t, ep, mode, nz) * s
+            y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat)
         else:
-            u = t * fp[2]
-            k = kernels._round_mode(torch.clamp(u, fp[3], fp[4]), mode, nz)
-            y = (k * s) / fp[2]
+            y = _int_elements(x, t, s, fp, mode, nz, exact, pow2)
             if compat:
                 # qtorch block_quantize_nearest: fl32(x + 6*2^emax), add half an ulp at wl
                 # kept bits, truncate, subtract, clip to the largest code
                 base = s * 6.0
-                r = ((x + base).view(torch.int32) + ip[2]) & ~ip[3]
-                lim = fp[4] * s / fp[2]
+                r = ((x + base).view(torch.int32) + ip[IP_QT_HALF]) & ~ip[IP_QT_MASK]
+                lim = fp[FP_QMAX] * s / fp[FP_PER_UNIT]
                 yq = torch.minimum(torch.maximum(r.view(torch.float32) - base, -lim), lim)
                 y = torch.where(s <= 2.0**125, yq, y)
         if not want_mask:
@@ -116,69 +204,92 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
         # clipped = beyond the block's largest value, compared in the tensor's units with a few
         # ulps of slack (a two-level scale is a rounded product: the element defining the
         # amax must not count as clipped by that rounding); a zero scale is underflow, not clipping
-        mask = (x.abs() <= (fp[0] * s) * _SLACK) | (s == 0)
+        mask = (x.abs() <= (fp[FP_ELEM_MAX] * s) * _SLACK) | (s == 0)
         return y, mask
 
     return fn
 
 
-def _named_copy(fn: Callable, name: str) -> Callable:
-    """``fn`` with its own code object: dynamo caches compiled graphs per code
-    object, so closures sharing one would pile their guards onto one cache."""
-    code = fn.__code__.replace(co_name=name, co_qualname=name) if hasattr(fn.__code__, "co_qualname") \
-        else fn.__code__.replace(co_name=name)
-    new = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    return new
-
-
 _FNS: dict[str, Callable] = {}
 
 
-def _consts_on(fmt, dev: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The format's constant tensors (ip, fp, ep, sp) on ``dev``, copied there once."""
-    c = fmt._consts
-    key = ("on", dev)
-    got = c.get(key)
-    if got is None:
-        got = tuple(c[k].to(dev) for k in ("ip", "fp", "ep", "sp"))
-        c[key] = got
-    return got
+@dataclass(frozen=True, eq=False)
+class BlockKernel:
+    """One block format's kernel: its structural choices and constant tensors.
 
+    Made once per :class:`~qsim_hooks.formats.block.BlockFormat` (by :meth:`of`);
+    the constants are copied to a device on first use there.
+    """
 
-def block_scales(fmt, x: Tensor, tsc: Tensor | None) -> Tensor:
-    """The decoded scale of each group of ``x`` (groups, group_size): shape (groups, 1)."""
-    dev = x.device
-    ip, fp, _, sp = _consts_on(fmt, dev)
-    amax = torch.amax(x.abs(), dim=-1, keepdim=True)
-    return _scale(amax, ip, fp, sp,
-                  tsc if tsc is not None else torch.ones((), device=dev),
-                  "e8m0" if fmt.scale == "e8m0" else "grid", fmt.scale_rounding, tsc is not None)
+    kind: Literal["f", "i"]  # float or integer elements
+    mode: int  # the element rounding's kernel id
+    scale_kind: Literal["e8m0", "grid"]
+    scale_rounding: str
+    qtorch_compat: bool
+    sat: bool  # float elements saturate (not overflow="special")
+    pow2_unit: bool  # integer elements: per_unit is a power of two
+    consts: kernels.Consts  # ip, fp, ep (the element grid's ExMy params), sp (the scale grid's)
 
+    @classmethod
+    def of(cls, element: Element, scale: FloatFormat | None, scale_rounding: str,
+           qtorch_compat: bool) -> BlockKernel:
+        """The kernel of elements ``element`` under an E8M0 (``scale=None``) or float ``scale`` grid."""
+        el_max = element.max
+        em = math.frexp(el_max)[1] - 1  # exponent of the largest power of two <= max
+        ip = [0] * _N_IP
+        fp = [0.0] * _N_FP
+        ip[IP_EMAX], ip[IP_MAX_MANT] = em, f32_bits(el_max) & _MAN
+        fp[FP_ELEM_MAX], fp[FP_MAX_SIG], fp[FP_PER_UNIT] = el_max, el_max / 2.0**em, 1.0
+        if isinstance(element, IntElement):
+            fp[FP_PER_UNIT], fp[FP_QMIN], fp[FP_QMAX] = element.per_unit, element.qmin, element.qmax
+            if qtorch_compat:
+                ip[IP_QT_HALF] = 1 << (22 - element.bits)
+                ip[IP_QT_MASK] = (1 << (23 - element.bits)) - 1
+        fp[FP_TENSOR_DIV] = el_max * (1.0 if scale is None else scale.max)
+        none = torch.zeros(8, dtype=torch.int32)
+        ep = element._params.cpu[0] if isinstance(element, FloatFormat) else none
+        sp = none if scale is None else scale._params.cpu[0]
+        return cls(kind="f" if isinstance(element, FloatFormat) else "i",
+                   mode=Rounding.parse(element.rounding).mode_id, scale_kind="e8m0" if scale is None else "grid",
+                   scale_rounding=scale_rounding, qtorch_compat=qtorch_compat,
+                   sat=not isinstance(element, FloatFormat) or element.saturates,
+                   pow2_unit=isinstance(element, IntElement) and math.frexp(element.per_unit)[0] == 0.5,
+                   consts=kernels.Consts(torch.tensor(ip, dtype=torch.int32), torch.tensor(fp, dtype=torch.float32),
+                                         ep, sp))
 
-def block_quantize(fmt, x: Tensor, tsc: Tensor | None, generator: torch.Generator | None,
-                   want_mask: bool) -> tuple[Tensor, Tensor | None]:
-    """Quantize ``x`` of shape (groups, group_size): returns (y, in-range mask or None)."""
-    el = fmt.element
-    kind = "f" if isinstance(el, FloatFormat) else "i"
-    mode = _MODES[el.rounding]
-    scale_kind = "e8m0" if fmt.scale == "e8m0" else "grid"
-    two = tsc is not None
-    name = (f"block_{kind}{mode}_{scale_kind}_{fmt.scale_rounding}_{int(two)}_"
-            f"{int(fmt.qtorch_compat)}_{int(want_mask)}")
-    fn = _FNS.get(name)
-    if fn is None:
-        fn = _make(kind, mode, scale_kind, fmt.scale_rounding, two, fmt.qtorch_compat, want_mask)
-        if not torch.compiler.is_compiling():  # inside a user's torch.compile: traced inline
-            fn = _FNS[name] = _named_copy(fn, name)
-    dev = x.device
-    args = [*_consts_on(fmt, dev), tsc if tsc is not None else torch.ones((), device=dev)]
-    if mode == 3:
-        if kind == "f":
-            args.append(torch.randint(0, 1 << 23, x.shape, generator=generator, device=dev,
-                                      dtype=torch.int32))
-        else:
-            args.append(torch.rand(x.shape, generator=generator, device=dev, dtype=torch.float32))
-    out = kernels.run(name, fn, x, *args)
-    if want_mask:
-        return out[0], out[1]
-    return out, None
+    def on(self, dev: torch.device) -> tuple[Tensor, ...]:
+        """(ip, fp, ep, sp) on ``dev``, copied there once."""
+        return self.consts.on(dev)
+
+    def scales(self, x: Tensor, tsc: Tensor | None) -> Tensor:
+        """The decoded scale of each group of ``x`` (groups, group_size): shape (groups, 1)."""
+        dev = x.device
+        ip, fp, _, sp = self.on(dev)
+        amax = torch.amax(x.abs(), dim=-1, keepdim=True)
+        return _scale(amax, ip, fp, sp, tsc if tsc is not None else torch.ones((), device=dev),
+                      self.scale_kind, self.scale_rounding, tsc is not None)
+
+    def quantize(self, x: Tensor, tsc: Tensor | None, generator: torch.Generator | None,
+                 want_mask: bool) -> tuple[Tensor, Tensor | None]:
+        """Quantize ``x`` of shape (groups, group_size): returns (y, in-range mask or None)."""
+        two = tsc is not None
+        name = (f"block_{self.kind}{self.mode}_{self.scale_kind}_{self.scale_rounding}_{int(two)}_"
+                f"{int(self.qtorch_compat)}_{int(want_mask)}_{int(self.sat)}{int(self.pow2_unit)}")
+        fn = _FNS.get(name)
+        if fn is None:
+            fn = _make(self.kind, self.mode, self.scale_kind, self.scale_rounding, two, self.qtorch_compat,
+                       want_mask, self.sat, self.pow2_unit)
+            if not torch.compiler.is_compiling():  # inside a user's torch.compile: traced inline
+                fn = _FNS[name] = kernels.named_copy(fn, name)
+        dev = x.device
+        args = [*self.on(dev), tsc if tsc is not None else torch.ones((), device=dev)]
+        if self.mode == STOCHASTIC:
+            if self.kind == "f":
+                args.append(torch.randint(0, 1 << 23, x.shape, generator=generator, device=dev,
+                                          dtype=torch.int32))
+            else:
+                args.append(torch.rand(x.shape, generator=generator, device=dev, dtype=torch.float32))
+        out = kernels.run(name, fn, x, *args)
+        if want_mask:
+            return out[0], out[1]
+        return out, None

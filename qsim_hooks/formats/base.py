@@ -6,20 +6,40 @@ and device. Everything a format needs lives in its fields; a static scale can
 be passed per call (``amax=``), which is how sessions and calibrations supply
 scales without mutating the format.
 
-This module owns the shared vocabulary (:class:`Rounding`, :class:`GradSpec`)
-and the autograd wrapper that gives every format a straight-through gradient.
+This module owns the shared vocabulary (:class:`Rounding`, :class:`GradSpec`,
+:class:`FormatInfo`, :data:`FormatLike`) and the autograd wrapper that gives
+every format a straight-through gradient.
+
+``GradSpec(format="e5m2")`` takes a name, but names live in the registry, which
+is built on this module. Rather than importing upwards, this module keeps a
+resolver slot that :mod:`.registry` fills when it is imported (always, by the
+package's ``__init__``): imports stay one way, and a name still becomes a
+Format as soon as the GradSpec is made.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union, cast
 
 import torch
 from torch import Tensor
 
-__all__ = ["Format", "Rounding", "GradSpec", "check_tensor"]
+from . import kernels
+from ._checks import AMAX_RANGE, check_choice
+
+if TYPE_CHECKING:  # qtorch compiles a C++ extension on import: only its type is named here
+    from qtorch.number import Number as QtorchNumber
+
+__all__ = ["Format", "Figures", "FormatLike", "FormatInfo", "Rounding", "GradSpec", "check_tensor"]
+
+#: What :func:`~qsim_hooks.formats.as_format` turns into a :class:`Format`: a
+#: Format, a name (``"e4m3"``, ``"int8"``, any ``eXmY`` / ``intN``), a qtorch
+#: number (``FloatingPoint``, ``FixedPoint``, ``BlockFloatingPoint``) or any
+#: callable tensor -> tensor.
+FormatLike = Union["Format", str, "QtorchNumber", Callable[[Tensor], Tensor]]
 
 
 class Rounding(str, enum.Enum):
@@ -47,6 +67,21 @@ class Rounding(str, enum.Enum):
         allowed = ", ".join(repr(m.value) for m in cls)
         raise ValueError(f"{field}={value!r} is not a rounding mode; allowed: {allowed}")
 
+    @property
+    def mode_id(self) -> int:
+        """The id the kernels use: 0 nearest even, 1 nearest away, 2 toward zero, 3 stochastic."""
+        return _MODE_IDS[self]
+
+
+_MODE_IDS = {Rounding.NEAREST_EVEN: 0, Rounding.NEAREST_AWAY: 1, Rounding.TOWARD_ZERO: 2, Rounding.STOCHASTIC: 3}
+_resolve_format: Callable[[Any, str], Format | None] | None = None
+
+
+def set_format_resolver(fn: Callable[[Any, str], Format | None]) -> None:
+    """Install the function that turns a format-like value into a Format (called by :mod:`.registry`)."""
+    global _resolve_format
+    _resolve_format = fn
+
 
 @dataclass(frozen=True)
 class GradSpec:
@@ -59,16 +94,52 @@ class GradSpec:
     """
 
     estimator: Literal["clipped", "ste"] = "clipped"
-    format: Any = None
+    format: FormatLike | None = None
 
     def __post_init__(self) -> None:
-        if self.estimator not in ("clipped", "ste"):
-            raise ValueError(
-                f"GradSpec.estimator={self.estimator!r} is not allowed; use 'clipped' or 'ste'")
-        if self.format is not None:
-            from .registry import as_format
+        check_choice("GradSpec", "estimator", self.estimator, ("clipped", "ste"))
+        if self.format is not None and not isinstance(self.format, Format):
+            if _resolve_format is None:
+                raise TypeError("GradSpec.format: format names resolve once qsim_hooks.formats is imported")
+            object.__setattr__(self, "format", _resolve_format(self.format, "GradSpec.format"))
 
-            object.__setattr__(self, "format", as_format(self.format, field="GradSpec.format"))
+    @property
+    def grad_format(self) -> Format | None:
+        """The gradient's format (``format``, resolved)."""
+        return cast("Format | None", self.format)
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """A format's figures as plain numbers: the one place they are computed.
+
+    The formats table, the report, plots and the kernels' constants all read
+    these. For scaled formats (integers, scaled floats, block formats) the
+    magnitudes are in units of the scale.
+
+    Attributes:
+        bits: bits per element (``None`` when unknown, e.g. a callable).
+        bits_per_value: storage per element including its share of block
+            scales (MXFP4: 4.25, NVFP4: 4.5); equals ``bits`` otherwise.
+        max: the largest finite magnitude (``inf`` when unknown).
+        min_normal: the smallest normal magnitude (``min_subnormal`` for integers).
+        min_subnormal: the smallest non-zero magnitude (0 when unknown).
+        spacing_at_one: the grid step just above 1.0 (0 when unknown).
+        is_scaled: whether values are scaled from an amax.
+        granularity: ``"cast"``, ``"tensor dyn-max"``, ``"block(32, axis=auto) e8m0-floor"``, ...
+    """
+
+    bits: int | None = None
+    bits_per_value: float | None = None
+    max: float = float("inf")
+    min_normal: float = 0.0
+    min_subnormal: float = 0.0
+    spacing_at_one: float = 0.0
+    is_scaled: bool = False
+    granularity: str = "-"
+
+
+_UNKNOWN = FormatInfo()
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -84,7 +155,48 @@ def check_tensor(x: Any, who: str) -> None:
             "allowed: torch.float32, torch.float16, torch.bfloat16 (float64 is computed in float32)")
 
 
-class Format:
+class Figures:
+    """A grid's figures as attributes: views of :attr:`info` (formats and block element grids)."""
+
+    @property
+    def info(self) -> FormatInfo:
+        """The figures (subclasses work them out once, when made)."""
+        return _UNKNOWN
+
+    @property
+    def bits(self) -> int | None:
+        return self.info.bits
+
+    @property
+    def bits_per_value(self) -> float | None:
+        return self.info.bits_per_value
+
+    @property
+    def max(self) -> float:
+        return self.info.max
+
+    @property
+    def min_normal(self) -> float:
+        return self.info.min_normal
+
+    @property
+    def min_subnormal(self) -> float:
+        return self.info.min_subnormal
+
+    @property
+    def spacing_at_one(self) -> float:
+        return self.info.spacing_at_one
+
+    @property
+    def is_scaled(self) -> bool:
+        return self.info.is_scaled
+
+    @property
+    def granularity(self) -> str:
+        return self.info.granularity
+
+
+class Format(Figures):
     """Base class of every number format.
 
     Subclasses implement :meth:`_forward`, which returns the fake-quantized
@@ -100,30 +212,10 @@ class Format:
                  want_mask: bool) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
-    # -- descriptive figures (used by the formats table and the report) --
     @property
-    def bits(self) -> int | None:
-        return None
-
-    @property
-    def max(self) -> float:
-        return float("inf")
-
-    @property
-    def min_subnormal(self) -> float:
-        return 0.0
-
-    @property
-    def spacing_at_one(self) -> float:
-        return 0.0
-
-    @property
-    def is_scaled(self) -> bool:
+    def saturates(self) -> bool:
+        """Finite in, finite out: results are clamped to the input dtype's range when cast back."""
         return False
-
-    @property
-    def granularity(self) -> str:
-        return "-"
 
     # -- calling ----------------------------------------------------------
     def __call__(self, x: Tensor, *, amax: Any = None,
@@ -143,21 +235,17 @@ class Format:
         if torch.is_grad_enabled() and x.requires_grad:
             return _QuantizeFn.apply(x, self, amax_t, generator)
         y, _ = self._forward(_to_f32(x), amax_t, generator, False)
-        return y.to(x.dtype)
+        return kernels.to_dtype(y, x.dtype, self.saturates)
 
     def with_axis(self, axis: int) -> Format:
         """A copy whose scaling axis is ``axis`` when the format left it open (``None``).
 
         Quantization points call this with their natural axis (a weight's
         output channels, an activation's reduction axis); a format with an
-        explicit axis, or without axis-dependent scaling, is returned as is.
+        explicit axis, or without axis-dependent scaling (this default), is
+        returned as is.
         """
-        sc = getattr(self, "scaling", None)
-        if sc is None or sc.axis is not None or sc.granularity == "tensor":
-            return self
-        import dataclasses
-
-        return dataclasses.replace(self, scaling=dataclasses.replace(sc, axis=axis))  # type: ignore[type-var]
+        return self
 
     def quantize(self, x: Tensor, **kwargs: Any) -> Tensor:
         """Alias of calling the format (reads better in user code)."""
@@ -181,8 +269,9 @@ def _check_amax(amax: Any, who: str, device: torch.device) -> Tensor:
         raise ValueError(f"format {who}: amax is empty")
     bad = ~torch.isfinite(t) | (t <= 0)
     if bool(bad.any()):
-        raise ValueError(
-            f"format {who}: amax must be finite and > 0, got {t.flatten()[bad.flatten()][:4].tolist()}")
+        given = torch.as_tensor(amax, dtype=torch.float64, device="cpu").detach().flatten()[bad.flatten().cpu()][:4]
+        raise ValueError(f"format {who}: amax must be finite and > 0 in float32 ({AMAX_RANGE}), got "
+                         f"{given.tolist()} (float32: {t.flatten()[bad.flatten()][:4].tolist()})")
     return t
 
 
@@ -196,7 +285,7 @@ class _QuantizeFn(torch.autograd.Function):
         ctx.fmt = fmt
         if mask is not None:
             ctx.save_for_backward(mask)
-        return y.to(x.dtype)
+        return kernels.to_dtype(y, x.dtype, fmt.saturates)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -204,6 +293,7 @@ class _QuantizeFn(torch.autograd.Function):
         if fmt.grad.estimator == "clipped":
             (mask,) = ctx.saved_tensors
             g = g * mask.to(g.dtype)
-        if fmt.grad.format is not None:
-            g = fmt.grad.format(g)
+        gf = fmt.grad.grad_format
+        if gf is not None:
+            g = gf(g)
         return g, None, None, None

@@ -4,36 +4,68 @@
 attaching a :class:`~qsim_hooks.formats.scaling.Scaling` maps an amax to the
 format's largest finite value first (INT-FP-QSim's scaled small floats).
 
-Rounding works on the float32 bit pattern (see :mod:`.kernels`): exact for
+Rounding works on the float32 bit pattern (see :mod:`._exmy`): exact for
 every finite float32 input, including ties and subnormals. Inputs in fp16 or
 bf16 are widened to fp32 exactly and the result is cast back to the input
-dtype (round to nearest even), so a format wider than the input dtype is
-rounded twice; a format is never wider than fp32.
+dtype (round to nearest even, saturating at its max for a saturating format),
+so a format wider than the input dtype is rounded twice; a format is never
+wider than fp32. The named formats are module constants (:data:`E4M3` ...
+:data:`FP32`). What each rounding mode and overflow policy guarantees:
+docs/formats/rounding.md.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import kernels
-from .base import Format, GradSpec, Rounding
-from .scaling import Scaling, from_blocks, reduce_amax, static_amax_for, to_blocks
+from ._checks import check_bool, check_choice, check_int, check_name
+from ._exmy import exmy_params
+from .base import Format, FormatInfo, GradSpec, Rounding
+from .scaling import Scaling, scaled_forward, with_scaling_axis
 
-__all__ = ["FloatFormat", "scaled_forward"]
+__all__ = ["FloatFormat", "E4M3", "E5M2", "E3M4", "E3M2", "E2M3", "E2M1", "FP16", "BF16", "TF32", "FP32"]
 
 Specials = Literal["ieee", "fn", "none"]
-_MODES = {Rounding.NEAREST_EVEN: 0, Rounding.NEAREST_AWAY: 1, Rounding.TOWARD_ZERO: 2,
-          Rounding.STOCHASTIC: 3}
 
 
-def _f32_bits(v: float) -> int:
-    return struct.unpack("<i", struct.pack("<f", v))[0]
+class _Grid(NamedTuple):
+    """An ExMy grid's extremes, worked out once (FloatFormat's info and its kernel params read these)."""
+
+    emin: int  # exponent of the smallest normal (unbiased)
+    has_normals: bool
+    max: float
+    min_normal: float  # = max when the grid has no normals
+    min_subnormal: float  # smallest non-zero value with subnormals (2^(emin - M))
+
+
+def _top_field(E: int, M: int, specials: str) -> int:
+    """The largest exponent field holding normal numbers (< 1: the grid has only subnormals)."""
+    return 2**E - 1 - (1 if specials == "ieee" or (specials == "fn" and M == 0) else 0)
+
+
+def _bias_range(E: int, M: int, specials: str) -> tuple[int, int]:
+    """The biases whose grid fits in float32: max <= float32 max, smallest subnormal >= 2^-149."""
+    top = _top_field(E, M, specials)
+    return (top - 127 if top >= 1 else -127), 150 - M
+
+
+def _grid(E: int, M: int, bias: int, specials: str) -> _Grid | None:
+    """The grid of ExMy with ``bias`` and ``specials``; ``None`` when it has no nonzero finite value."""
+    emin = 1 - bias
+    top = _top_field(E, M, specials)
+    if top < 1:  # only subnormals
+        if M == 0:
+            return None
+        mx = (1 - 2.0**-M) * 2.0**emin
+        return _Grid(emin, False, mx, mx, math.ldexp(1.0, emin - M))
+    frac = 2 - 2.0 ** (1 - M) if (specials == "fn" and M > 0) else 2 - 2.0**-M
+    return _Grid(emin, True, math.ldexp(frac, top - bias), math.ldexp(1.0, emin), math.ldexp(1.0, emin - M))
 
 
 @dataclass(frozen=True)
@@ -70,105 +102,80 @@ class FloatFormat(Format):
     scaling: Scaling | None = None
     grad: GradSpec = field(default_factory=GradSpec)
     name: str = ""
+    # worked out from the fields, once (not part of the value: never compared, printed or passed)
+    _grid: _Grid = field(init=False, repr=False, compare=False)
+    _info: FormatInfo = field(init=False, repr=False, compare=False)
+    _mode: int = field(init=False, repr=False, compare=False)
+    _params: kernels.Consts = field(init=False, repr=False, compare=False)
+    # the grid a scaled format rounds on: the format's own, or (max < 1) it times 2^j, so that
+    # amax / max cannot overflow float32; _scale_max is that grid's max
+    _scaled_params: kernels.Consts = field(init=False, repr=False, compare=False)
+    _scaled_max: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for f, lo, hi in (("exp_bits", 1, 8), ("man_bits", 0, 23)):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"FloatFormat.{f} must be an int, got {type(v).__name__}")
-            if not lo <= v <= hi:
-                raise ValueError(f"FloatFormat.{f}={v} is out of range; allowed {lo}..{hi}")
+        check_int("FloatFormat", "exp_bits", self.exp_bits, 1, 8)
+        check_int("FloatFormat", "man_bits", self.man_bits, 0, 23)
+        check_choice("FloatFormat", "specials", self.specials, ("ieee", "fn", "none"))
+        lo, hi = _bias_range(self.exp_bits, self.man_bits, self.specials)
         if self.bias is None:
             object.__setattr__(self, "bias", 2 ** (self.exp_bits - 1) - 1)
         elif isinstance(self.bias, bool) or not isinstance(self.bias, int):
-            raise TypeError(f"FloatFormat.bias must be an int or None, got {type(self.bias).__name__}")
-        if self.specials not in ("ieee", "fn", "none"):
-            raise ValueError(f"FloatFormat.specials={self.specials!r} is not allowed; "
-                             "use 'ieee', 'fn' or 'none'")
-        if self.overflow not in ("saturate", "special"):
-            raise ValueError(f"FloatFormat.overflow={self.overflow!r} is not allowed; "
-                             "use 'saturate' or 'special'")
+            raise TypeError(f"FloatFormat.bias must be an int or None, got {self.bias!r} ({type(self.bias).__name__})")
+        elif not lo <= self.bias <= hi:
+            raise ValueError(f"FloatFormat.bias={self.bias} is out of range for E={self.exp_bits}, "
+                             f"M={self.man_bits}, specials={self.specials!r}: allowed {lo}..{hi} (the grid "
+                             "must lie within float32's range)")
+        check_bool("FloatFormat", "subnormals", self.subnormals)
+        check_choice("FloatFormat", "overflow", self.overflow, ("saturate", "special"))
+        check_name("FloatFormat", self.name)
         if self.overflow == "special" and self.specials == "none":
             raise ValueError("FloatFormat.overflow='special' needs specials 'ieee' or 'fn': "
                              "a format without Inf/NaN codes can only saturate")
-        object.__setattr__(self, "rounding", Rounding.parse(self.rounding, field="FloatFormat.rounding"))
+        rounding = Rounding.parse(self.rounding, field="FloatFormat.rounding")
+        object.__setattr__(self, "rounding", rounding)
+        object.__setattr__(self, "_mode", rounding.mode_id)
         if self.scaling is not None and not isinstance(self.scaling, Scaling):
             raise TypeError(f"FloatFormat.scaling must be a Scaling or None, got {type(self.scaling).__name__}")
         if not isinstance(self.grad, GradSpec):
             raise TypeError(f"FloatFormat.grad must be a GradSpec, got {type(self.grad).__name__}")
-        emax = self._emax()
-        if emax is None:
-            raise ValueError(f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, specials={self.specials!r}) "
-                             "has no nonzero finite value")
-        if not self.subnormals and not self.has_normals:
-            raise ValueError(f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, specials={self.specials!r}) "
-                             "has only subnormal values, so subnormals=False leaves no nonzero "
+        grid = _grid(self.exp_bits, self.man_bits, self.bias, self.specials)
+        what = f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, specials={self.specials!r})"
+        if grid is None:
+            raise ValueError(f"{what} has no nonzero finite value")
+        if not self.subnormals and not grid.has_normals:
+            raise ValueError(f"{what} has only subnormal values, so subnormals=False leaves no nonzero "
                              "finite value; keep subnormals=True")
-        if self.emin - self.man_bits < -149 or self.max > 3.4028234663852886e38:
-            raise ValueError(f"FloatFormat(E={self.exp_bits}, M={self.man_bits}, bias={self.bias}, "
-                             f"specials={self.specials!r}) does not fit in float32; choose a bias "
-                             "whose range lies within float32's")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
-        object.__setattr__(self, "_params", self._make_params())
+        bits = 1 + self.exp_bits + self.man_bits
+        object.__setattr__(self, "_grid", grid)
+        object.__setattr__(self, "_info", FormatInfo(
+            bits=bits, bits_per_value=float(bits), max=grid.max, min_normal=grid.min_normal,
+            min_subnormal=grid.min_subnormal if self.subnormals else grid.min_normal,
+            spacing_at_one=math.ldexp(1.0, max(0, grid.emin) - self.man_bits),
+            is_scaled=self.scaling is not None,
+            granularity=self.scaling.describe() if self.scaling is not None else "cast"))
+        object.__setattr__(self, "_params", self._make_params(0))
+        shift = 1 - math.frexp(grid.max)[1] if self.scaling is not None and grid.max < 1 else 0
+        object.__setattr__(self, "_scaled_params", self._make_params(shift) if shift else self._params)
+        object.__setattr__(self, "_scaled_max", math.ldexp(grid.max, shift))
 
     # -- the grid ---------------------------------------------------------
     @property
-    def emin(self) -> int:
-        return 1 - int(self.bias)  # type: ignore[arg-type]
+    def info(self) -> FormatInfo:
+        return self._info
 
-    def _emax(self) -> int | None:
-        top = 2**self.exp_bits - 1
-        if self.specials == "ieee":
-            top -= 1
-        elif self.specials == "fn" and self.man_bits == 0:
-            top -= 1
-        if top < 1:
-            return None if self.man_bits == 0 else 0  # only subnormals (handled in max)
-        return top - int(self.bias)  # type: ignore[arg-type]
+    @property
+    def emin(self) -> int:
+        """The exponent of the smallest normal value (unbiased)."""
+        return self._grid.emin
 
     @property
     def has_normals(self) -> bool:
-        top = 2**self.exp_bits - 1 - (1 if self.specials == "ieee" or
-                                       (self.specials == "fn" and self.man_bits == 0) else 0)
-        return top >= 1
+        return self._grid.has_normals
 
-    @property
-    def max(self) -> float:
-        M = self.man_bits
-        if not self.has_normals:
-            return (1 - 2.0**-M) * 2.0**self.emin
-        emax = self._emax()
-        assert emax is not None
-        frac = 2 - 2.0 ** (1 - M) if (self.specials == "fn" and M > 0) else 2 - 2.0**-M
-        return math.ldexp(frac, emax)
-
-    @property
-    def min_normal(self) -> float:
-        return math.ldexp(1.0, self.emin) if self.has_normals else self.max
-
-    @property
-    def min_subnormal(self) -> float:
-        if not self.subnormals:
-            return self.min_normal
-        return math.ldexp(1.0, self.emin - self.man_bits)
-
-    @property
-    def spacing_at_one(self) -> float:
-        e = max(0, self.emin)
-        return math.ldexp(1.0, e - self.man_bits)
-
-    @property
-    def bits(self) -> int:
-        return 1 + self.exp_bits + self.man_bits
-
-    @property
-    def is_scaled(self) -> bool:
-        return self.scaling is not None
-
-    @property
-    def granularity(self) -> str:
-        return self.scaling.describe() if self.scaling is not None else "cast"
+    def with_axis(self, axis: int) -> FloatFormat:
+        return with_scaling_axis(self, self.scaling, axis)
 
     def _default_name(self) -> str:
         n = f"e{self.exp_bits}m{self.man_bits}"
@@ -178,26 +185,18 @@ class FloatFormat(Format):
             n += f"b{self.bias}"
         return n
 
-    def _make_params(self) -> Tensor:
-        mx = self.max
-        if self.overflow == "saturate":
-            ovf = _f32_bits(mx)
-        elif self.specials == "ieee":
-            ovf = _f32_bits(math.inf)
-        else:
-            ovf = 0x7FC00000
-        qmin = math.ldexp(1.0, self.emin - self.man_bits)
-        half = _f32_bits(qmin / 2) if self.emin - self.man_bits - 1 >= -149 else 0
-        # the step-based kernel needs every step 2^(e - M) and its reciprocal to be normal
-        # fp32 powers of two, and |x / step| < 2^21 (exact additions of 0.5 or noise)
-        elo = self.emin + 127
-        ehi = math.frexp(mx)[1] + 127  # the exponent field just above max: larger values all overflow
-        fast = (elo - self.man_bits >= 1 and 254 - (ehi - self.man_bits) >= 1 and self.man_bits <= 20
-                and self.subnormals)
-        return torch.tensor([self.man_bits, self.emin, _f32_bits(mx), ovf, _f32_bits(self.min_normal),
-                             _f32_bits(qmin), half, 0 if self.subnormals else 1,
-                             elo, ehi if fast else 0] + [0] * 7,
-                            dtype=torch.int32)  # padded to 17: a size no tensor shape is "duck-sized" to
+    @property
+    def saturates(self) -> bool:
+        return self.overflow == "saturate"
+
+    def _make_params(self, shift: int) -> kernels.Consts:
+        """The kernels' description of this grid, times ``2**shift``."""
+        g = self._grid
+        ovf = "saturate" if self.overflow == "saturate" else ("inf" if self.specials == "ieee" else "nan")
+        params, fast = exmy_params(self.man_bits, g.emin + shift, math.ldexp(g.max, shift),
+                                   math.ldexp(g.min_normal, shift), math.ldexp(g.min_subnormal, shift),
+                                   self.subnormals, ovf)
+        return kernels.Consts(params, fast=fast)
 
     # -- fast path through PyTorch's own casts ------------------------------
     def _native_dtype(self) -> torch.dtype | None:
@@ -217,10 +216,11 @@ class FloatFormat(Format):
                 return x.clamp(-self.max, self.max)
             return x.clone()
         native = self._native_dtype()
-        if native is not None and not kernels._use_compiled(x):
+        # inside a torch.compile, inductor would drop the x.to(native).float() round trip
+        if native is not None and not kernels._use_compiled(x) and not torch.compiler.is_compiling():
             xs = x.clamp(-self.max, self.max) if self.overflow == "saturate" else x
             return xs.to(native).to(torch.float32)
-        return kernels.float_round(x, self._params, _MODES[self.rounding], generator)  # type: ignore[index]
+        return kernels.float_round(x, self._params, self._mode, generator)
 
     # -- the Format protocol -----------------------------------------------
     def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
@@ -229,60 +229,32 @@ class FloatFormat(Format):
             y = self.cast(x, generator)
             mask = (x.abs() <= self.max) if want_mask else None
             return y, mask
-        return scaled_forward(self, x, amax, generator, want_mask)
+        return scaled_forward(self, self.scaling, x, amax, generator, want_mask)
 
     def _scale_max(self) -> float:
-        return self.max
+        return self._scaled_max
 
     def _cast_scaled(self, xb: Tensor, inv: Tensor, scale: Tensor,
                      generator: torch.Generator | None) -> Tensor:
-        if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee":
-            return self.cast(xb * inv, generator) * scale
-        return kernels.scaled_float_round(xb, self._params, inv, scale,  # type: ignore[attr-defined]
-                                          _MODES[self.rounding], generator)  # type: ignore[index]
+        if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee" and \
+                self._mode < kernels.TOWARD_ZERO:  # rounding to nearest onto every float32: a product
+            y = self.cast(xb * inv, generator) * scale
+            return y.clamp(-self.max, self.max) if self.saturates else y
+        return kernels.scaled_float_round(xb, self._scaled_params, inv, scale, self._mode, generator,
+                                          saturate=self.saturates)
 
     def _in_range(self, x: Tensor, amax: Tensor) -> Tensor:
         return x.abs() <= amax
 
 
-def scaled_forward(fmt: Format, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
-                   want_mask: bool) -> tuple[Tensor, Tensor | None]:
-    """Scale x so that amax maps to the format's max, round, scale back.
-
-    Shared by every scaled format: it needs ``scaling``, ``_scale_max()``,
-    ``_cast_scaled(xb, inv, scale, generator)`` and ``_in_range(x, amax)``.
-    """
-    sc: Scaling = fmt.scaling  # type: ignore[attr-defined]
-    blocked = sc.granularity == "block"
-    if blocked:
-        xb, moved, n = to_blocks(x, sc.resolved_axis, sc.block_size)
-    else:
-        xb = x
-    a = _resolve_amax(fmt, x, xb, amax, sc)
-    scale = a / fmt._scale_max()  # type: ignore[attr-defined]
-    # amax 0 (an all-zero tensor) gives scale 1; a scale below float32's smallest normal is
-    # raised to it, so that 1/scale stays finite (0 * inf would turn zeros into NaN)
-    scale = torch.where(a > 0, torch.clamp(scale, min=2.0**-126), torch.ones_like(scale))
-    inv = 1.0 / scale
-    y = fmt._cast_scaled(xb, inv, scale, generator)  # type: ignore[attr-defined]
-    # in range = not clipped: compared in the tensor's own units against amax, so the
-    # element that defines a dynamic amax is never counted as clipped by rounding of 1/scale
-    mask = fmt._in_range(xb, a) if want_mask else None  # type: ignore[attr-defined]
-    if blocked:
-        y = from_blocks(y, moved, n, sc.resolved_axis, x.dim())
-        if mask is not None:
-            mask = from_blocks(mask, moved, n, sc.resolved_axis, x.dim())
-    return y, mask
-
-
-def _resolve_amax(fmt: Format, x: Tensor, xb: Tensor, amax: Tensor | None, sc: Scaling) -> Tensor:
-    if amax is None and sc.amax is not None:
-        amax = torch.tensor(sc.amax, dtype=torch.float32, device=x.device)
-    if amax is not None:
-        return static_amax_for(x, amax.to(x.device), sc)
-    if sc.mode == "static":
-        raise ValueError(f"format {fmt.name} has static scaling but no amax was given: pass amax= "
-                         "or calibrate (qsim_hooks.calibrate)")
-    return reduce_amax(x, sc)
-
-
+#: The named float formats (the registry and the block formats use these values).
+E4M3 = FloatFormat(4, 3, specials="fn", name="e4m3")  # OCP FP8 E4M3 (no Inf; NaN = S.1111.111)
+E5M2 = FloatFormat(5, 2, specials="ieee", name="e5m2")  # OCP FP8 E5M2
+E3M4 = FloatFormat(3, 4, specials="ieee", name="e3m4")
+E3M2 = FloatFormat(3, 2, specials="none", name="e3m2")  # OCP FP6
+E2M3 = FloatFormat(2, 3, specials="none", name="e2m3")  # OCP FP6
+E2M1 = FloatFormat(2, 1, specials="none", name="e2m1")  # OCP FP4
+FP16 = FloatFormat(5, 10, name="fp16")
+BF16 = FloatFormat(8, 7, name="bf16")
+TF32 = FloatFormat(8, 10, name="tf32")
+FP32 = FloatFormat(8, 23, overflow="special", name="fp32")

@@ -1,10 +1,12 @@
 """Element-wise kernels and the choice between eager and fused (compiled) paths.
 
 Every kernel is written once, as plain torch operations on the float32 bit
-pattern (integer arithmetic, no log2/pow per element), so that
-``torch.compile`` fuses it into a single loop on CPU (C++/OpenMP) or GPU
-(Triton). Format parameters travel as a small int32 tensor, never as Python
-numbers, so one compiled kernel serves every ExMy format without recompiling.
+pattern (integer arithmetic, no log2/pow per element; the arithmetic is in
+:mod:`._exmy`), so that ``torch.compile`` fuses it into a single loop on CPU
+(C++/OpenMP) or GPU (Triton). Format parameters travel as small tensors, never
+as Python numbers, so one compiled kernel serves every ExMy format without
+recompiling. A format holds its own tensors in a :class:`Consts` (copied to a
+device once, dropped with the format; nothing here caches per format).
 
 Backends (``set_backend`` or the ``QSIM_HOOKS_BACKEND`` environment variable):
 
@@ -14,21 +16,45 @@ Backends (``set_backend`` or the ``QSIM_HOOKS_BACKEND`` environment variable):
 * ``"eager"``: never compile;
 * ``"compiled"``: always the fused kernel.
 
-Eager and fused paths give bit-identical results (tested).
+Eager and fused paths give bit-identical results (tested). Inside a user's
+``torch.compile`` the kernels are traced inline, and the native-cast shortcuts
+(``x.to(float16).float()``) are not used: inductor drops such round trips
+(``emulate_precision_casts`` is off by default), the bit kernels it cannot.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import types
 import warnings
-import weakref
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "canonical",
-           "COMPILE_MIN_NUMEL"]
+from ._exmy import (
+    F32_MAX,
+    NEAREST_AWAY,
+    NEAREST_EVEN,
+    P_MAX,
+    STOCHASTIC,
+    TOWARD_ZERO,
+    cap,
+    clamp_f32,
+    directed,
+    exmy_params,
+    fast_round_impl,
+    float_round_impl,
+    grid_down,
+    grid_up,
+    round_int,
+    saturate,
+)
+
+__all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "finite_absmax",
+           "to_dtype", "canonical", "named_copy", "run", "Consts", "COMPILE_MIN_NUMEL",
+           "NEAREST_EVEN", "NEAREST_AWAY", "TOWARD_ZERO", "STOCHASTIC"]
 
 COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is not worth the wait
 _BACKENDS = ("auto", "eager", "compiled")
@@ -63,7 +89,7 @@ def _use_compiled(x: Tensor) -> bool:
     return x.numel() >= COMPILE_MIN_NUMEL
 
 
-def run(name: str, fn: Callable, x: Tensor, *args) -> Tensor:
+def run(name: str, fn: Callable, x: Tensor, *args: Tensor) -> Tensor:
     """Run kernel ``fn`` on ``x``, fused when the backend says so."""
     global _compile_failed
     if _use_compiled(x):
@@ -81,170 +107,86 @@ def run(name: str, fn: Callable, x: Tensor, *args) -> Tensor:
     return fn(x, *args)
 
 
-# ---------------------------------------------------------------------------
-# ExMy rounding on the float32 bit pattern
-# ---------------------------------------------------------------------------
-# params (int32 tensor):
-#   0 man_bits M        1 emin (unbiased)     2 max finite (fp32 bits)
-#   3 overflow result (fp32 bits: max, inf or NaN)
-#   4 smallest normal (fp32 bits; results below are flushed when flush=1)
-#   5 smallest subnormal q_min (fp32 bits)   6 q_min / 2 (fp32 bits, 0 if not representable)
-#   7 flush subnormals (0/1)
-P_M, P_EMIN, P_MAX, P_OVF, P_MINNORM, P_QMIN, P_HALF, P_FLUSH = range(8)
-#   8 lowest fp32 exponent field of a quantum step (emin + 127)   9 highest (above max)
-P_ELO, P_EHI = 8, 9
-_SIGN = -2147483648  # 0x80000000 as int32
-_ABS = 0x7FFFFFFF
-_INF = 0x7F800000
+def named_copy(fn: Callable, name: str) -> Callable:
+    """``fn`` with its own code object named ``name``.
 
-
-def _float_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Tensor:
-    bits = x.view(torch.int32)
-    a = bits & _ABS
-    sign = bits & _SIGN
-    exp = a >> 23
-    shift = (23 - p[P_M]) + torch.clamp((p[P_EMIN] + 127) - torch.clamp(exp, min=1), min=0)
-    tiny = shift > 23  # |x| below the smallest subnormal of the target
-    s = torch.clamp(shift, max=23)
-    low = (1 << s) - 1
-    if mode == 0:  # nearest, ties to even
-        # the kept LSB; at s == 23 only the implicit bit is kept (1 for normal inputs)
-        lsb = torch.where(s == 23, (exp > 0).to(torch.int32), (a >> s) & 1)
-        inc = ((low >> 1) + lsb) & low
-        t_up = a > p[P_HALF]
-    elif mode == 1:  # nearest, ties away from zero
-        inc = (low + 1) >> 1
-        t_up = (a >= p[P_HALF]) & (a > 0)
-    elif mode == 2:  # toward zero
-        inc = torch.zeros_like(a)
-        t_up = torch.zeros_like(a, dtype=torch.bool)
-    else:  # stochastic: noise is uniform in [0, 2^23)
-        assert noise is not None
-        inc = noise & low
-        qmin = p[P_QMIN].view(torch.float32)
-        t_up = (x.abs() / qmin) * 8388608.0 > noise.to(torch.float32)
-    r = (a + inc) & ~low
-    r = torch.where(tiny, torch.where(t_up, p[P_QMIN], 0), r)
-    r = torch.where(r > p[P_MAX], p[P_OVF], r)
-    r = torch.where((p[P_FLUSH] != 0) & (r < p[P_MINNORM]), 0, r)
-    r = torch.where(a > _INF, a, r)  # NaN stays NaN
-    return (r | sign).view(torch.float32)
-
-
-def _fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Tensor:
-    """The same rounding with fewer operations, for formats whose steps are normal fp32 numbers.
-
-    Deterministic modes only (0, 1, 2): stochastic rounding always uses the bit kernel,
-    whose noise-to-decision mapping is the reference.
-
-    The step (quantum) at |x| is ``2^(max(e, emin) - M)``; it and its reciprocal are
-    built from exponent bits, so ``x / step`` is exact and any rounding of it to an
-    integer is the rounding of x onto the grid (subnormals and ties included).
-    Valid when every step and reciprocal is a normal fp32 power of two,
-    ``|x / step| < 2^21`` and the format keeps subnormals (``FloatFormat`` checks this
-    and otherwise uses the bit kernel).
+    Dynamo caches compiled graphs per code object: closures made by one factory
+    share one, and their guards would pile onto one cache entry list.
     """
-    a = x.view(torch.int32) & _ABS
-    e = torch.clamp(a >> 23, min=p[P_ELO], max=p[P_EHI]) - p[P_M]
-    step = (e << 23).view(torch.float32)
-    inv = ((254 - e) << 23).view(torch.float32)
-    v = x * inv
-    if mode == 0:
-        r = torch.round(v)
-    elif mode == 1:
-        # not floor(|v| + 0.5): for v = 0.5 - 2^-25 (x just below half the smallest
-        # subnormal) that float addition itself rounds up to 1.0
-        t = torch.trunc(v)
-        r = torch.where((v - t).abs() >= 0.5, t + torch.sign(v), t)
-    else:
-        r = torch.trunc(v)
-    y = r * step
-    # no flush-to-zero here: formats without subnormals take the bit kernel (a per-element
-    # flag test costs about a third of this kernel's time)
-    return torch.where(y.abs() > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), y)
+    code = fn.__code__.replace(co_name=name, co_qualname=name) if hasattr(fn.__code__, "co_qualname") \
+        else fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
-def _fast_round_0(x, p):
-    return _fast_round_impl(x, p, 0, None)
+class Consts:
+    """A format's small constant tensors: made on the CPU once, copied to each device once.
+
+    The format holds it, so the tensors live exactly as long as the format (no
+    module-level cache keeps them). While torch.compile traces, nothing is
+    cached: a trace must not write state that its own guards read.
+    """
+
+    __slots__ = ("cpu", "fast", "_on")
+
+    def __init__(self, *cpu: Tensor, fast: bool = False) -> None:
+        self.cpu = cpu
+        self.fast = fast  # an ExMy grid the step kernel may round onto
+        self._on: dict[torch.device, tuple[Tensor, ...]] = {}
+
+    def on(self, device: torch.device) -> tuple[Tensor, ...]:
+        if torch.compiler.is_compiling():
+            return tuple(t.to(device) for t in self.cpu)
+        got = self._on.get(device)
+        if got is None:
+            got = self._on[device] = tuple(t.to(device) for t in self.cpu)
+        return got
 
 
-def _fast_round_1(x, p):
-    return _fast_round_impl(x, p, 1, None)
+# ---------------------------------------------------------------------------
+# ExMy kernels: unscaled, and scaled (round(x / scale) * scale on the output grid)
+# ---------------------------------------------------------------------------
+def _scaled_directed(x: Tensor, p: Tensor, inv: Tensor, scale: Tensor, mode: int, impl: Callable,
+                     noise: Tensor | None) -> Tensor:
+    g = impl((x * inv).abs(), p, TOWARD_ZERO, None)
+
+    def decode(v: Tensor) -> Tensor:
+        return cap(v * scale)
+
+    u = None if noise is None else noise.to(torch.float32) * 2.0**-23
+    g = directed(x.abs(), g, mode, u, decode, lambda v: grid_up(v, p), lambda v: grid_down(v, p, impl),
+                 p[P_MAX].view(torch.float32))
+    return torch.copysign(saturate(g * scale, g), x)
 
 
-def _fast_round_2(x, p):
-    return _fast_round_impl(x, p, 2, None)
+def _make_float_kernel(impl: Callable, mode: int, scaled: bool, sat: bool) -> Callable:
+    """One ExMy kernel: ``impl`` (bit or step kernel) at a fixed rounding mode, optionally scaled.
+
+    Unscaled: ``kernel(x, p[, noise])``; scaled: ``kernel(x, p, inv, scale[, noise])``
+    rounds ``x * inv`` and decodes with ``scale``; ``sat``: saturating at ±float32 max
+    (``max * scale`` can round past it when amax is near it). The directed modes decide
+    on the decoded values (:func:`._exmy.directed`).
+    """
+    if not scaled:
+        def kernel(x: Tensor, p: Tensor, *noise: Tensor) -> Tensor:
+            return impl(x, p, mode, noise[0] if noise else None)
+        return kernel
+
+    def scaled_kernel(x: Tensor, p: Tensor, inv: Tensor, scale: Tensor, *noise: Tensor) -> Tensor:
+        if mode >= TOWARD_ZERO:
+            return _scaled_directed(x, p, inv, scale, mode, impl, noise[0] if noise else None)
+        y = impl(x * inv, p, mode, None) * scale
+        return clamp_f32(y) if sat else y
+    return scaled_kernel
 
 
-def _scaled_fast_round_0(x, p, inv, scale):
-    return _fast_round_impl(x * inv, p, 0, None) * scale
-
-
-def _scaled_fast_round_1(x, p, inv, scale):
-    return _fast_round_impl(x * inv, p, 1, None) * scale
-
-
-def _scaled_fast_round_2(x, p, inv, scale):
-    y = x * inv
-    g = _fast_round_impl(y, p, 0, None)  # snap onto a grid point within _SNAP first (see _snap_float)
-    y = torch.where(torch.isfinite(g) & ((y - g).abs() <= g.abs() * _SNAP), g, y)
-    return _fast_round_impl(y, p, 2, None) * scale
-
-
-_FAST_FNS = (_fast_round_0, _fast_round_1, _fast_round_2)
-_SCALED_FAST_FNS = (_scaled_fast_round_0, _scaled_fast_round_1, _scaled_fast_round_2)
-
-
-def _float_round_0(x, p):
-    return _float_round_impl(x, p, 0, None)
-
-
-def _float_round_1(x, p):
-    return _float_round_impl(x, p, 1, None)
-
-
-def _float_round_2(x, p):
-    return _float_round_impl(x, p, 2, None)
-
-
-def _float_round_3(x, p, noise):
-    return _float_round_impl(x, p, 3, noise)
-
-
-_FLOAT_FNS = (_float_round_0, _float_round_1, _float_round_2, _float_round_3)
-
-
-def _scaled_float_round_0(x, p, inv, scale):
-    return _float_round_impl(x * inv, p, 0, None) * scale
-
-
-def _scaled_float_round_1(x, p, inv, scale):
-    return _float_round_impl(x * inv, p, 1, None) * scale
-
-
-# Toward-zero and stochastic rounding of a scaled tensor: a dequantized grid value
-# g * scale, scaled again by 1/scale, can come back an ulp below g, and truncating
-# that would move it one grid step down (q(q(x)) != q(x)). Values within _SNAP
-# (relative) of a grid point - more than the three float32 roundings of
-# (g * scale) * (1 / scale) - are taken as that grid point first.
-_SNAP = 2.0**-22
-
-
-def _snap_float(y: Tensor, p: Tensor) -> Tensor:
-    g = _float_round_impl(y, p, 0, None)
-    return torch.where(torch.isfinite(g) & ((y - g).abs() <= g.abs() * _SNAP), g, y)
-
-
-def _scaled_float_round_2(x, p, inv, scale):
-    return _float_round_impl(_snap_float(x * inv, p), p, 2, None) * scale
-
-
-def _scaled_float_round_3(x, p, inv, scale, noise):
-    return _float_round_impl(_snap_float(x * inv, p), p, 3, noise) * scale
-
-
-_SCALED_FLOAT_FNS = (_scaled_float_round_0, _scaled_float_round_1, _scaled_float_round_2,
-                     _scaled_float_round_3)
+# (kind, scaled, saturating) -> one kernel per rounding mode; the step kernel has no stochastic mode
+_KINDS = {"float_round": (float_round_impl, 4), "fast_round": (fast_round_impl, 3)}
+_FLOAT_KERNELS: dict[tuple[str, bool, bool], tuple[Callable, ...]] = {
+    (kind, scaled, sat): tuple(
+        named_copy(_make_float_kernel(impl, mode, scaled, sat),
+                   f"{'scaled_' if scaled else ''}{kind}_{mode}{'_sat' if sat else ''}")
+        for mode in range(n_modes))
+    for kind, (impl, n_modes) in _KINDS.items() for scaled, sat in ((False, False), (True, False), (True, True))}
 
 
 def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
@@ -271,123 +213,131 @@ def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
     return x.reshape(a, c, -1), s.reshape(1, c, 1), shape
 
 
-_prepared: dict[int, tuple[weakref.ref, bool, dict[torch.device, Tensor]]] = {}
+def _bit_noise(mode: int, shape: torch.Size, device: torch.device,
+               generator: torch.Generator | None) -> tuple[Tensor, ...]:
+    """Stochastic rounding's noise for the ExMy kernels (uniform in [0, 2^23)); nothing for other modes."""
+    if mode != STOCHASTIC:
+        return ()
+    return (torch.randint(0, 1 << 23, shape, generator=generator, device=device, dtype=torch.int32),)
 
 
-def _prepare(params: Tensor, device: torch.device) -> tuple[bool, Tensor]:
-    """(may the step kernel run, ``params`` on ``device``), worked out once per params tensor.
-
-    A format's params are a small CPU tensor that lives as long as the format: reading a
-    flag off it or copying it to a GPU on every call would cost a sync or a transfer per call.
-    """
-    entry = _prepared.get(id(params))
-    if entry is None or entry[0]() is not params:
-        entry = (weakref.ref(params), bool(params[P_EHI] > 0), {})
-        _prepared[id(params)] = entry
-        weakref.finalize(params, _prepared.pop, id(params), None)
-    p = entry[2].get(device)
-    if p is None:
-        p = entry[2][device] = params.to(device)
-    return entry[1], p
-
-
-def _fast(params: Tensor) -> bool:
-    return _prepare(params, params.device)[0]
-
-
-def _float_args(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    # detach: kernels never take part in autograd (formats wrap them in a STE);
-    # a plain Tensor also keeps torch.compile from specialising on Parameter.
-    return x.detach().contiguous(), _prepare(params, x.device)[1]
-
-
-def float_round(x: Tensor, params: Tensor, mode: int, generator: torch.Generator | None = None,
+def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator | None = None,
                 *, fast: bool | None = None) -> Tensor:
-    """Round a float32 tensor to an ExMy grid described by ``params``.
+    """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
 
     ``fast`` picks the step-based kernel (default: whenever the format allows it);
     ``fast=False`` forces the bit-pattern kernel (the two agree bit for bit).
     """
-    use_fast = mode != 3 and (_fast(params) if fast is None else (fast and _fast(params)))
-    x, p = _float_args(x, params)
+    use_fast = mode != STOCHASTIC and params.fast and fast is not False
+    # detach: kernels never take part in autograd (formats wrap them in a STE);
+    # a plain Tensor also keeps torch.compile from specialising on Parameter.
+    x = x.detach().contiguous()
+    (p,) = params.on(x.device)
     shape = x.shape
     x = x.reshape(-1)
-    fns, name = (_FAST_FNS, "fast_round") if use_fast else (_FLOAT_FNS, "float_round")
-    if mode == 3:
-        noise = torch.randint(0, 1 << 23, x.shape, generator=generator, device=x.device,
-                              dtype=torch.int32)
-        return run(f"{name}_3", fns[3], x, p, noise).reshape(shape)
-    return run(f"{name}_{mode}", fns[mode], x, p).reshape(shape)
+    fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", False, False][mode]
+    return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator)).reshape(shape)
 
 
-def scaled_float_round(x: Tensor, params: Tensor, inv: Tensor, scale: Tensor, mode: int,
-                       generator: torch.Generator | None = None) -> Tensor:
-    """``round(x * inv) * scale`` on an ExMy grid, fused when possible."""
-    use_fast = mode != 3 and _fast(params)
-    x, p = _float_args(x, params)
+def scaled_float_round(x: Tensor, params: Consts, inv: Tensor, scale: Tensor, mode: int,
+                       generator: torch.Generator | None = None, *, saturate: bool = True) -> Tensor:
+    """``round(x * inv) * scale`` on an ExMy grid, fused when possible (``saturate``: at ±float32 max)."""
+    use_fast = mode != STOCHASTIC and params.fast
+    x = x.detach().contiguous()
+    (p,) = params.on(x.device)
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv)
-    fns, name = (_SCALED_FAST_FNS, "scaled_fast_round") if use_fast else (_SCALED_FLOAT_FNS, "scaled_float_round")
-    if mode == 3:
-        noise = torch.randint(0, 1 << 23, xc.shape, generator=generator, device=x.device,
-                              dtype=torch.int32)
-        return run(f"{name}_3", fns[3], xc, p, ic, sc, noise).reshape(shape)
-    return run(f"{name}_{mode}", fns[mode], xc, p, ic, sc).reshape(shape)
+    fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", True, saturate][mode]
+    return run(fn.__name__, fn, xc, p, ic, sc, *_bit_noise(mode, xc.shape, x.device, generator)).reshape(shape)
 
 
 # ---------------------------------------------------------------------------
-# Integer rounding of an already scaled tensor
+# Integers: clamp(round(x * inv), qmin, qmax) * scale
 # ---------------------------------------------------------------------------
-def _round_mode(q: Tensor, mode: int, noise: Tensor | None) -> Tensor:
-    if mode == 0:
-        return torch.round(q)
-    if mode == 1:
-        # trunc + exact fraction: floor(|q| + 0.5) is wrong for |q| = 0.5 - 2^-25,
-        # where the float addition itself rounds up to 1.0
-        t = torch.trunc(q)
-        return torch.where((q - t).abs() >= 0.5, t + torch.sign(q), t)
-    if mode == 2:
-        return torch.trunc(q)
-    assert noise is not None
-    return torch.floor(q + noise)
-
-
 def _int_fq_impl(x: Tensor, inv_scale: Tensor, scale: Tensor, lim: Tensor, mode: int,
-                 noise: Tensor | None) -> Tensor:
+                 noise: Tensor | None, unsigned: bool) -> Tensor:
+    if mode < TOWARD_ZERO:
+        # clamp(round(v), qmin, qmax) * scale == clamp(round(v) * scale, qmin * scale, qmax * scale) for
+        # integer qmin, qmax: one clamp both saturates the codes and keeps the result within float32
+        lo = torch.clamp(lim[0] * scale, -F32_MAX, F32_MAX)
+        hi = torch.clamp(lim[1] * scale, -F32_MAX, F32_MAX)
+        y = torch.clamp(round_int(x * inv_scale, mode, None) * scale, lo, hi)
+        # unsigned: a negative x clamped to 0 keeps its sign on both paths (eager and inductor
+        # disagree on which zero clamp(-0.0, min=0) returns)
+        return torch.copysign(y, x) if unsigned else y
     q = torch.clamp(x * inv_scale, lim[0], lim[1])
-    if mode >= 2:  # toward zero, stochastic: an integer missed by an ulp is that integer (see _SNAP)
-        r = torch.round(q)
-        q = torch.where((q - r).abs() <= r.abs() * _SNAP, r, q)
-    return _round_mode(q, mode, noise) * scale
+
+    def decode(k: Tensor) -> Tensor:
+        return cap(k * scale)
+
+    top = torch.where(x < 0, -lim[0], lim[1])
+    k = directed(x.abs(), torch.trunc(q.abs()), mode, noise, decode, lambda k: k + 1, lambda k: k - 1, top)
+    return torch.copysign(decode(k), x)
 
 
-def _int_fq_0(x, inv, scale, lim):
-    return _int_fq_impl(x, inv, scale, lim, 0, None)
+def _make_int_kernel(mode: int, unsigned: bool) -> Callable:
+    def kernel(x: Tensor, inv: Tensor, scale: Tensor, lim: Tensor, *noise: Tensor) -> Tensor:
+        return _int_fq_impl(x, inv, scale, lim, mode, noise[0] if noise else None, unsigned)
+    return kernel
 
 
-def _int_fq_1(x, inv, scale, lim):
-    return _int_fq_impl(x, inv, scale, lim, 1, None)
+_INT_KERNELS = {(mode, unsigned): named_copy(_make_int_kernel(mode, unsigned),
+                                             f"int_fq_{mode}{'_unsigned' if unsigned else ''}")
+                for mode in range(4) for unsigned in (False, True)}
 
 
-def _int_fq_2(x, inv, scale, lim):
-    return _int_fq_impl(x, inv, scale, lim, 2, None)
+def int_fake_quant(x: Tensor, inv_scale: Tensor, scale: Tensor, lim: Consts, mode: int,
+                   generator: torch.Generator | None = None, *, unsigned: bool = False) -> Tensor:
+    """``clamp(round(x * inv_scale), qmin, qmax) * scale``, fused when possible.
 
-
-def _int_fq_3(x, inv, scale, lim, noise):
-    return _int_fq_impl(x, inv, scale, lim, 3, noise)
-
-
-_INT_FNS = (_int_fq_0, _int_fq_1, _int_fq_2, _int_fq_3)
-
-
-def int_fake_quant(x: Tensor, inv_scale: Tensor, scale: Tensor, qmin: int, qmax: int, mode: int,
-                   generator: torch.Generator | None = None) -> Tensor:
-    """clamp(round(x * inv_scale), qmin, qmax) * scale, fused when possible."""
-    lim = torch.tensor([qmin, qmax], dtype=torch.float32, device=x.device)
+    ``lim``: the format's ``[qmin, qmax]`` (float32). The result saturates at ±float32 max
+    (``qmax * scale`` can round past it when amax is near it).
+    """
     x = x.detach().contiguous()
+    (lo_hi,) = lim.on(x.device)
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv_scale)
-    if mode == 3:
-        noise = torch.rand(xc.shape, generator=generator, device=x.device, dtype=torch.float32)
-        return run("int_fq_3", _int_fq_3, xc, ic, sc, lim, noise).reshape(shape)
-    return run(f"int_fq_{mode}", _INT_FNS[mode], xc, ic, sc, lim).reshape(shape)
+    fn = _INT_KERNELS[mode, unsigned]
+    noise = (torch.rand(xc.shape, generator=generator, device=x.device, dtype=torch.float32),) \
+        if mode == STOCHASTIC else ()
+    return run(fn.__name__, fn, xc, ic, sc, lo_hi, *noise).reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# The finite amax, and casting back to a half-precision input dtype
+# ---------------------------------------------------------------------------
+def _finite_absmax(x: Tensor) -> Tensor:
+    a = x.abs()
+    return torch.where(a < math.inf, a, 0.0).amax()  # NaN < inf is False too
+
+
+def finite_absmax(x: Tensor) -> Tensor:
+    """max |x| over the finite elements, as a 0-d tensor: one fused pass, no host sync."""
+    return run("finite_absmax", _finite_absmax, x.detach().reshape(-1))
+
+
+def _dtype_grid(man: int, emin: int, top: float, saturate: bool) -> Tensor:
+    return exmy_params(man, emin, top, 2.0**emin, 2.0 ** (emin - man), True, "saturate" if saturate else "inf")[0]
+
+
+_HALF = {torch.float16: (65504.0, {s: _dtype_grid(10, -14, 65504.0, s) for s in (True, False)}),
+         torch.bfloat16: (3.3895313892515355e38,
+                          {s: _dtype_grid(7, -126, 3.3895313892515355e38, s) for s in (True, False)})}
+
+
+def to_dtype(y: Tensor, dtype: torch.dtype, saturate: bool) -> Tensor:
+    """Cast a float32 result back to the input's ``dtype``, saturating at its max when ``saturate``.
+
+    Under torch.compile the rounding to fp16/bf16 is done by the bit kernel first, so the
+    cast that follows is exact and inductor's dropping of it changes nothing.
+    """
+    if dtype == torch.float32:
+        return y
+    half = _HALF.get(dtype)
+    if half is not None:
+        top, params = half
+        if torch.compiler.is_compiling():
+            y = float_round_impl(y, params[saturate].to(y.device), NEAREST_EVEN, None)
+        elif saturate:
+            y = torch.clamp(y, -top, top)
+    return y.to(dtype)

@@ -20,37 +20,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Format, GradSpec, check_tensor
-from .floating import FloatFormat
+from . import base, block
+from ._checks import check_name
+from .base import Format, FormatLike, GradSpec, check_tensor
+from .floating import BF16, E2M1, E2M3, E3M2, E3M4, E4M3, E5M2, FP16, FP32, TF32, FloatFormat
 from .integer import IntFormat
 from .scaling import Scaling
 
-__all__ = ["get", "names", "as_format", "register", "CallableFormat"]
+__all__ = ["get", "names", "as_format", "register", "CallableFormat", "FormatLike"]
 
-
-def _named() -> dict[str, Callable[[], Format]]:
-    table: dict[str, Callable[[], Format]] = {
-        "e4m3": lambda: FloatFormat(4, 3, specials="fn", name="e4m3"),
-        "e5m2": lambda: FloatFormat(5, 2, specials="ieee", name="e5m2"),
-        "e3m4": lambda: FloatFormat(3, 4, specials="ieee", name="e3m4"),
-        "e3m2": lambda: FloatFormat(3, 2, specials="none", name="e3m2"),
-        "e2m3": lambda: FloatFormat(2, 3, specials="none", name="e2m3"),
-        "e2m1": lambda: FloatFormat(2, 1, specials="none", name="e2m1"),
-        "fp16": lambda: FloatFormat(5, 10, name="fp16"),
-        "bf16": lambda: FloatFormat(8, 7, name="bf16"),
-        "tf32": lambda: FloatFormat(8, 10, name="tf32"),
-        "fp32": lambda: FloatFormat(8, 23, overflow="special", name="fp32"),
-    }
-    for b in range(2, 17):
-        table[f"int{b}"] = (lambda b=b: IntFormat(b, name=f"int{b}"))
-    table["uint8"] = lambda: IntFormat(8, signed=False, name="uint8")
-    from .block import NAMED as block_named
-
-    table.update(block_named)
-    return table
-
-
-_NAMED = _named()
+#: Every pinned name and its format (formats are frozen values: one object serves every caller).
+_NAMED: dict[str, Format] = {
+    f.name: f for f in (E4M3, E5M2, E3M4, E3M2, E2M3, E2M1, FP16, BF16, TF32, FP32,
+                        *(IntFormat(b) for b in range(2, 17)), IntFormat(8, signed=False),
+                        *block.NAMED.values())}
 _ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32",
             "e4m3fn": "e4m3", "fp8_e4m3": "e4m3", "fp8_e5m2": "e5m2", "fp4": "e2m1",
             "fp4_e2m1": "e2m1", "fp6_e3m2": "e3m2", "fp6_e2m3": "e2m3"}
@@ -82,7 +65,7 @@ def get(name: str) -> Format:
     if key in _extra:
         return _extra[key]()
     if key in _NAMED:
-        return _NAMED[key]()
+        return _NAMED[key]
     m = _EXMY.match(key)
     if m:
         e, mm, sp = int(m.group(1)), int(m.group(2)), m.group(3) or "ieee"
@@ -114,6 +97,9 @@ class CallableFormat(Format):
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"CallableFormat.fn must be callable, got {type(self.fn).__name__}")
+        check_name("CallableFormat", self.name)
+        if not isinstance(self.grad, GradSpec):
+            raise TypeError(f"CallableFormat.grad must be a GradSpec, got {type(self.grad).__name__}")
         if not self.name:
             object.__setattr__(self, "name", getattr(self.fn, "__name__", type(self.fn).__name__))
 
@@ -132,7 +118,8 @@ class CallableFormat(Format):
                             f"{tuple(x.shape)}, got {getattr(y, 'shape', type(y).__name__)}")
         return y.to(torch.float32)
 
-    def _forward(self, x, amax, generator, want_mask):
+    def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
+                 want_mask: bool) -> tuple[Tensor, Tensor | None]:
         return self._apply(x), (torch.ones_like(x, dtype=torch.bool) if want_mask else None)
 
 
@@ -158,18 +145,19 @@ def _from_qtorch(obj: Any) -> Format | None:
                          scaling=Scaling(mode="static", amax=qmax * 2.0**-fl),
                          rounding="nearest_even", name=f"qtorch_fixed{wl}.{fl}")
     if cls == "BlockFloatingPoint":
-        from .block import from_qtorch_bfp
-
-        return from_qtorch_bfp(obj)
+        return block.from_qtorch_bfp(obj)
     return None
 
 
-def as_format(obj: Any, *, field: str = "format") -> Format | None:
+def as_format(obj: FormatLike | None, *, field: str = "format") -> Format | None:
     """Turn anything format-like into a Format (``None`` stays ``None``)."""
     if obj is None or isinstance(obj, Format):
         return obj
     if isinstance(obj, str):
-        return get(obj)
+        try:
+            return get(obj)
+        except ValueError as exc:
+            raise ValueError(f"{field}: {exc}") from None
     q = _from_qtorch(obj)
     if q is not None:
         return q
@@ -177,3 +165,6 @@ def as_format(obj: Any, *, field: str = "format") -> Format | None:
         return CallableFormat(obj)
     raise TypeError(f"{field}: {obj!r} ({type(obj).__name__}) is not a format; pass a name such as "
                     "'e4m3' or 'int8', a Format, a qtorch number or quantizer, a callable, or None")
+
+
+base.set_format_resolver(lambda obj, field: as_format(obj, field=field))

@@ -9,18 +9,27 @@ Blocks run along ``axis`` in groups of ``block_size`` elements. When the axis
 length is not a multiple of the block size, the last block is *ragged*: it is
 shorter and gets its own amax from the elements it has (zero padding is used
 internally and never changes an amax).
+
+:func:`scaled_forward` is the one "scale, round, scale back" used by every
+scaled format (integers, scaled floats); a format takes part by meeting the
+small :class:`ScaledFormat` protocol.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["Scaling", "reduce_amax", "to_blocks", "from_blocks"]
+from . import kernels
+from ._checks import check_amax, check_choice, check_float, check_int
+
+__all__ = ["Scaling", "ScaledFormat", "scaled_forward", "reduce_amax", "static_amax_for", "to_blocks",
+           "from_blocks", "with_scaling_axis"]
 
 Granularity = Literal["tensor", "channel", "block"]
 
@@ -51,33 +60,35 @@ class Scaling:
     method: Literal["max", "percentile"] = "max"
     percentile: float = 99.99
     amax: float | None = None
+    _amax: kernels.Consts | None = field(init=False, repr=False, compare=False)  # amax as a float32 tensor
 
     def __post_init__(self) -> None:
-        if self.granularity not in ("tensor", "channel", "block"):
-            raise ValueError(f"Scaling.granularity={self.granularity!r} is not allowed; "
-                             "use 'tensor', 'channel' or 'block'")
-        if self.axis is not None and (isinstance(self.axis, bool) or not isinstance(self.axis, int)):
-            raise TypeError(f"Scaling.axis must be an int or None, got {type(self.axis).__name__}")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"Scaling.block_size={self.block_size!r} must be a positive int")
-        if self.mode not in ("dynamic", "static"):
-            raise ValueError(f"Scaling.mode={self.mode!r} is not allowed; use 'dynamic' or 'static'")
-        if self.method not in ("max", "percentile"):
-            raise ValueError(f"Scaling.method={self.method!r} is not allowed; use 'max' or 'percentile'")
-        if not (0.0 < float(self.percentile) <= 100.0):
+        check_choice("Scaling", "granularity", self.granularity, ("tensor", "channel", "block"))
+        if self.axis is not None:
+            check_int("Scaling", "axis", self.axis)
+        check_int("Scaling", "block_size", self.block_size, 1)
+        check_choice("Scaling", "mode", self.mode, ("dynamic", "static"))
+        check_choice("Scaling", "method", self.method, ("max", "percentile"))
+        if not (0.0 < check_float("Scaling", "percentile", self.percentile) <= 100.0):
             raise ValueError(f"Scaling.percentile={self.percentile!r} must be in (0, 100]")
+        amax = None
         if self.amax is not None:
-            a = float(self.amax)
-            if not math.isfinite(a) or a <= 0:
-                raise ValueError(f"Scaling.amax={self.amax!r} must be finite and > 0")
+            amax = kernels.Consts(torch.tensor(check_amax("Scaling", "amax", self.amax), dtype=torch.float32))
             if self.mode != "static":
                 object.__setattr__(self, "mode", "static")
+        object.__setattr__(self, "_amax", amax)
 
     @property
     def resolved_axis(self) -> int:
         if self.axis is not None:
             return self.axis
         return 0 if self.granularity == "channel" else -1
+
+    def with_axis(self, axis: int) -> Scaling:
+        """This scaling with ``axis`` filled in when it was left open (``self`` otherwise)."""
+        if self.axis is not None or self.granularity == "tensor":
+            return self
+        return dataclasses.replace(self, axis=axis)
 
     def describe(self) -> str:
         ax = "auto" if self.axis is None else self.axis
@@ -94,11 +105,8 @@ def _finite_abs(x: Tensor) -> Tensor:
 
 
 def _tensor_max(x: Tensor) -> Tensor:
-    lo, hi = torch.aminmax(x)
-    amax = torch.maximum(-lo, hi)
-    if not bool(torch.isfinite(amax)):
-        amax = _finite_abs(x).amax()
-    return amax
+    """max |x| over the finite elements: one pass, no host sync (a per-tensor dynamic amax)."""
+    return kernels.finite_absmax(x)
 
 
 def _percentile_last(a: Tensor, p: float) -> Tensor:
@@ -183,3 +191,69 @@ def static_amax_for(x: Tensor, amax: Tensor, scaling: Scaling) -> Tensor:
             raise ValueError(f"static per-block amax has {amax.numel()} values, expected {math.prod(want)}")
         return amax.reshape(*want, 1)
     raise ValueError(f"a per-tensor format got an amax with {amax.numel()} values; pass one value")
+
+
+# ---------------------------------------------------------------------------
+# scale, round, scale back
+# ---------------------------------------------------------------------------
+class ScaledFormat(Protocol):
+    """What :func:`scaled_forward` needs from a format (IntFormat, a scaled FloatFormat)."""
+
+    name: str
+
+    def _scale_max(self) -> float:
+        """The grid value an amax maps to (the format's largest value)."""
+
+    def _cast_scaled(self, xb: Tensor, inv: Tensor, scale: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``round(xb * inv) * scale`` on the format's grid (``inv`` = 1 / ``scale``, both broadcastable)."""
+
+    def _in_range(self, x: Tensor, amax: Tensor) -> Tensor:
+        """Where ``x`` is not clipped by ``amax`` (for the clipped straight-through estimator)."""
+
+
+def scaled_forward(fmt: ScaledFormat, sc: Scaling, x: Tensor, amax: Tensor | None,
+                   generator: torch.Generator | None, want_mask: bool) -> tuple[Tensor, Tensor | None]:
+    """Scale ``x`` so that amax maps to the format's max, round, scale back; (y, in-range mask or None)."""
+    blocked = sc.granularity == "block"
+    if blocked:
+        xb, moved, n = to_blocks(x, sc.resolved_axis, sc.block_size)
+    else:
+        xb = x
+    a = _resolve_amax(fmt.name, x, amax, sc)
+    scale = a / fmt._scale_max()
+    # amax 0 (an all-zero tensor) gives scale 1; a scale below float32's smallest normal is
+    # raised to it, so that 1/scale stays finite (0 * inf would turn zeros into NaN)
+    scale = torch.where(a > 0, torch.clamp(scale, min=2.0**-126), torch.ones_like(scale))
+    inv = 1.0 / scale
+    y = fmt._cast_scaled(xb, inv, scale, generator)
+    # in range = not clipped: compared in the tensor's own units against amax, so the
+    # element that defines a dynamic amax is never counted as clipped by rounding of 1/scale
+    mask = fmt._in_range(xb, a) if want_mask else None
+    if blocked:
+        y = from_blocks(y, moved, n, sc.resolved_axis, x.dim())
+        if mask is not None:
+            mask = from_blocks(mask, moved, n, sc.resolved_axis, x.dim())
+    return y, mask
+
+
+def _resolve_amax(who: str, x: Tensor, amax: Tensor | None, sc: Scaling) -> Tensor:
+    if amax is None and sc._amax is not None:
+        amax = sc._amax.on(x.device)[0]
+    if amax is not None:
+        # a no-op when amax is on x's device already (a point that keeps its amax on the CPU pays a copy)
+        return static_amax_for(x, amax.to(x.device), sc)
+    if sc.mode == "static":
+        raise ValueError(f"format {who} has static scaling but no amax was given: pass amax= "
+                         "or calibrate (qsim_hooks.calibrate)")
+    return reduce_amax(x, sc)
+
+
+_F = TypeVar("_F")
+
+
+def with_scaling_axis(fmt: _F, scaling: Scaling | None, axis: int) -> _F:
+    """``fmt`` (a dataclass with a ``scaling`` field) with its scaling's open axis set to ``axis``."""
+    if scaling is None:
+        return fmt
+    new = scaling.with_axis(axis)
+    return fmt if new is scaling else dataclasses.replace(fmt, scaling=new)  # type: ignore[type-var]

@@ -78,7 +78,7 @@ def _run_path(fmt: FloatFormat, x: torch.Tensor, path: str) -> torch.Tensor:
         return fmt(x)
     if path == "bits":
         return kernels.float_round(x, fmt._params, 0, fast=False)
-    assert kernels._fast(fmt._params), "the step kernel must apply to this format"
+    assert fmt._params.fast, "the step kernel must apply to this format"
     return kernels.float_round(x, fmt._params, 0, fast=True)
 
 
@@ -415,7 +415,11 @@ def test_formats_are_frozen_values() -> None:
     fmt = get("e4m3")
     with pytest.raises(AttributeError):
         fmt.man_bits = 2  # type: ignore[misc]
-    assert fmt == get("e4m3") and hash(fmt) == hash(get("e4m3"))
+    # get() serves one shared value: equality and hashing must hold for an independently built one
+    again = FloatFormat(4, 3, specials="fn", name="e4m3")
+    assert again is not fmt and fmt == again and hash(fmt) == hash(again)
+    assert fmt != FloatFormat(4, 3, specials="fn", name="e4m3", rounding="nearest_away")
+    assert fmt.man_bits == 3
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ stochastic rounding draws its noise outside the kernel, so the same
 ``torch.Generator`` seed gives the same bits on both paths. torch.compile on
 CPU costs ~15-20 s the first time (cached afterwards), so the inputs are small
 and the number of compiled graphs is kept low. The backend is restored after
-each test.
+each test (conftest's ``eager_kernels`` fixture).
 """
 
 from __future__ import annotations
@@ -19,12 +19,7 @@ from ._reference import assert_same_bits, random_f32, ref_round
 
 MODES = ["nearest_even", "nearest_away", "toward_zero", "stochastic"]
 
-
-@pytest.fixture
-def restore_backend():
-    old = kernels.get_backend()
-    yield
-    kernels.set_backend(old)
+pytestmark = pytest.mark.usefixtures("eager_kernels")  # restores the backend each test switches
 
 
 def _both(fmt, x: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,12 +30,12 @@ def _both(fmt, x: torch.Tensor, **kw) -> tuple[torch.Tensor, torch.Tensor]:
     return eager, fused
 
 
-def test_float_kernels_eager_equal_compiled(restore_backend) -> None:
+def test_float_kernels_eager_equal_compiled() -> None:
     x = torch.cat([random_f32(20_000, seed=30), torch.randn(5_000) * 100,
                    torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 464.0, -464.0,
                                  2.0**-10 - 2.0**-34])])
     fmt = FloatFormat(4, 3, specials="fn", overflow="special")  # NaN overflow: no native-cast shortcut
-    assert kernels._fast(fmt._params)
+    assert fmt._params.fast
     for mode_id, mode in enumerate(MODES):
         # the bit-pattern kernel for every mode, the step kernel for the deterministic ones
         for fast in ([False, True] if mode != "stochastic" else [False]):
@@ -57,7 +52,7 @@ def test_float_kernels_eager_equal_compiled(restore_backend) -> None:
     assert not kernels._compile_failed, "torch.compile fell back to eager: nothing was compared"
 
 
-def test_scaled_and_int_kernels_eager_equal_compiled(restore_backend) -> None:
+def test_scaled_and_int_kernels_eager_equal_compiled() -> None:
     x = torch.randn(64, 96) * torch.logspace(-3, 3, 96)
     cases = [
         (FloatFormat(2, 1, specials="none", scaling=Scaling("channel", axis=1)), "nearest_even"),

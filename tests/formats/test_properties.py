@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -213,3 +213,194 @@ def test_stochastic_int_unbiased(bits: int, x: float, seed: int) -> None:
     p = q - math.floor(q)
     sigma = step * math.sqrt(p * (1 - p) / n)
     assert abs(y.mean().item() - x) <= 6 * sigma + 1e-6 * step
+
+
+# ---------------------------------------------------------------------------
+# Every format family, values at float32's edges
+# ---------------------------------------------------------------------------
+# finite in -> finite out (saturating formats), q(q(x)) == q(x), monotone (deterministic modes),
+# q(-x) == -q(x) (symmetric formats) and |q(x) - x| <= step / 2 for the nearest modes inside the
+# range (step: the grid spacing at x, in x's units). Exact ("bit for bit") where the grid is fixed
+# by the format or a static amax; where the scale is re-derived from the data (a dynamic amax, a
+# float block scale) q(q(x)) may move by float32 ulps of that scale, and is checked to within them.
+F32_MAX = 3.4028234663852886e38
+EDGES = [F32_MAX, 3e38, 2.0**127, 2.0**126, 1e30, 65504.0, 448.0, 1.0, 0.0, 2.0**-126, 1e-38, 2.0**-133,
+         2.0**-140, 2.0**-149]
+_EDGE = st.sampled_from(EDGES + [-v for v in EDGES])
+f32 = st.one_of(_EDGE, _EDGE, st.floats(width=32, allow_nan=False, allow_infinity=False),
+                st.floats(-8.0, 8.0, width=32))
+EDGE_SETTINGS = settings(max_examples=80, deadline=None, derandomize=True,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+AMAXES = st.sampled_from([None, None, None, F32_MAX, F32_MAX, 2.0**-149, 1e-40, 2.0**-126, 1e-3, 1.0, 7.5, 1e4,
+                          1e37])  # None: dynamic
+
+
+def edge_arrays(n: int = 64) -> st.SearchStrategy[np.ndarray]:
+    return st.lists(f32, min_size=1, max_size=n).map(lambda v: np.array(v, dtype=np.float32))
+
+
+def _scaling(granularity: str, amax: float | None) -> Scaling:
+    return Scaling(granularity, axis=-1 if granularity != "tensor" else None, block_size=8, amax=amax)
+
+
+def scaled_floats(roundings: list[str]) -> st.SearchStrategy[FloatFormat]:
+    return st.builds(
+        lambda E, M, sp, sub, r, g, a: _float_format(E, M, 0, sp, sub, "saturate", r) and
+        FloatFormat(E, M, specials=sp, subnormals=sub, rounding=r, scaling=_scaling(g, a)),
+        st.integers(2, 6), st.sampled_from([0, 1, 2, 3, 4, 7, 10, 20]), st.sampled_from(["ieee", "fn", "none"]),
+        st.booleans(), st.sampled_from(roundings), st.sampled_from(["tensor", "block"]), AMAXES,
+    ).filter(lambda f: f is not None)
+
+
+def ints(roundings: list[str]) -> st.SearchStrategy[IntFormat]:
+    return st.builds(lambda b, s, n, r, g, a: IntFormat(b, signed=s, narrow=n, rounding=r, scaling=_scaling(g, a)),
+                     st.integers(2, 16), st.booleans(), st.booleans(), st.sampled_from(roundings),
+                     st.sampled_from(["tensor", "block"]), AMAXES)
+
+
+def _blocks(rounding: str) -> list:
+    from qsim_hooks.formats.block import BlockFormat, IntElement, bfp, mx, nvfp4
+
+    return [mx("e4m3", rounding=rounding), mx("e5m2", rounding=rounding), mx("e3m2", rounding=rounding),
+            mx("e2m3", rounding=rounding), mx("e2m1", rounding=rounding), mx("int8", rounding=rounding),
+            mx("e2m1", 16, scale_rounding="ceil", rounding=rounding), mx("e4m3", scale_rounding="nearest",
+                                                                          rounding=rounding),
+            nvfp4(rounding=rounding), bfp(8, block_size=32, rounding=rounding),
+            BlockFormat(IntElement(8, per_unit=127.0), 32, scale=FloatFormat(8, 7), rounding=rounding),  # abfp8
+            BlockFormat(IntElement(6, narrow=False), 32, rounding=rounding)]
+
+
+def blocks(roundings: list[str]) -> st.SearchStrategy:
+    return st.sampled_from([f for r in roundings for f in _blocks(r)])
+
+
+def any_format(roundings: list[str]) -> st.SearchStrategy:
+    return st.one_of(float_formats(roundings).filter(lambda f: f.overflow == "saturate"), scaled_floats(roundings),
+                     ints(roundings), blocks(roundings))
+
+
+def _is_block(fmt) -> bool:
+    return hasattr(fmt, "block_size") and not hasattr(fmt, "exp_bits") and not hasattr(fmt, "qmax")
+
+
+def _as_blocks(fmt, x: np.ndarray) -> torch.Tensor:
+    """x as rows of one block each (block formats and block scaling run along the last axis)."""
+    k = fmt.block_size if _is_block(fmt) else getattr(getattr(fmt, "scaling", None), "block_size", 8)
+    t = _t(x)
+    n = -(-t.numel() // k) * k
+    return torch.cat([t, torch.zeros(n - t.numel())]).reshape(-1, k)
+
+
+def _fixed_grid(fmt) -> bool:
+    """Whether re-quantizing sees the same grid (no scale re-derived from data that moved)."""
+    if _is_block(fmt):
+        return fmt.scale == "e8m0"
+    sc = getattr(fmt, "scaling", None)
+    return sc is None or sc.amax is not None
+
+
+@EDGE_SETTINGS
+@given(fmt=any_format(DETERMINISTIC + ["stochastic"]), x=edge_arrays())
+@example(fmt=IntFormat(8), x=np.array([F32_MAX, 1.0], np.float32))  # the cases issue 12 found
+@example(fmt=IntFormat(16, scaling=Scaling(amax=F32_MAX)), x=np.array([-F32_MAX], np.float32))
+@example(fmt=_blocks("nearest_even")[5], x=np.full(32, 2.0**123, np.float32))  # mxint8
+@example(fmt=_blocks("nearest_even")[9], x=np.full(32, 1e37, np.float32))  # bfp8
+@example(fmt=_blocks("nearest_even")[10], x=np.full(32, 1e37, np.float32))  # abfp8
+@example(fmt=_blocks("toward_zero")[6], x=np.full(16, F32_MAX, np.float32))  # mx ceil
+@example(fmt=FloatFormat(3, 2, bias=10, specials="none", scaling=Scaling()), x=np.array([3e38], np.float32))
+def test_every_family_finite_in_finite_out(fmt, x: np.ndarray) -> None:
+    xt = _as_blocks(fmt, x)
+    y = fmt(xt, generator=_gen())
+    assert torch.isfinite(y).all(), f"{fmt.name}: {xt[~torch.isfinite(y)][:4].tolist()} -> non-finite"
+
+
+@EDGE_SETTINGS
+@given(fmt=any_format(DETERMINISTIC + ["stochastic"]), x=edge_arrays())
+def test_every_family_idempotent(fmt, x: np.ndarray) -> None:
+    xt = _as_blocks(fmt, x)
+    y = fmt(xt, generator=_gen())
+    yy = fmt(y, generator=torch.Generator().manual_seed(1))
+    if _fixed_grid(fmt):
+        assert_same_bits(yy, y, zero_sign=False, what=f"{fmt.name} q(q(x))")
+    else:  # the scale is re-derived from y: it may move by float32 ulps, never by a grid step
+        moved = (yy - y).abs() > y.abs() * 2.0**-18 + 2.0**-140
+        assert not moved.any(), f"{fmt.name}: {y[moved][:4].tolist()} -> {yy[moved][:4].tolist()}"
+
+
+@EDGE_SETTINGS
+@given(fmt=any_format(DETERMINISTIC), x=edge_arrays())
+def test_every_family_monotone(fmt, x: np.ndarray) -> None:
+    if _is_block(fmt) or getattr(getattr(fmt, "scaling", None), "granularity", "tensor") == "block":
+        xt = _as_blocks(fmt, x).sort(dim=-1).values  # one scale per row: sorting a row keeps it
+    else:
+        xt = _t(np.sort(x))
+    y = fmt(xt)
+    assert (y[..., 1:] >= y[..., :-1]).all(), f"{fmt.name}: {xt.tolist()} -> {y.tolist()}"
+
+
+def _symmetric(fmt) -> bool:
+    if _is_block(fmt):
+        el = fmt.element
+        return not hasattr(el, "narrow") or el.narrow
+    if hasattr(fmt, "qmax"):
+        return fmt.signed and fmt.narrow
+    return True
+
+
+@EDGE_SETTINGS
+@given(fmt=any_format(DETERMINISTIC).filter(_symmetric), x=edge_arrays())
+def test_every_symmetric_family_odd(fmt, x: np.ndarray) -> None:
+    xt = _as_blocks(fmt, x)
+    assert_same_bits(fmt(-xt), -fmt(xt), zero_sign=False, what=f"{fmt.name} q(-x) == -q(x)")
+
+
+def _element_step(el, v: torch.Tensor) -> torch.Tensor:
+    """The grid spacing of an unscaled element grid at |v| (FloatFormat or IntElement / IntFormat units)."""
+    if hasattr(el, "exp_bits"):
+        a = v.abs().double().clamp(min=2.0**-200)
+        e = torch.floor(torch.log2(a)).clamp(min=el.emin)
+        return torch.pow(2.0, e - el.man_bits)
+    return torch.full_like(v, 1.0 / getattr(el, "per_unit", 1.0), dtype=torch.float64)
+
+
+def _scale_and_grid(fmt, x: torch.Tensor) -> tuple[torch.Tensor, object, float]:
+    """(the decoded scale of each element, the unscaled grid, that grid's max)."""
+    if _is_block(fmt):
+        s = fmt.scales(x).repeat_interleave(fmt.block_size, dim=-1).double()
+        return s, fmt.element, fmt.element.max
+    sc = fmt.scaling
+    if sc is None:
+        return torch.ones_like(x, dtype=torch.float64), fmt, fmt.max
+    top = fmt._scale_max()
+    if sc.amax is not None:
+        a = torch.full_like(x, sc.amax, dtype=torch.float64).float()
+    elif sc.granularity == "block":
+        a = x.abs().amax(dim=-1, keepdim=True).expand_as(x)
+    else:
+        a = x.abs().amax().expand_as(x)
+    s = torch.clamp(a / top, min=2.0**-126).double()
+    grid = fmt if hasattr(fmt, "exp_bits") else None
+    if grid is not None and top != fmt.max:  # the internally shifted grid of a format whose max < 1
+        grid = FloatFormat(fmt.exp_bits, fmt.man_bits, bias=fmt.bias - round(math.log2(top / fmt.max)),
+                           specials=fmt.specials)
+    return s, (grid if grid is not None else fmt), top
+
+
+@EDGE_SETTINGS
+@given(fmt=any_format(["nearest_even", "nearest_away"]), x=edge_arrays())
+def test_every_family_half_step_bound(fmt, x: np.ndarray) -> None:
+    xt = _as_blocks(fmt, x)
+    y = fmt(xt)
+    s, grid, top = _scale_and_grid(fmt, xt)
+    v = xt.double() / s
+    low = fmt.qmin if hasattr(fmt, "qmin") else -top  # unsigned and full-range integers are asymmetric
+    inside = (v >= low) & (v <= top)
+    if hasattr(grid, "subnormals") and not grid.subnormals:  # flush-to-zero is not a rounding to nearest
+        inside &= v.abs() >= grid.min_normal
+    step = _element_step(grid, v) * s
+    err = (y.double() - xt.double()).abs()
+    # slack: the scale and its reciprocal are float32 roundings (a few ulps of x), float32 subnormals
+    bound = step / 2 * (1 + 2.0**-18) + xt.double().abs() * 2.0**-21 + 2.0**-148
+    bad = inside & (err > bound)
+    assert not bad.any(), (f"{fmt.name}: x={xt[bad][:4].tolist()} y={y[bad][:4].tolist()} "
+                           f"step={step[bad][:4].tolist()}")
