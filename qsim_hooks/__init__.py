@@ -8,8 +8,9 @@ convolution, per the rules of ``cfg``, and removes everything on exit.
 from . import formats
 from .analysis import Captured, Comparison, capture, compare, sensitivity, sweep
 from .calibration import Calibration, calibrate
-from .config import LayerSpec, Plan, QuantConfig, Rule, register_layer
+from .config import LayerSpec, QuantConfig, Rule, register_layer
 from .formats import FloatFormat, Format, GradSpec, IntFormat, Rounding, Scaling
+from .planning import Plan
 from .session import Session, attach, plan, quantized
 
 __version__ = "0.1.0"

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from . import activations, attention, offload, weights
-from .config import Plan, QuantConfig, resolve
+from .config import QuantConfig
+from .planning import Plan, resolve
 from .points import QuantPoint
 
 __all__ = ["Session", "quantized", "attach", "plan"]
