@@ -8,12 +8,13 @@ convolution, per the rules of ``cfg``, and removes everything on exit.
 from . import formats
 from .analysis import Captured, Comparison, capture, compare, sensitivity, sweep
 from .calibration import Calibration, calibrate
-from .config import LayerSpec, Plan, QuantConfig, Rule, register_layer
+from .config import LayerSpec, QuantConfig, Rule, register_layer
 from .formats import FloatFormat, Format, GradSpec, IntFormat, Rounding, Scaling
-from .session import Session, attach, plan, quantized
+from .planning import Plan
+from .session import Session, attach, detach, plan, quantized
 
 __version__ = "0.1.0"
-__all__ = ["quantized", "attach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
+__all__ = ["quantized", "attach", "detach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
            "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
            "GradSpec", "compare", "Comparison", "sensitivity", "sweep", "capture", "Captured",
            "calibrate", "Calibration", "__version__"]

@@ -1,9 +1,10 @@
-"""Configuration: QuantConfig, per-layer rules, and ``resolve(model, cfg) -> Plan``.
+"""Configuration, the user's side: QuantConfig, per-layer rules, and the names of roles and points.
 
 A :class:`QuantConfig` holds the global formats (INT-FP-QSim's one setting)
-and an ordered list of :class:`Rule` objects. Resolution is pure: it walks the
-model, decides the format of every quantization point and records which rule
-decided it. Nothing is attached here; :mod:`.session` attaches a Plan.
+and an ordered list of :class:`Rule` objects; both are frozen and checked on
+construction, so a bad field fails where it is written. What the rules mean
+for a given model is decided by :func:`qsim_hooks.planning.resolve`, which
+reads these types and nothing else; layer types live in :mod:`.layers`.
 
 Precedence (documented in the README):
 
@@ -23,19 +24,18 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .formats import Format, Scaling, as_format
+from .formats import Scaling, as_format
+from .layers import LayerSpec, lookup, register_layer
 
-__all__ = ["QuantConfig", "Rule", "LayerSpec", "register_layer", "Plan", "PlanEntry", "resolve",
-           "ROLES", "ATTENTION_POINTS", "UNSET"]
+__all__ = ["QuantConfig", "Rule", "LayerSpec", "register_layer", "ROLES", "ATTENTION_POINTS",
+           "ATTENTION_DEFAULTS", "DEFAULT_ATTENTION_PATTERN", "UNSET"]
 
 ROLES = ("input", "weight", "output")
 ATTENTION_POINTS = ("q", "k", "scores", "probs", "v", "context")
@@ -61,56 +61,6 @@ class _Unset:
 
 
 UNSET: Any = _Unset()
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """How to instrument a layer type.
-
-    Args:
-        weights: names of the weight tensors to fake-quantize.
-        weight_channel_axis: output-channel axis of those weights
-            (0 for Linear/Conv, 1 for ConvTranspose).
-        weight_reduction_axis: the axis a dot product runs over (block formats
-            run along it): 1 for Linear/Conv, 0 for ConvTranspose.
-        activation_axis: the feature axis of inputs/outputs (-1 for Linear,
-            1 for NCHW convolutions).
-    """
-
-    weights: tuple[str, ...] = ("weight",)
-    weight_channel_axis: int = 0
-    weight_reduction_axis: int = 1
-    activation_axis: int = -1
-
-    def __post_init__(self) -> None:
-        if isinstance(self.weights, str):
-            object.__setattr__(self, "weights", (self.weights,))
-        object.__setattr__(self, "weights", tuple(self.weights))
-        for w in self.weights:
-            if not isinstance(w, str) or not w:
-                raise TypeError(f"LayerSpec.weights must be names (str), got {w!r}")
-
-
-_CONV = LayerSpec(activation_axis=1)
-_CONVT = LayerSpec(weight_channel_axis=1, weight_reduction_axis=0, activation_axis=1)
-_DEFAULT_LAYERS: dict[type, LayerSpec] = {
-    nn.Linear: LayerSpec(),
-    # the bare in-projection Parameters (packed, or separate when kdim/vdim differ); out_proj is a Linear
-    nn.MultiheadAttention: LayerSpec(("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")),
-    nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
-    nn.ConvTranspose1d: _CONVT, nn.ConvTranspose2d: _CONVT, nn.ConvTranspose3d: _CONVT,
-}
-_registered: dict[type, LayerSpec] = {}
-
-
-def register_layer(layer_type: type, weights: str | Sequence[str] = ("weight",), *,
-                   weight_channel_axis: int = 0, weight_reduction_axis: int = 1,
-                   activation_axis: int = -1) -> None:
-    """Register a module type (and its subclasses) to be instrumented like Linear/Conv."""
-    if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
-        raise TypeError(f"register_layer: layer_type must be an nn.Module subclass, got {layer_type!r}")
-    _registered[layer_type] = LayerSpec(tuple([weights] if isinstance(weights, str) else weights),
-                                        weight_channel_axis, weight_reduction_axis, activation_axis)
 
 
 def _as_spec(v: Any, who: str) -> LayerSpec:
@@ -319,201 +269,5 @@ class QuantConfig:
         return cls(rules=tuple(rules), **d)
 
     def layer_spec(self, module: nn.Module) -> LayerSpec | None:
-        t = parametrize.type_before_parametrizations(module)
-        for table in (self.layers, _registered, _DEFAULT_LAYERS):
-            for base in t.__mro__:
-                if base in table:
-                    return table[base]
-        return None
-
-
-@dataclass(frozen=True)
-class PlanEntry:
-    """One quantization point of the plan."""
-
-    module: str
-    module_type: str
-    point: str  # "input" | "weight" | "output" (attention points later)
-    tensor: str  # weight name, or "input"/"output"
-    format: Format | None
-    axis: int | None
-    decided_by: str
-
-    @property
-    def format_name(self) -> str:
-        return "-" if self.format is None else self.format.name
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The resolved configuration: a list of entries, pure data."""
-
-    entries: tuple[PlanEntry, ...]
-
-    def __iter__(self):
-        return iter(self.entries)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def active(self) -> list[PlanEntry]:
-        return [e for e in self.entries if e.format is not None]
-
-    def for_module(self, name: str) -> list[PlanEntry]:
-        return [e for e in self.entries if e.module == name]
-
-    def to_rows(self) -> list[dict[str, Any]]:
-        return [{"module": e.module, "type": e.module_type, "point": e.point, "tensor": e.tensor,
-                 "format": e.format_name, "granularity": "-" if e.format is None else e.format.granularity,
-                 "decided_by": e.decided_by} for e in self.entries]
-
-    def __str__(self) -> str:
-        rows = self.to_rows()
-        if not rows:
-            return "(empty plan: no layer to instrument)"
-        cols = ["module", "type", "point", "tensor", "format", "granularity", "decided_by"]
-        width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-        lines = ["  ".join(c.ljust(width[c]) for c in cols)]
-        lines += ["  ".join(str(r[c]).ljust(width[c]) for c in cols) for r in rows]
-        return "\n".join(lines)
-
-
-def _with_scaling(fmt: Format | None, sc: Scaling | None, who: str) -> Format | None:
-    if fmt is None or sc is None:
-        return fmt
-    if not hasattr(fmt, "scaling"):
-        raise ValueError(f"{who}: format {fmt.name!r} has no scaling to override")
-    return dataclasses.replace(fmt, scaling=sc)  # type: ignore[type-var]
-
-
-def _modules(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    yield from model.named_modules(remove_duplicate=False)
-
-
-def _attention_modules(model: nn.Module, cfg: QuantConfig) -> set[int]:
-    """ids of the modules whose class name matches ``cfg.attention`` and that hold no other such module."""
-    if cfg.attention is None:
-        return set()
-    pat = re.compile(cfg.attention)
-    named = [m for _, m in model.named_modules()]
-    hits = {id(m) for m in named if pat.fullmatch(parametrize.type_before_parametrizations(m).__name__)}
-    leaves = set()
-    for m in named:
-        if id(m) in hits and not any(id(c) in hits for c in m.modules() if c is not m):
-            leaves.add(id(m))
-    return leaves
-
-
-def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
-    """Decide every quantization point of ``model`` under ``cfg`` (attaches nothing)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(cfg, QuantConfig):
-        raise TypeError(f"cfg must be a qsim_hooks.QuantConfig, got {type(cfg).__name__}")
-    rule_types = tuple(t for r in cfg.rules for t in r.types)  # type: ignore[union-attr]
-    by_pattern = _attention_modules(model, cfg)
-    used = [False] * len(cfg.rules)
-    entries: list[PlanEntry] = []
-    seen: set[int] = set()
-    for name, m in _modules(model):
-        if id(m) in seen:
-            continue  # a module shared under two names is instrumented once
-        spec = cfg.layer_spec(m)
-        mtype = parametrize.type_before_parametrizations(m)
-        rule_attn = any(r.attention for r in cfg.rules if r.attention and r.matches(name, m))
-        if spec is None and id(m) not in by_pattern and not rule_attn \
-                and not (rule_types and issubclass(mtype, rule_types)):
-            continue
-        seen.add(id(m))
-        decided: dict[str, tuple[Any, str]] = {}
-        scalings: dict[str, Any] = {}
-        points: dict[str, tuple[Any, str]] = {}
-        enabled, enabled_by = True, "cfg"
-        is_attn, attn_by = id(m) in by_pattern, "cfg"
-        if spec is not None or is_attn:
-            for role in ROLES:
-                decided[role] = (getattr(cfg, role), "cfg")
-        for i, r in enumerate(cfg.rules):
-            if not r.matches(name, m):
-                continue
-            used[i] = True
-            label = r.name or f"rule[{i}]"
-            for role in ROLES:
-                v = getattr(r, role)
-                if v is not UNSET:
-                    decided[role] = (v, label)
-                sc = getattr(r, f"{role}_scaling")
-                if sc is not UNSET:
-                    scalings[role] = (sc, label)
-            for pt in ATTENTION_POINTS:
-                v = getattr(r, pt)
-                if v is not UNSET:
-                    points[pt] = (v, label)
-            if r.attention is not None:
-                is_attn, attn_by = r.attention, label
-            if r.enabled is not None:
-                enabled, enabled_by = r.enabled, label
-        tname = mtype.__name__
-        resolved: dict[str, tuple[Any, str]] = {}
-        for role, (fmt, by) in decided.items():
-            if role in scalings:
-                fmt = _with_scaling(fmt, scalings[role][0], f"module {name!r} {role}")
-                by = by if by == scalings[role][1] else f"{by}+{scalings[role][1]}"
-            resolved[role] = (fmt, by)
-        if spec is not None or not is_attn:
-            _layer_entries(entries, name, m, tname, spec, resolved, enabled, enabled_by)
-        if is_attn:
-            for pt in ATTENTION_POINTS:
-                if pt in points:
-                    fmt, by = points[pt]
-                else:
-                    fmt, by = resolved.get(ATTENTION_DEFAULTS[pt], (None, attn_by))
-                    by = f"{by}({ATTENTION_DEFAULTS[pt]})"
-                if not enabled:
-                    fmt, by = None, enabled_by
-                entries.append(PlanEntry(name, tname, pt, pt, fmt, None, by))
-    for i, ok in enumerate(used):
-        if not ok:
-            r = cfg.rules[i]
-            label = r.name or f"rule[{i}]"
-            msg = (f"QuantConfig rule {label!r} (match={list(r.match)!r}, "  # type: ignore[arg-type]
-                   f"types={[t.__name__ for t in r.types]!r}) matches no layer of the model")  # type: ignore[union-attr]
-            if cfg.strict:
-                raise ValueError(msg + "; fix the pattern or pass strict=False to only warn")
-            warnings.warn(msg, UserWarning, stacklevel=3)
-    return Plan(tuple(entries))
-
-
-def _layer_entries(entries: list[PlanEntry], name: str, m: nn.Module, tname: str, spec: LayerSpec | None,
-                   resolved: dict[str, tuple[Any, str]], enabled: bool, enabled_by: str) -> None:
-    """The input / weight / output entries of one layer."""
-    for role in ROLES:
-        if role not in resolved:
-            continue
-        fmt, by = resolved[role]
-        if not enabled:
-            fmt, by = None, enabled_by
-        if role == "weight":
-            if spec is None:
-                if fmt is not None:
-                    raise ValueError(f"module {name!r} ({tname}) is not a registered layer, so it has "
-                                     "no known weight tensors; register it with "
-                                     "qsim_hooks.register_layer(Type, weights=(...))")
-                continue
-            for w in spec.weights:
-                t = getattr(m, w, None)
-                if not isinstance(t, torch.Tensor):
-                    if fmt is not None and t is not None:
-                        raise ValueError(f"module {name!r} ({tname}): {w!r} is not a tensor")
-                    continue  # e.g. bias=None or an absent optional weight
-                f = fmt
-                axis = None
-                if f is not None and getattr(f, "scaling", None) is not None:
-                    g = f.scaling.granularity  # type: ignore[attr-defined]
-                    axis = spec.weight_channel_axis if g == "channel" else spec.weight_reduction_axis
-                    f = f.with_axis(axis)
-                entries.append(PlanEntry(name, tname, "weight", w, f, axis, by))
-        else:
-            axis = spec.activation_axis if spec is not None else -1
-            f = fmt.with_axis(axis) if fmt is not None else None
-            entries.append(PlanEntry(name, tname, role, role, f, axis, by))
+        """How ``module`` is instrumented (this config's ``layers``, then registered, then default types)."""
+        return lookup(module, self.layers)

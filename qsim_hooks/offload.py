@@ -25,6 +25,8 @@ from typing import Any
 
 from torch import nn
 
+from .undo import UndoStack
+
 __all__ = ["wrap_offload_maps"]
 
 _PARAM = re.compile(r"(^|\.)parametrizations\.([^.]+)\.original$")
@@ -51,21 +53,9 @@ class _RenamedMap(Mapping):
         return getattr(self._base, name)
 
 
-class _MapHandle:
-    def __init__(self, hook: Any, original: Any) -> None:
-        self.hook, self.original, self.removed = hook, original, False
-
-    def remove(self) -> None:
-        if not self.removed:
-            self.hook.weights_map = self.original
-            self.removed = True
-
-
-def _hooks_of(module: nn.Module) -> list[Any]:
-    h = getattr(module, "_hf_hook", None)
-    if h is None:
-        return []
-    return list(getattr(h, "hooks", None) or [h])
+def _plain(name: str) -> str:
+    """``a.parametrizations.weight.original`` -> ``a.weight`` (the name accelerate's map knows)."""
+    return _PARAM.sub(lambda mo: f"{mo.group(1)}{mo.group(2)}", name)
 
 
 class _LoadParametrizedHook:
@@ -76,17 +66,16 @@ class _LoadParametrizedHook:
         self._names = names  # "parametrizations.<w>.original" -> weights_map["<w>"]
 
     def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        from accelerate.utils import set_module_tensor_to_device
+        from accelerate.utils import set_module_tensor_to_device  # optional dependency, present when hooked
 
         args, kwargs = self._hook.pre_forward(module, *args, **kwargs)
         for name in self._names:
-            plain = _PARAM.sub(lambda mo: f"{mo.group(1)}{mo.group(2)}", name)
             set_module_tensor_to_device(module, name, self._hook.execution_device,
-                                        value=self._hook.weights_map[plain])
+                                        value=self._hook.weights_map[_plain(name)])
         return args, kwargs
 
     def post_forward(self, module: nn.Module, output: Any) -> Any:
-        from accelerate.utils import set_module_tensor_to_device
+        from accelerate.utils import set_module_tensor_to_device  # optional dependency, present when hooked
 
         output = self._hook.post_forward(module, output)
         for name in self._names:
@@ -97,43 +86,32 @@ class _LoadParametrizedHook:
         return getattr(self._hook, name)
 
 
-class _HookHandle:
-    def __init__(self, module: nn.Module, original: Any) -> None:
-        self.module, self.original, self.removed = module, original, False
-
-    def remove(self) -> None:
-        if not self.removed:
-            self.module._hf_hook = self.original
-            self.removed = True
-
-
-def wrap_offload_maps(model: nn.Module) -> list[Any]:
-    """Adapt every offloading hook in ``model`` (call after the weights are attached)."""
-    handles: list[Any] = []
-    for m in model.modules():
-        top = getattr(m, "_hf_hook", None)
-        if top is None:
-            continue
-        hooks = list(getattr(top, "hooks", None) or [top])
-        if not any(getattr(h, "offload", False) for h in hooks):
-            continue
-        own = [n for n, _ in m.named_parameters() if _PARAM.fullmatch(n) and n.count(".") == 2]
-        if own and len(hooks) == 1 and not getattr(top, "place_submodules", False) \
-                and getattr(top, "weights_map", None) is not None:
-            handles.append(_HookHandle(m, top))
-            m._hf_hook = _LoadParametrizedHook(top, own)
-            continue
-        for hook in hooks:
-            wmap = getattr(hook, "weights_map", None)
-            if not getattr(hook, "offload", False) or wmap is None:
-                continue
-            recurse = bool(getattr(hook, "place_submodules", False))
-            renames = {}
-            for name, _ in m.named_parameters(recurse=recurse):
-                plain = _PARAM.sub(lambda mo: f"{mo.group(1)}{mo.group(2)}", name)
-                if plain != name:
-                    renames[name] = plain
-            if renames:
-                handles.append(_MapHandle(hook, wmap))
-                hook.weights_map = _RenamedMap(wmap, renames)
+def wrap_offload_maps(model: nn.Module) -> UndoStack:
+    """Adapt every offloading hook in ``model`` (call after the weights are attached); undone by the stack."""
+    handles = UndoStack()
+    with handles.all_or_nothing():
+        for m in model.modules():
+            _adapt(m, handles)
     return handles
+
+
+def _adapt(m: nn.Module, handles: UndoStack) -> None:
+    top = getattr(m, "_hf_hook", None)
+    if top is None:
+        return
+    hooks = list(getattr(top, "hooks", None) or [top])
+    if not any(getattr(h, "offload", False) for h in hooks):
+        return
+    own = [n for n, _ in m.named_parameters() if _PARAM.fullmatch(n) and n.count(".") == 2]
+    if own and len(hooks) == 1 and not getattr(top, "place_submodules", False) \
+            and getattr(top, "weights_map", None) is not None:
+        handles.setattr(m, "_hf_hook", _LoadParametrizedHook(top, own))
+        return
+    for hook in hooks:
+        wmap = getattr(hook, "weights_map", None)
+        if not getattr(hook, "offload", False) or wmap is None:
+            continue
+        recurse = bool(getattr(hook, "place_submodules", False))
+        renames = {n: _plain(n) for n, _ in m.named_parameters(recurse=recurse) if _plain(n) != n}
+        if renames:
+            handles.setattr(hook, "weights_map", _RenamedMap(wmap, renames))

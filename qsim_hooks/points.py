@@ -6,22 +6,42 @@ calibration, when there is one), an optional observer (calibration mode), and
 the cheap per-call statistics that ``stats=True`` turns on. Statistics are
 accumulated as tensors on the data's device (no host sync per call) and merged
 exactly across calls: SQNR is ``sum(x^2) / sum((x - q)^2)`` over everything seen.
+
+:class:`StaticScales` is what a session accepts as ``calibration=``: anything
+that answers ``amax_for(entry)`` (a :class:`qsim_hooks.Calibration` does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .config import PlanEntry
 from .formats import Format
 from .formats.base import check_tensor
+from .planning import PlanEntry
 from .stats import sqnr_db_from_sums
 
-__all__ = ["QuantPoint", "PointStats"]
+__all__ = ["QuantPoint", "PointStats", "ObserverFn", "StaticScales", "CheckedScales"]
+
+#: an observer sees what a point is given (before quantizing) and returns nothing
+ObserverFn = Callable[[Any], None]
+
+
+@runtime_checkable
+class StaticScales(Protocol):
+    """A source of static amax values per plan entry (``None``: the point keeps its dynamic scale)."""
+
+    def amax_for(self, entry: PlanEntry) -> Tensor | None: ...
+
+
+@runtime_checkable
+class CheckedScales(StaticScales, Protocol):
+    """Static scales that can also check that they were made for a model (raising ValueError if not)."""
+
+    def validate(self, model: nn.Module) -> Any: ...
 
 
 class PointStats:
@@ -75,7 +95,7 @@ class QuantPoint:
         self.format: Format | None = entry.format
         self.stats = PointStats() if stats else None
         self.generator = generator
-        self.observer: Callable[[Tensor], None] | None = None
+        self.observer: ObserverFn | None = None
         self.version = 0  # bumped whenever the amax changes (invalidates weight caches)
         self._amax: Tensor | None = None
         self._by_axis: dict[int, tuple[Format, Format]] = {}
@@ -84,7 +104,7 @@ class QuantPoint:
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return (self.entry.module, self.entry.point, self.entry.tensor)
+        return self.entry.key
 
     @property
     def amax(self) -> Tensor | None:

@@ -14,13 +14,16 @@ and gradients reach the original through the format's estimator.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .points import QuantPoint
+from .undo import Undo
 
-__all__ = ["WeightQuantizer", "attach_weight", "ParametrizationHandle"]
+__all__ = ["WeightQuantizer", "attach_weight"]
 
 
 class WeightQuantizer(nn.Module):
@@ -29,8 +32,9 @@ class WeightQuantizer(nn.Module):
     def __init__(self, point: QuantPoint) -> None:
         super().__init__()
         self.point = point
-        self._key: tuple | None = None
-        self._cached: Tensor | None = None
+        # (key, quantized weight): a tuple, so that caching the Parameter itself (format off while an
+        # observer is lent) never registers it as a parameter of this module
+        self._cache: tuple[tuple, Tensor] | None = None
         self.hits = 0
 
     def forward(self, w: Tensor) -> Tensor:
@@ -43,50 +47,32 @@ class WeightQuantizer(nn.Module):
             key = (w._version, w.data_ptr(), w.dtype, w.device, tuple(w.shape), p.version, id(p.format))
         except RuntimeError:  # inference tensors have no version counter
             return p(w)
-        if key == self._key and self._cached is not None and p.observer is None:
+        cache = self._cache
+        if cache is not None and cache[0] == key and p.observer is None:
             self.hits += 1
-            return self._cached
+            return cache[1]
         out = p(w)
-        self._key, self._cached = key, out
+        self._cache = (key, out)
         return out
 
     def extra_repr(self) -> str:
         return f"{self.point.describe()}: {self.point.format.name if self.point.format else 'fp'}"
 
 
-class ParametrizationHandle:
-    """Removes one WeightQuantizer; safe to call twice; a context manager too."""
-
-    def __init__(self, module: nn.Module, name: str, pmod: WeightQuantizer,
-                 order: tuple[list[str], list[str]] | None = None) -> None:
-        self.module, self.name, self.pmod = module, name, pmod
-        self.order = order  # _parameters / _buffers key order before attaching
-        self.removed = False
-
-    def remove(self) -> None:
-        if self.removed:
-            return
-        m, name = self.module, self.name
-        plist = getattr(getattr(m, "parametrizations", None), name, None) if \
-            parametrize.is_parametrized(m, name) else None
-        if plist is not None:
-            idx = next((i for i, p in enumerate(plist) if p is self.pmod), None)
-            if idx is not None:
-                if len(plist) == 1:
-                    parametrize.remove_parametrizations(m, name, leave_parametrized=False)
-                    if self.order is not None:  # state_dict key order as it was
-                        _reorder(m._parameters, self.order[0])
-                        _reorder(m._buffers, self.order[1])
-                else:
-                    del plist[idx]
-        self.pmod._cached = None
-        self.removed = True
-
-    def __enter__(self) -> ParametrizationHandle:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
+def _remove(module: nn.Module, name: str, pmod: WeightQuantizer, order: tuple[list[str], list[str]]) -> None:
+    """Take ``pmod`` off ``module.<name>``; the last one off restores the Parameter and the state_dict order."""
+    plist = getattr(getattr(module, "parametrizations", None), name, None) if \
+        parametrize.is_parametrized(module, name) else None
+    if plist is not None:
+        idx = next((i for i, p in enumerate(plist) if p is pmod), None)
+        if idx is not None:
+            if len(plist) == 1:
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+                _reorder(module._parameters, order[0])  # state_dict key order as it was
+                _reorder(module._buffers, order[1])
+            else:
+                del plist[idx]
+    pmod._cache = None
 
 
 def _reorder(d: dict, order: list[str]) -> None:
@@ -109,7 +95,7 @@ def _maybe_set_unless_same(dest: Tensor, src: Tensor) -> None:
     _real_maybe_set(dest, src)
 
 
-def attach_weight(module: nn.Module, name: str, point: QuantPoint) -> ParametrizationHandle:
+def attach_weight(module: nn.Module, name: str, point: QuantPoint) -> Undo:
     """Register the quantizer on ``module.<name>``.
 
     ``register_parametrization`` calls ``original.set_(original)`` when there is no
@@ -125,4 +111,4 @@ def attach_weight(module: nn.Module, name: str, point: QuantPoint) -> Parametriz
         parametrize.register_parametrization(module, name, pmod, unsafe=True)
     finally:
         parametrize._maybe_set = _real_maybe_set
-    return ParametrizationHandle(module, name, pmod, order)
+    return Undo(partial(_remove, module, name, pmod, order))

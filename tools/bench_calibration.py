@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 import qsim_hooks as qh
-from qsim_hooks.calibration.api import _install
+from qsim_hooks.calibration.api import make_observers
 
 
 def _time(fn, repeats: int, warmup: int = 1) -> float:
@@ -47,7 +47,8 @@ def main() -> None:
 
     def observed(method: str, bins: int = 2048):
         session = qh.attach(model, cfg)
-        inst = _install(session.points, method, bins, None, None)
+        inst = make_observers(session.points, method, bins)
+        inst.lend(session)  # undone by session.detach()
         return session, inst
 
     configs = [("plain forward", None, "1.0 (reference)"),
@@ -65,8 +66,6 @@ def main() -> None:
                 try:
                     best[label] = min(best[label], _time(lambda: model(x), 1, warmup=1 if rnd == 0 else 0))
                 finally:
-                    if inst is not None:
-                        inst.restore()
                     if session is not None:
                         session.detach()
     base = best["plain forward"]

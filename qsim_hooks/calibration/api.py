@@ -3,9 +3,10 @@
 One mechanism, two modes: the session that quantizes is the session that
 calibrates. :func:`calibrate` attaches a :class:`~qsim_hooks.session.Session`
 for ``cfg``; every point whose format can take a static amax
-(:func:`~qsim_hooks.calibration.calibration.calibration_target`) gets an
-observer in its ``observer`` slot and its format set to ``None``, so the
-batches run in full precision (TensorRT calibrates with quantization off) and
+(:func:`~qsim_hooks.calibration.calibration.calibration_target`) is lent an
+observer with quantization off there (``Session.observe(...,
+full_precision=True)``, undone on the session's own stack), so the batches
+run in full precision (TensorRT calibrates with quantization off) and
 every point - layer inputs, weights, outputs, attention internals, whatever
 the plan holds - is observed by the same hooks that later quantize it. The
 session is detached in ``finally``; then the statistics are merged across
@@ -23,9 +24,12 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
 from ..batches import default_forward  # noqa: F401  (re-exported: part of this module's API)
@@ -33,11 +37,12 @@ from ..config import QuantConfig
 from ..formats import Format
 from ..points import QuantPoint
 from ..session import Session
+from ..undo import UndoStack
 from .calibration import Calibration, CalibrationTarget, PointCalibration, calibration_target, point_label
 from .methods import HISTOGRAM_METHODS, METHODS, SCORING_METHODS, compute_amax
 from .observers import HistogramObserver, MaxObserver, Observer
 
-__all__ = ["calibrate", "calibrate_session", "default_forward", "check_method"]
+__all__ = ["calibrate", "calibrate_session", "default_forward", "check_method", "make_observers", "Observed"]
 
 Key = tuple[str, str, str]
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -77,32 +82,39 @@ def _method_for(method: str | dict[str, str], point: str) -> str:
     return method.get(point, method.get("default", "max"))
 
 
-class _Installed:
-    """The observers set on a session's points, and what to put back."""
+class _Lent(NamedTuple):
+    """One point's observer and what its statistics are turned into."""
 
-    def __init__(self) -> None:
-        self.saved: dict[Key, tuple[QuantPoint, Format | None, Any]] = {}
-        self.observers: dict[Key, tuple[Observer, Format, CalibrationTarget, str]] = {}
-        self.skipped: dict[Key, str] = {}
-
-    def restore(self) -> None:
-        for point, fmt, obs in self.saved.values():
-            point.format = fmt
-            point.observer = obs
-        self.saved.clear()
+    observer: Observer
+    format: Format
+    target: CalibrationTarget
+    method: str
 
 
-def _install(points: Mapping[Key, QuantPoint], method: str | dict[str, str], bins: int,
-             select: Callable[[QuantPoint], bool] | None,
-             target_format: Callable[[QuantPoint], Format | None] | None) -> _Installed:
-    inst = _Installed()
+@dataclass
+class Observed:
+    """The observers a calibration lends to a session's points, and the points it skips (with why)."""
+
+    observers: dict[Key, _Lent] = field(default_factory=dict)
+    skipped: dict[Key, str] = field(default_factory=dict)
+
+    def lend(self, session: Session) -> UndoStack:
+        """Set the observers on the session's points, quantization off there, until the handle is removed."""
+        return session.observe({k: o.observer for k, o in self.observers.items()}, full_precision=True)
+
+
+def make_observers(points: Mapping[Key, QuantPoint], method: str | dict[str, str] = "max", bins: int = 2048,
+                   select: Callable[[QuantPoint], bool] | None = None,
+                   target_format: Callable[[QuantPoint], Format | None] | None = None) -> Observed:
+    """An observer for every point (of ``select``) whose format (or ``target_format``'s) takes a static amax."""
+    out = Observed()
     for key, qp in points.items():
         if select is not None and not select(qp):
             continue
         fmt = target_format(qp) if target_format is not None else qp.format
         tgt = calibration_target(fmt, qp.entry.axis)
         if not tgt.ok:
-            inst.skipped[key] = tgt.reason
+            out.skipped[key] = tgt.reason
             continue
         assert fmt is not None
         m = _method_for(method, qp.entry.point)
@@ -113,31 +125,24 @@ def _install(points: Mapping[Key, QuantPoint], method: str | dict[str, str], bin
             obs: Observer = HistogramObserver(tgt.axis, name, nb)
         else:
             obs = MaxObserver(tgt.axis, name)
-        inst.saved[key] = (qp, qp.format, qp.observer)
-        inst.observers[key] = (obs, fmt, tgt, m)
-        qp.observer = obs
-        qp.format = None  # calibrate with quantization off
-    return inst
+        out.observers[key] = _Lent(obs, fmt, tgt, m)
+    return out
 
 
-def _observe_weights(session: Session, inst: _Installed) -> None:
+def _observe_weights(session: Session, observed: Observed) -> None:
     """Read every observed weight once through its parametrization (so unused weights are calibrated too)."""
     named = dict(session.model.named_modules(remove_duplicate=False))
-    for key in inst.observers:
-        module, point, tensor = key
+    for module, point, tensor in observed.observers:
         if point == "weight" and module in named:
             getattr(named[module], tensor)
 
 
-def _progress(enabled: bool | None, total: int | None):
+def _progress(enabled: bool | None) -> Progress | None:
     show = sys.stdout.isatty() if enabled is None else bool(enabled)
     if not show:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     transient=True)
-    return prog
 
 
 def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: ForwardFn,
@@ -160,7 +165,7 @@ def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: 
             total = min(total, len(data))
         except TypeError:
             pass
-    prog = _progress(progress, total)
+    prog = _progress(progress)
     n = 0
     with torch.no_grad():
         if prog is not None:
@@ -180,10 +185,8 @@ def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: 
     return n
 
 
-def _finish(inst: _Installed, method: str | dict[str, str], percentile: float, bins: int, n_batches: int,
+def _finish(inst: Observed, method: str | dict[str, str], percentile: float, bins: int, n_batches: int,
             distributed: bool | None) -> Calibration:
-    import torch.distributed as dist
-
     merge = (dist.is_available() and dist.is_initialized()) if distributed is None else distributed
     points: dict[Key, PointCalibration] = {}
     skipped = dict(inst.skipped)
@@ -263,21 +266,19 @@ def _check_counts(num_batches: Any, bins: Any) -> None:
 def _collect(session: Session, data: Any, num_batches: int | None, method: str | dict[str, str],
              forward: ForwardFn | None, progress: bool | None, bins: int,
              select: Callable[[QuantPoint], bool] | None,
-             target_format: Callable[[QuantPoint], Format | None] | None) -> tuple[_Installed, int]:
-    """Observers in, weights read once, the batches run, formats and observers back (in ``finally``)."""
-    inst = _install(session.points, method, bins, select, target_format)
+             target_format: Callable[[QuantPoint], Format | None] | None) -> tuple[Observed, int]:
+    """Observers lent to the points, weights read once, the batches run; the points given back on exit."""
+    inst = make_observers(session.points, method, bins, select, target_format)
     n = 0
-    try:
-        if inst.observers:
+    if inst.observers:
+        with inst.lend(session):
             _observe_weights(session, inst)
             if data is not None:
                 n = _run_batches(session.model, data, num_batches, forward or default_forward, progress)
                 if n == 0:
                     raise ValueError("calibration: `data` yielded no batches (an empty loader?); give at "
                                      "least one batch")
-    finally:
-        inst.restore()
-    if not inst.observers:
+    else:
         warnings.warn("calibration: no point has a format that takes a static scale "
                       f"({_few([f'{point_label(k)}: {r}' for k, r in inst.skipped.items()], 3) or 'no points'}); "
                       "the calibration is empty", UserWarning, stacklevel=3)

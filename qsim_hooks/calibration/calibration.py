@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..formats import Format, Scaling
+from ..formats.block import BlockFormat
 
 __all__ = ["Calibration", "PointCalibration", "CalibrationTarget", "calibration_target", "point_label",
            "FORMAT_MAGIC", "SCHEMA_VERSION"]
@@ -57,8 +59,6 @@ def point_label(key: Key) -> str:
 
 
 def _library_version() -> str:
-    import sys
-
     return str(getattr(sys.modules.get("qsim_hooks"), "__version__", "unknown"))
 
 
@@ -87,8 +87,6 @@ def _scaling_of(fmt: Any) -> Scaling | None:
 
 def calibration_target(fmt: Format | None, entry_axis: int | None = None) -> CalibrationTarget:
     """Whether (and at which granularity) a point with format ``fmt`` takes a calibrated amax."""
-    from ..formats.block import BlockFormat
-
     if fmt is None:
         return CalibrationTarget(False, reason="full precision")
     name = getattr(fmt, "name", type(fmt).__name__)

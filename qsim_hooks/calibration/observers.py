@@ -42,6 +42,7 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["Observer", "MaxObserver", "HistogramObserver", "K_MIN"]
@@ -68,8 +69,6 @@ def _width_exponents(m: Tensor, bins: int) -> Tensor:
 
 
 def _comm_device(default: torch.device | None) -> torch.device:
-    import torch.distributed as dist
-
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return default if default is not None else torch.device("cpu")
@@ -177,8 +176,6 @@ class Observer:
 
         Every rank must call this for the same observers in the same order.
         """
-        import torch.distributed as dist
-
         dev = _comm_device(self.amax.device if self.amax is not None else None)
         shape = list(self.shape or ())
         meta = torch.tensor([self.channels or 0, len(shape)] + shape + [0] * (8 - len(shape)),
@@ -304,8 +301,6 @@ class HistogramObserver(Observer):
         self.numel += a.numel() - bad
 
     def _all_reduce_more(self, device: torch.device, group: Any) -> None:
-        import torch.distributed as dist
-
         assert self.k is not None and self.counts is not None
         k = self.k.to(device, copy=True)  # not self.k itself: the shift is measured from it
         dist.all_reduce(k, op=dist.ReduceOp.MAX, group=group)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import qsim_hooks as qh
-from qsim_hooks.calibration import Calibration, PointCalibration
+from qsim_hooks.calibration import Calibration, PointCalibration, api
 from qsim_hooks.formats import FloatFormat, Scaling
 
 from ..core.model_check import snapshot, verify_unchanged
@@ -279,14 +279,37 @@ def test_merged_and_lookup():
     assert "2 points" in repr(a)
 
 
-def test_progress_bar_off_or_forced_prints_nothing_to_stdout(capsys):
+def test_progress_bar_off_or_forced_prints_nothing_to_stdout(capsys, monkeypatch):
+    bars = []
+
+    class Recording(api.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.log = []
+            bars.append(self)
+
+        def add_task(self, description, total=None, **kwargs):
+            self.log.append(("total", total))
+            return super().add_task(description, total=total, **kwargs)
+
+        def advance(self, task_id, advance=1):
+            self.log.append("advance")
+            super().advance(task_id, advance)
+
+        def stop(self):
+            self.log.append("stop")
+            super().stop()
+
+    monkeypatch.setattr(api, "Progress", Recording)
     model = _net()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qh.calibrate(model, qh.QuantConfig(input="int8"), _data(2), progress=False)
         qh.calibrate(model, qh.QuantConfig(input="int8"), _data(2))  # not a terminal: off
-    assert capsys.readouterr().out == ""
-    qh.calibrate(model, qh.QuantConfig(input="int8"), _data(2), progress=True)  # forced: rich, transient
+    assert capsys.readouterr().out == "" and bars == []
+    qh.calibrate(model, qh.QuantConfig(input="int8"), _data(3), num_batches=2, progress=True)  # forced: transient
+    assert [b.log for b in bars] == [[("total", 2), "advance", "advance", "stop"]]
+    assert bars[0].finished and "calibrating" not in capsys.readouterr().out
 
 
 def test_training_mode_is_warned_about():

@@ -20,6 +20,7 @@ def snapshot(model: nn.Module) -> dict:
             "bwd_hooks": list(m._backward_hooks.keys()),
             "parametrized": hasattr(m, "parametrizations"),
             "training": m.training,
+            "ours": sorted(k for k in vars(m) if k.startswith("_qsim_hooks")),  # e.g. the session record
         }
     sd = model.state_dict()
     return {"mods": mods, "sd_keys": list(sd.keys()),
@@ -47,6 +48,7 @@ def verify_unchanged(model: nn.Module, snap: dict, *, values: bool = True, ids: 
         after = now["mods"][name]
         assert after["type"] is before["type"], f"{name}: class changed to {after['type']}"
         assert not after["parametrized"], f"{name}: parametrizations left"
+        assert not after["ours"], f"{name}: qsim_hooks attributes left: {after['ours']}"
         assert after["fwd_hooks"] == before["fwd_hooks"], f"{name}: forward hooks left"
         assert after["pre_hooks"] == before["pre_hooks"], f"{name}: forward pre-hooks left"
         assert after["bwd_hooks"] == before["bwd_hooks"], f"{name}: backward hooks left"

@@ -204,14 +204,15 @@ def test_multihead_attention_in_proj_weight_and_out_proj_points():
     assert rows[("out_proj", "input", "input")] == 1 and rows[("out_proj", "output", "output")] == 1
     i8, i4, f16 = get("int8"), get("int4"), get("fp16")
     xq = i8(x)
-    ref, _ = F.multi_head_attention_forward(
-        xq, xq, xq, 16, 4, i4(mha.in_proj_weight), mha.in_proj_bias, None, None, False, 0.0,
-        torch.zeros(16, 16), None, training=True, need_weights=True)
-    # out_proj as a Linear: its input (the context) int8, its weight int4, its output fp16; then the MHA output
+    # the hand-written context is PyTorch's own (its out-projection the identity here)
     ctx = _context(mha, xq, i4)
+    ref_ctx, _ = F.multi_head_attention_forward(
+        xq, xq, xq, 16, 4, i4(mha.in_proj_weight), mha.in_proj_bias, None, None, False, 0.0,
+        torch.eye(16), None, training=True, need_weights=True)
+    assert torch.equal(ref_ctx.reshape(10, 16), ctx)
+    # out_proj as a Linear: its input (the context) int8, its weight int4, its output fp16; then the MHA output
     manual = f16(F.linear(i8(ctx), i4(mha.out_proj.weight), mha.out_proj.bias)).view(5, 2, 16)
     assert torch.equal(out, f16(manual))
-    assert ref.shape == out.shape
 
 
 def _context(mha, xq, i4):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import qsim_hooks as qh
-from qsim_hooks.config import UNSET
+from qsim_hooks.config import ROLES, UNSET
 
 
 class MyLinear(nn.Linear):
@@ -100,6 +100,22 @@ def test_weight_on_unregistered_type_is_an_error_then_register_layer_works():
         qh.plan(m, qh.QuantConfig(rules=[qh.Rule(types=Gate, weight="int8")]))
     p = qh.plan(m, qh.QuantConfig(weight="int8", layers={Gate: ("w",)}))
     assert [(e.point, e.tensor) for e in p if e.format is not None] == [("weight", "w")]
+    handle = qh.register_layer(Gate, weights="w", weight_channel_axis=1, activation_axis=0)
+    try:
+        p = qh.plan(m, qh.QuantConfig(weight="int8", input="int8", rules=[qh.Rule(weight_scaling="channel")]))
+        e = _entries(p, "0")
+        assert e["weight"].tensor == "w" and e["weight"].format.scaling.axis == 1 and e["input"].axis == 0
+        # a config's own layers= wins over the registration
+        p = qh.plan(m, qh.QuantConfig(weight="int8", rules=[qh.Rule(weight_scaling="channel")],
+                                      layers={Gate: qh.LayerSpec(("w",))}))
+        assert _entries(p, "0")["weight"].format.scaling.axis == 0
+    finally:
+        handle.remove()
+    handle.remove()  # safe twice
+    with pytest.raises(ValueError, match="register_layer"):  # unregistered again
+        qh.plan(m, qh.QuantConfig(rules=[qh.Rule(types=Gate, weight="int8")]))
+    with pytest.raises(TypeError, match="nn.Module subclass"):
+        qh.register_layer(int)
 
 
 def test_unmatched_rule_is_error_or_warning():
@@ -136,6 +152,15 @@ def test_from_dict_and_plan_is_printable():
     assert cfg.output is None and cfg.rules[0].weight.name == "int4"
     text = str(qh.plan(_model(), cfg))
     assert "decided_by" in text and "rule[0]" in text
+    lines = str(qh.plan(nn.Sequential(nn.Linear(2, 2)), qh.QuantConfig(weight="int8"))).splitlines()
+    assert [ln.split() for ln in lines] == [
+        ["module", "type", "point", "tensor", "format", "granularity", "decided_by"],
+        ["0", "Linear", "input", "input", "-", "-", "cfg"],
+        ["0", "Linear", "weight", "weight", "int8", "tensor", "dyn-max", "cfg"],
+        ["0", "Linear", "output", "output", "-", "-", "cfg"]]
+    col = lines[0].index("point")  # aligned columns
+    assert [ln.index(pt) for ln, pt in zip(lines[1:], ROLES)] == [col] * 3
+    assert str(qh.plan(nn.Sequential(nn.ReLU()), qh.QuantConfig())) == "(empty plan: no layer to instrument)"
     with pytest.raises(ValueError, match="unknown keys"):
         qh.QuantConfig.from_dict({"inputs": "int8"})
     assert UNSET is not None and not UNSET

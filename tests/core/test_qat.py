@@ -27,13 +27,13 @@ def _net():
 def test_gradients_reach_original_parameters_through_clipped_ste():
     m = nn.Linear(4, 3, bias=False)
     x = torch.randn(5, 4)
+    w = m.weight.detach().clone()
     with qh.quantized(m, qh.QuantConfig(weight="int4", input="int8")):
         m(x).sum().backward()
-    w = m.weight.detach()
     xq = get("int8")(x)
     # d/dW sum(xq @ Wq^T) = ones^T xq, passed straight through (no weight clips at its own amax)
     assert torch.allclose(m.weight.grad, torch.ones(5, 3).t() @ xq)
-    assert m.weight.grad is not None and torch.equal(m.weight, w)
+    assert torch.equal(m.weight, w) and not torch.equal(w, get("int4")(w))  # the original, not its quantized values
 
 
 def test_clipped_estimator_zeroes_gradient_where_clipped():

@@ -2,8 +2,10 @@
 rollback, nesting, weight caching, keyword inputs and statistics."""
 
 import copy
+import gc
 import io
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -159,11 +161,102 @@ def test_attach_detach_without_with_block():
     snap = snapshot(model)
     h = qh.attach(model, CFG)
     assert h.attached and "attached" in repr(h)
+    assert "_qsim_hooks_session" in vars(model[0])  # the record the nesting check reads (cleared by detach)
     y = model(x)
     h.detach()
     verify_unchanged(model, snap)
     with qh.quantized(model, CFG):
         assert torch.equal(model(x), y)
+
+
+def test_a_dropped_session_still_refuses_nesting_after_gc_until_detach_model():
+    """Issue 12 item 8: the record lives on the modules, so it survives the session object's garbage collection."""
+    model = mlp().eval()
+    x = torch.randn(4, 16)
+    snap = snapshot(model)
+    ref = model(x)
+    dropped = qh.attach(model, CFG)
+    wr = weakref.ref(dropped)
+    del dropped  # the handle is not kept
+    gc.collect()
+    assert wr() is not None and wr().attached  # kept alive (and attached) by the model's record
+    with pytest.raises(RuntimeError, match=r"already instrumented.*qsim_hooks\.detach\(model\)"):
+        qh.attach(model, qh.QuantConfig(input="e4m3"))
+    assert len(model[0]._forward_pre_hooks) == 1  # no second input quantizer stacked on the first
+    assert not torch.equal(model(x), ref)  # the dropped session still quantizes
+    assert qh.detach(model) == 1
+    verify_unchanged(model, snap)
+    assert torch.equal(model(x), ref)
+    gc.collect()
+    assert wr() is None  # nothing holds the session once detached
+    assert qh.detach(model) == 0
+    with qh.quantized(model, CFG):  # free again
+        model(x)
+    verify_unchanged(model, snap)
+
+
+def test_detach_model_finds_sessions_on_sub_modules_and_refuses_copies():
+    model = mlp().eval()
+    snap = snapshot(model)
+    qh.attach(model[0], CFG)
+    qh.attach(model[2], CFG)
+    assert qh.detach(model) == 2
+    verify_unchanged(model, snap)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        qh.detach("model")
+    with qh.quantized(model, CFG):
+        twin = copy.deepcopy(model)  # a copy made inside the block carries the session's hooks
+    with pytest.raises(RuntimeError, match="copied from another"):
+        qh.attach(twin, CFG)
+    with pytest.raises(RuntimeError, match="copied from another model"):
+        qh.detach(twin)
+
+
+def test_observe_lends_observers_and_gives_the_points_back():
+    model = mlp().eval()
+    x = torch.randn(4, 16)
+    k_in, k_w = ("0", "input", "input"), ("2", "weight", "weight")
+    seen = {}
+    with torch.no_grad(), qh.quantized(model, CFG) as qs:
+        y_q = model(x)
+        observers = {k: (lambda t, k=k: seen.setdefault(k, []).append(t.clone())) for k in (k_in, k_w)}
+        n_params = len(list(model.parameters()))
+        with qs.observe(observers, full_precision=True) as lent:
+            y_obs = model(x)
+            assert len(list(model.parameters())) == n_params  # the weight cache registered no Parameter
+        lent.remove()  # safe twice
+        assert torch.equal(seen[k_in][0], x) and torch.equal(seen[k_w][0], model[2].parametrizations.weight.original)
+        # the observed points did not quantize meanwhile; every other point did
+        i8, i4, f16 = get("int8"), get("int4"), get("fp16")
+        h = f16(F.linear(x, i4(model[0].weight), model[0].bias)).relu()
+        assert torch.equal(y_obs, f16(F.linear(i8(h), model[2].parametrizations.weight.original, model[2].bias)))
+        assert qs.points[k_in].observer is None and qs.points[k_in].format.name == "int8"
+        assert torch.equal(model(x), y_q)  # given back: quantizing again (the weight cache too)
+        with pytest.raises(ValueError, match="not points of this session"):
+            qs.observe({("nope", "input", "input"): print})
+        qs.observe({k_in: lambda t: None})  # still lent when the session detaches
+    assert qs.points[k_in].observer is None
+    with pytest.raises(RuntimeError, match="attached session"):
+        qs.observe({k_in: print})
+
+
+def test_every_kind_attaches_through_the_table(monkeypatch):
+    from qsim_hooks import session as session_mod
+    from qsim_hooks.planning import POINT_KINDS
+
+    assert tuple(session_mod.ATTACHERS) == POINT_KINDS
+    model, x = _models()["mlp"]
+    sites = []
+    real = session_mod.ATTACHERS["input"]
+
+    def spy(site):
+        sites.append((site.name, sorted(site.points)))
+        return real.attach(site)
+
+    monkeypatch.setitem(session_mod.ATTACHERS, "input", session_mod.PointKind(spy))
+    with qh.quantized(model, CFG):
+        model(x)
+    assert sites == [("0", ["input"]), ("2", ["input"])]
 
 
 def test_existing_user_parametrization_is_kept():
@@ -187,6 +280,8 @@ def test_existing_user_parametrization_is_kept():
 def test_weights_quantized_once_per_change():
     model = mlp().eval()
     x = torch.randn(4, 16)
+    w0 = model[0].weight
+    before = w0.detach().clone()
     with qh.quantized(model, qh.QuantConfig(weight="int4"), stats=True) as qs:
         with torch.no_grad():
             y1 = model(x)
@@ -202,7 +297,8 @@ def test_weights_quantized_once_per_change():
         with torch.inference_mode():
             model(x)
         assert w_point.stats.calls == 2
-    assert torch.equal(model[0].weight, model[0].weight)  # restored
+    # restored: the user's own Parameter, holding the in-place change and not the quantized values
+    assert model[0].weight is w0 and torch.equal(w0, 2 * before)
 
 
 def test_keyword_input_is_quantized():

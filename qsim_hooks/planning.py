@@ -1,0 +1,259 @@
+"""The plan: ``resolve(model, cfg) -> Plan``, what format every tensor of a model gets and which rule decided.
+
+Resolution is pure: it walks the model, finds the candidate modules (layer
+types from :mod:`.layers`, attention modules by class name or rule, types a
+rule lists), folds the rules over each one field by field (the last matching
+rule that sets a field wins) and writes one :class:`PlanEntry` per
+quantization point. Every decision travels as a :class:`Decision` (a value
+and who decided it), so the plan can say which rule chose each format.
+Nothing is attached here; :mod:`.session` attaches a Plan. ``str(plan)`` is a
+plain-text table (:func:`qsim_hooks.plan` is the dry run users print).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .config import ATTENTION_DEFAULTS, ATTENTION_POINTS, ROLES, UNSET, QuantConfig, Rule
+from .formats import Format, Scaling
+from .layers import LayerSpec
+from .text import plain_table
+
+__all__ = ["Decision", "PlanEntry", "Plan", "resolve", "POINT_KINDS", "PLAN_COLUMNS"]
+
+#: how the points of a plan attach: weights by parametrization, inputs/outputs by hooks, the six attention
+#: points together by one scope per module (see qsim_hooks.session.ATTACHERS)
+POINT_KINDS = ("weight", "input", "output", "attention")
+PLAN_COLUMNS = ("module", "type", "point", "tensor", "format", "granularity", "decided_by")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A value and who decided it: ``"cfg"``, a rule's name, or ``"a+b"`` when two sources combined."""
+
+    value: Any
+    by: str
+
+    def combined(self, other: Decision, value: Any) -> Decision:
+        """``value`` decided by both (a format from one source, its scaling from another)."""
+        return Decision(value, self.by if self.by == other.by else f"{self.by}+{other.by}")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One quantization point of the plan."""
+
+    module: str
+    module_type: str
+    point: str  # "input" | "weight" | "output" | one of ATTENTION_POINTS
+    tensor: str  # weight name, or the point name
+    format: Format | None
+    axis: int | None
+    decided_by: str
+
+    @property
+    def format_name(self) -> str:
+        return "-" if self.format is None else self.format.name
+
+    @property
+    def kind(self) -> str:
+        """How the point attaches: one of :data:`POINT_KINDS`."""
+        return "attention" if self.point in ATTENTION_POINTS else self.point
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.module, self.point, self.tensor)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved configuration: a list of entries, pure data."""
+
+    entries: tuple[PlanEntry, ...]
+
+    def __iter__(self) -> Iterator[PlanEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def active(self) -> list[PlanEntry]:
+        return [e for e in self.entries if e.format is not None]
+
+    def for_module(self, name: str) -> list[PlanEntry]:
+        return [e for e in self.entries if e.module == name]
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [{"module": e.module, "type": e.module_type, "point": e.point, "tensor": e.tensor,
+                 "format": e.format_name, "granularity": "-" if e.format is None else e.format.granularity,
+                 "decided_by": e.decided_by} for e in self.entries]
+
+    def __str__(self) -> str:
+        return plain_table(self.to_rows(), PLAN_COLUMNS, empty="(empty plan: no layer to instrument)")
+
+
+# ---------------------------------------------------------------------------
+# what the rules decide for one module
+# ---------------------------------------------------------------------------
+@dataclass
+class _Decided:
+    """Every field of one module after folding the rules that match it."""
+
+    roles: dict[str, Decision] = field(default_factory=dict)  # role -> format
+    scalings: dict[str, Decision] = field(default_factory=dict)  # role -> Scaling override
+    points: dict[str, Decision] = field(default_factory=dict)  # attention point -> format (set by a rule)
+    enabled: Decision = Decision(True, "cfg")
+    attention: Decision = Decision(False, "cfg")
+
+    def fold(self, rule: Rule, label: str) -> None:
+        """Apply one matching rule: every field it sets replaces the earlier decision."""
+        for role in ROLES:
+            if (v := getattr(rule, role)) is not UNSET:
+                self.roles[role] = Decision(v, label)
+            if (sc := getattr(rule, f"{role}_scaling")) is not UNSET:
+                self.scalings[role] = Decision(sc, label)
+        for pt in ATTENTION_POINTS:
+            if (v := getattr(rule, pt)) is not UNSET:
+                self.points[pt] = Decision(v, label)
+        if rule.attention is not None:
+            self.attention = Decision(rule.attention, label)
+        if rule.enabled is not None:
+            self.enabled = Decision(rule.enabled, label)
+
+    def formats(self, name: str) -> dict[str, Decision]:
+        """Each decided role's format with its scaling override applied."""
+        out = {}
+        for role, d in self.roles.items():
+            sc = self.scalings.get(role)
+            out[role] = d if sc is None else d.combined(sc, _with_scaling(d.value, sc.value,
+                                                                          f"module {name!r} {role}"))
+        return out
+
+    def off_unless_enabled(self, d: Decision) -> Decision:
+        return d if self.enabled.value else Decision(None, self.enabled.by)
+
+
+def _with_scaling(fmt: Format | None, sc: Scaling | None, who: str) -> Format | None:
+    if fmt is None or sc is None:
+        return fmt
+    if not hasattr(fmt, "scaling"):
+        raise ValueError(f"{who}: format {fmt.name!r} has no scaling to override")
+    return dataclasses.replace(fmt, scaling=sc)  # type: ignore[type-var]
+
+
+def _attention_modules(model: nn.Module, cfg: QuantConfig) -> set[int]:
+    """ids of the modules whose class name matches ``cfg.attention`` and that hold no other such module."""
+    if cfg.attention is None:
+        return set()
+    pat = re.compile(cfg.attention)
+    named = [m for _, m in model.named_modules()]
+    hits = {id(m) for m in named if pat.fullmatch(parametrize.type_before_parametrizations(m).__name__)}
+    return {id(m) for m in named if id(m) in hits and not any(id(c) in hits for c in m.modules() if c is not m)}
+
+
+def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
+    """Decide every quantization point of ``model`` under ``cfg`` (attaches nothing)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(cfg, QuantConfig):
+        raise TypeError(f"cfg must be a qsim_hooks.QuantConfig, got {type(cfg).__name__}")
+    rule_types = tuple(t for r in cfg.rules for t in r.types)  # type: ignore[union-attr]
+    by_pattern = _attention_modules(model, cfg)
+    used = [False] * len(cfg.rules)
+    entries: list[PlanEntry] = []
+    seen: set[int] = set()
+    for name, m in model.named_modules(remove_duplicate=False):
+        if id(m) in seen:
+            continue  # a module shared under two names is instrumented once
+        spec = cfg.layer_spec(m)
+        mtype = parametrize.type_before_parametrizations(m)
+        matching = [(i, r) for i, r in enumerate(cfg.rules) if r.matches(name, m)]
+        if spec is None and id(m) not in by_pattern and not any(r.attention for _, r in matching) \
+                and not (rule_types and issubclass(mtype, rule_types)):
+            continue
+        seen.add(id(m))
+        d = _Decided(attention=Decision(id(m) in by_pattern, "cfg"))
+        if spec is not None or d.attention.value:
+            d.roles = {role: Decision(getattr(cfg, role), "cfg") for role in ROLES}
+        for i, r in matching:
+            used[i] = True
+            d.fold(r, r.name or f"rule[{i}]")
+        formats = d.formats(name)
+        if spec is not None or not d.attention.value:
+            entries += _layer_entries(name, m, mtype.__name__, spec, formats, d)
+        if d.attention.value:
+            entries += _attention_entries(name, mtype.__name__, formats, d)
+    _check_used(cfg, used)
+    return Plan(tuple(entries))
+
+
+def _attention_entries(name: str, tname: str, formats: dict[str, Decision], d: _Decided) -> list[PlanEntry]:
+    """The six points: a rule's own format, else the module's input or output format (ATTENTION_DEFAULTS)."""
+    out = []
+    for pt in ATTENTION_POINTS:
+        dec = d.points.get(pt)
+        if dec is None:
+            role = ATTENTION_DEFAULTS[pt]
+            base = formats.get(role, Decision(None, d.attention.by))
+            dec = Decision(base.value, f"{base.by}({role})")
+        dec = d.off_unless_enabled(dec)
+        out.append(PlanEntry(name, tname, pt, pt, dec.value, None, dec.by))
+    return out
+
+
+def _layer_entries(name: str, m: nn.Module, tname: str, spec: LayerSpec | None,
+                   formats: dict[str, Decision], d: _Decided) -> list[PlanEntry]:
+    """The input / weight / output entries of one layer."""
+    out = []
+    for role in ROLES:
+        if role not in formats:
+            continue
+        dec = d.off_unless_enabled(formats[role])
+        fmt, by = dec.value, dec.by
+        if role != "weight":
+            axis = spec.activation_axis if spec is not None else -1
+            out.append(PlanEntry(name, tname, role, role, fmt.with_axis(axis) if fmt is not None else None, axis,
+                                 by))
+            continue
+        if spec is None:
+            if fmt is not None:
+                raise ValueError(f"module {name!r} ({tname}) is not a registered layer, so it has "
+                                 "no known weight tensors; register it with "
+                                 "qsim_hooks.register_layer(Type, weights=(...))")
+            continue
+        for w in spec.weights:
+            t = getattr(m, w, None)
+            if not isinstance(t, torch.Tensor):
+                if fmt is not None and t is not None:
+                    raise ValueError(f"module {name!r} ({tname}): {w!r} is not a tensor")
+                continue  # e.g. bias=None or an absent optional weight
+            f, axis = fmt, None
+            if f is not None and getattr(f, "scaling", None) is not None:
+                g = f.scaling.granularity  # type: ignore[attr-defined]
+                axis = spec.weight_channel_axis if g == "channel" else spec.weight_reduction_axis
+                f = f.with_axis(axis)
+            out.append(PlanEntry(name, tname, "weight", w, f, axis, by))
+    return out
+
+
+def _check_used(cfg: QuantConfig, used: list[bool]) -> None:
+    """A rule that matched no candidate: an error naming it (a warning with ``strict=False``)."""
+    for i, ok in enumerate(used):
+        if ok:
+            continue
+        r = cfg.rules[i]
+        label = r.name or f"rule[{i}]"
+        msg = (f"QuantConfig rule {label!r} (match={list(r.match)!r}, "  # type: ignore[arg-type]
+               f"types={[t.__name__ for t in r.types]!r}) matches no layer of the model")  # type: ignore[union-attr]
+        if cfg.strict:
+            raise ValueError(msg + "; fix the pattern or pass strict=False to only warn")
+        warnings.warn(msg, UserWarning, stacklevel=4)
