@@ -3,6 +3,10 @@
 ``with qsim_hooks.quantized(model, cfg) as qs: model(x)`` fake-quantizes the
 weights (parametrizations), inputs and outputs (hooks) of every Linear and
 convolution, per the rules of ``cfg``, and removes everything on exit.
+
+The package holds the library only (models, data and evaluations are in the
+repository's ``examples/``); ``import qsim_hooks`` imports none of its optional
+dependencies (qtorch, torchvision, matplotlib) nor any model library.
 """
 
 from . import formats

@@ -2,17 +2,16 @@
 
 :func:`load_model` turns ``--model`` into a model and its batches:
 
-* ``demo`` - :class:`DemoNet`, a small CNN classifier (stem, two blocks, head;
-  random weights, seeded) on synthetic N(0, 1) batches of 3 x 32 x 32 images;
-* a torchvision classification model name (``resnet18``, ``mobilenet_v3_small``,
-  ...) - random weights (nothing is downloaded), synthetic N(0, 1) batches
-  of 3 x size x size images;
 * a path to a Python file that defines ``model`` (an ``nn.Module``) or
   ``build_model()``, and ``batches`` (a list of batches; one tensor is one
   batch) or ``get_batches()``; optionally ``metric(model, batches) -> float``
   (a task metric, higher or lower is the file's business),
   ``forward(model, batch)`` and ``output(model_output) -> Tensor`` (see
-  :mod:`qsim_hooks.analysis`).
+  :mod:`qsim_hooks.analysis`); ``examples/small_cnn.py`` is one;
+* a torchvision classification model name (``resnet18``, ``mobilenet_v3_small``,
+  ...) - random weights (nothing is downloaded), synthetic N(0, 1) batches
+  of 3 x size x size images. torchvision is the optional ``[vision]`` extra,
+  imported only for a name.
 
 :func:`load_config` reads a TOML or JSON file with the keys of
 :meth:`QuantConfig.from_dict <qsim_hooks.config.QuantConfig.from_dict>`.
@@ -38,7 +37,19 @@ from torch import nn
 
 from .config import QuantConfig
 
-__all__ = ["ModelSource", "SourceError", "ModelFileError", "DemoNet", "load_model", "load_config", "torchvision_names"]
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport, when installed
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
+
+__all__ = ["ModelSource", "SourceError", "ModelFileError", "load_model", "load_config", "torchvision_names"]
+
+#: what to install for model names (the package is not on PyPI: the extra is installed from a checkout)
+VISION_HINT = ("torchvision, the qsim-hooks[vision] extra: pip install -e '.[vision]' in a qsim-hooks checkout, "
+               "or pip install torchvision")
 
 
 class SourceError(ValueError):
@@ -62,40 +73,22 @@ class ModelSource:
     metric: Callable[[nn.Module, Any], float] | None = None
 
 
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv2(torch.relu(self.conv1(x))))
-
-
-class DemoNet(nn.Module):
-    """The built-in demo model: a small CNN classifier for 3 x 32 x 32 inputs (10 classes).
-
-    Modules: ``stem`` (conv), ``blocks.0`` and ``blocks.1`` (two convs each), ``head.fc``.
-    """
-
-    def __init__(self, classes: int = 10, width: int = 16) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
-        self.blocks = nn.Sequential(_Block(width, 2 * width), _Block(2 * width, 4 * width))
-        self.head = nn.Sequential()
-        self.head.add_module("pool", nn.AdaptiveAvgPool2d(1))
-        self.head.add_module("flatten", nn.Flatten())
-        self.head.add_module("fc", nn.Linear(4 * width, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)))
+def _torchvision() -> Any:
+    try:  # deferred: torchvision is the optional [vision] extra
+        import torchvision
+    except ImportError:
+        raise SourceError(f"a model name needs {VISION_HINT}; or give a .py model file") from None
+    return torchvision
 
 
 def torchvision_names() -> list[str]:
-    """The torchvision classification model names (``torchvision.models.list_models``)."""
-    import torchvision
+    """The torchvision classification model names (``torchvision.models.list_models``).
 
-    return list(torchvision.models.list_models(module=torchvision.models))
+    Raises:
+        SourceError: torchvision is not installed (the message says how to install it).
+    """
+    tv = _torchvision()
+    return list(tv.models.list_models(module=tv.models))
 
 
 def _synthetic(batch: int, size: int, count: int, seed: int) -> list[torch.Tensor]:
@@ -105,15 +98,16 @@ def _synthetic(batch: int, size: int, count: int, seed: int) -> list[torch.Tenso
 
 def load_model(spec: str, *, batch: int = 8, size: int | None = None, batches: int = 1,
                seed: int = 0) -> ModelSource:
-    """The model named by ``spec`` (``demo``, a torchvision name, or a ``.py`` file) and its batches.
+    """The model named by ``spec`` (a ``.py`` file or a torchvision name) and its batches.
 
-    ``batch``, ``size`` (default 32 for the demo, 224 for torchvision) and
-    ``batches`` shape the synthetic input of the built-in models; a file
-    brings its own. ``seed`` seeds the random weights and the synthetic data.
+    ``batch``, ``size`` (default 224) and ``batches`` shape the synthetic input
+    of a torchvision model; a file brings its own. ``seed`` seeds the random
+    weights and the synthetic data.
 
     Raises:
-        SourceError: an unknown name, a missing file, or a file without
-            ``model``/``build_model`` or ``batches``/``get_batches``.
+        SourceError: an unknown name, a name without torchvision installed, a
+            missing file, or a file without ``model``/``build_model`` or
+            ``batches``/``get_batches``.
         ModelFileError: the file itself raised (the message names the file).
     """
     for label, v in (("batch", batch), ("batches", batches)):
@@ -123,23 +117,16 @@ def load_model(spec: str, *, batch: int = 8, size: int | None = None, batches: i
         raise SourceError(f"size={size!r} must be a positive int")
     if spec.endswith(".py") or "/" in spec or Path(spec).suffix:
         return _from_file(Path(spec))
-    if spec == "demo":
-        size = 32 if size is None else size
-        torch.manual_seed(seed)
-        return ModelSource("demo", DemoNet().eval(), _synthetic(batch, size, batches, seed),
-                           f"the built-in demo CNN (random weights, seed {seed}); {batches} synthetic N(0,1) "
-                           f"batch{'es' if batches > 1 else ''} of {batch} x 3 x {size} x {size}")
     names = torchvision_names()
     if spec not in names:
         close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise SourceError(f"unknown model {spec!r}{hint}; expected 'demo', a torchvision classification "
-                          "model name or a path to a .py file")
-    import torchvision
-
+        raise SourceError(f"unknown model {spec!r}{hint}; expected a path to a .py file or a torchvision "
+                          "classification model name")
+    tv = _torchvision()
     size = 224 if size is None else size
     torch.manual_seed(seed)
-    model = torchvision.models.get_model(spec, weights=None).eval()
+    model = tv.models.get_model(spec, weights=None).eval()
     return ModelSource(spec, model, _synthetic(batch, size, batches, seed),
                        f"torchvision {spec} (random weights, seed {seed}); {batches} synthetic N(0,1) "
                        f"batch{'es' if batches > 1 else ''} of {batch} x 3 x {size} x {size}")
@@ -218,14 +205,9 @@ def load_config(path: str | Path) -> QuantConfig:
         raise SourceError(f"config file {str(p)!r} not found")
     try:
         if p.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                try:
-                    import tomli as tomllib  # type: ignore[no-redef]
-                except ModuleNotFoundError:
-                    raise SourceError(f"{p}: reading TOML needs Python 3.11 or the tomli package; "
-                                      "or write the config as JSON") from None
+            if tomllib is None:
+                raise SourceError(f"{p}: reading TOML needs Python 3.11 or the tomli package; "
+                                  "or write the config as JSON")
             with p.open("rb") as fh:
                 data = tomllib.load(fh)
         else:

@@ -1,6 +1,6 @@
 """Pictures: a quantization point's value histogram, a sweep's output SQNR per format (PNG).
 
-matplotlib is an optional extra (``pip install 'qsim-hooks[plot]'``), imported
+matplotlib is an optional extra (``pip install -e ".[plot]"`` in a checkout), imported
 only when a picture is drawn; without it the drawing functions raise an
 ImportError that says what to install. Figures are drawn with matplotlib's
 object API (``Figure`` and the Agg canvas), never ``pyplot``, so drawing
@@ -27,17 +27,38 @@ import torch
 
 from .formats import Format, as_format
 
-__all__ = ["histogram", "grid_limits", "sweep_plot"]
+__all__ = ["histogram", "grid_limits", "sweep_plot", "require_matplotlib"]
 
 
-def _matplotlib() -> tuple[Any, Any]:
-    try:
+def require_matplotlib() -> tuple[Any, Any]:
+    """matplotlib's ``Figure`` and Agg canvas classes.
+
+    Raises:
+        ImportError: matplotlib is not installed (the message says how to install it).
+    """
+    try:  # deferred: matplotlib is the optional [plot] extra, and slow to import
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("qsim_hooks.plots needs matplotlib, an optional extra: "
-                          "pip install 'qsim-hooks[plot]' (or pip install matplotlib)") from None
+        raise ImportError("qsim_hooks.plots needs matplotlib, the qsim-hooks[plot] extra: pip install -e '.[plot]' "
+                          "in a qsim-hooks checkout, or pip install matplotlib") from None
     return Figure, FigureCanvasAgg
+
+
+def _axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A new figure on its own Agg canvas (no pyplot state) and its one axes."""
+    Figure, Canvas = require_matplotlib()
+    fig = Figure(figsize=figsize, dpi=100)
+    Canvas(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
 
 
 def grid_limits(fmt: Any, *, amax: float | Sequence[float] | None = None,
@@ -112,7 +133,7 @@ def histogram(data: Any, path: str | os.PathLike[str], *, fmt: Any = None, amax:
         x = torch.as_tensor(data)
     if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
         raise ValueError(f"bins={bins!r} must be a positive int")
-    Figure, Canvas = _matplotlib()
+    fig, ax = _axes((8, 4.5))
     x = x.detach().flatten().to("cpu", torch.float64)
     finite = torch.isfinite(x)
     a = x[finite].abs()
@@ -120,9 +141,6 @@ def histogram(data: Any, path: str | os.PathLike[str], *, fmt: Any = None, amax:
     nz = a[a > 0]
     lim = grid_limits(fmt, amax=amax, data_amax=float(a.max()) if a.numel() else None)
 
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    Canvas(fig)
-    ax = fig.add_subplot(1, 1, 1)
     if nz.numel():
         lo, hi = float(nz.min()), float(nz.max())
         if lo == hi:
@@ -153,11 +171,7 @@ def histogram(data: Any, path: str | os.PathLike[str], *, fmt: Any = None, amax:
     if title is None:
         title = " ".join(p for p in (label or "values", f"in {f.name}" if f is not None else "") if p)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return _save(fig, path)
 
 
 def sweep_plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *,
@@ -168,15 +182,12 @@ def sweep_plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], 
     """
     if not rows:
         raise ValueError("sweep_plot: no rows to draw")
-    Figure, Canvas = _matplotlib()
     names = [str(r["format"]) for r in rows]
     sq = [float(r["output_sqnr_db"]) if r.get("output_sqnr_db") is not None else math.nan for r in rows]
     finite = [v for v in sq if math.isfinite(v)]
     top = (max(finite) if finite else 0.0) + 10.0
     shown = [top if v == math.inf else (v if math.isfinite(v) else 0.0) for v in sq]
-    fig = Figure(figsize=(max(5.0, 0.8 * len(rows) + 2), 4), dpi=100)
-    Canvas(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _axes((max(5.0, 0.8 * len(rows) + 2), 4))
     pos = list(range(len(rows)))
     bars = ax.bar(pos, shown, color="tab:blue", alpha=0.7, label="output SQNR (dB)")
     for b, v in zip(bars, sq):
@@ -197,8 +208,4 @@ def sweep_plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], 
         ax2.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return _save(fig, path)

@@ -5,7 +5,9 @@ Everything here takes plain data (lists of dicts, as produced by
 statistic. A table is described by a tuple of :class:`Column` (which key,
 which header, how a value is written), so a new table (per layer, per
 sweep) is one more column tuple and one small function on top of
-:func:`build_table`; JSON and CSV work on any rows.
+:func:`build_table`; JSON and CSV work on any rows. Which rows a table shows
+(order, top N, grouping) is data, chosen by :mod:`qsim_hooks.rows`
+(``select_stats`` is re-exported here).
 
 Non-finite floats (an exact format's ``inf`` SQNR) are written ``inf`` /
 ``-inf`` / ``nan``: as strings in JSON (strict JSON has no such numbers) and
@@ -26,10 +28,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .rows import select_stats
 from .stats import FORMAT_ROW_KEYS, format_rows
 
 __all__ = ["Column", "build_table", "print_table", "FORMAT_COLUMNS", "formats_table",
-           "render_formats_table", "render_heading", "to_json", "to_csv", "fmt_number", "fmt_pow2",
+           "render_formats_table", "formats_caption", "render_heading", "to_json", "to_csv", "fmt_number", "fmt_pow2",
            "fmt_db", "format_rows", "STATS_COLUMNS", "select_stats", "stats_table", "render_stats",
            "GROUP_STATS_COLUMNS", "STATIC_AMAX_COLUMN", "fmt_range", "STATS_EXPORT_KEYS", "compare_line",
            "render_compare", "SENSITIVITY_COLUMNS", "sensitivity_table", "render_sensitivity", "SWEEP_COLUMNS",
@@ -143,6 +146,12 @@ def formats_table(rows: Rows, *, title: str | None = "Number formats",
     return build_table(rows, FORMAT_COLUMNS, title=title, caption=caption)
 
 
+def formats_caption(samples: int, seed: int) -> str:
+    """The caption of the formats table: what its SQNR column was measured on."""
+    return (f"SQNR: each format applied to {samples} samples of N(0,1) (seed {seed}). "
+            "Scaled formats (scaling other than 'cast'): max and steps in units of the scale.")
+
+
 def render_formats_table(rows: Rows, console: Console | None = None, *,
                          title: str | None = "Number formats", caption: str | None = None) -> Table:
     """Print the formats table to ``console`` (stdout by default) and return it."""
@@ -207,40 +216,6 @@ STATS_COLUMNS: tuple[Column, ...] = (
 )
 
 
-def _sqnr_key(row: Mapping[str, Any]) -> float:
-    v = row.get("sqnr_db")
-    return math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def select_stats(rows: Rows, *, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
-                 point: str | Sequence[str] | None = None, group: int | None = None,
-                 sqnr_below: float | None = None) -> list[Mapping[str, Any]]:
-    """Order and filter statistics rows: model order or worst SQNR first, ``top`` rows, some points.
-
-    ``group=N`` first collapses the rows by the first N components of the module
-    name (and point), with exact merged figures
-    (:func:`qsim_hooks.analysis.group_stats`); ``sqnr_below=x`` keeps the rows
-    whose SQNR is below ``x`` dB.
-    """
-    if sort not in ("model", "sqnr"):
-        raise ValueError(f"sort={sort!r} is not allowed; use 'model' or 'sqnr'")
-    if top is not None and (not isinstance(top, int) or top < 1):
-        raise ValueError(f"top={top!r} must be a positive int or None")
-    out = list(rows)
-    if point is not None:
-        wanted = {point} if isinstance(point, str) else set(point)
-        out = [r for r in out if r.get("point") in wanted]
-    if group is not None:
-        from .analysis import group_stats  # data, not rendering: computed there
-
-        out = group_stats(out, group)
-    if sqnr_below is not None:
-        out = [r for r in out if _sqnr_key(r) < float(sqnr_below)]
-    if sort == "sqnr":
-        out.sort(key=_sqnr_key)
-    return out[:top] if top is not None else out
-
-
 def fmt_range(v: Any) -> str:
     """A static amax: one value, or ``min..max (n)`` for per-channel values; ``-`` for none (dynamic)."""
     if v is None:
@@ -273,7 +248,8 @@ def stats_table(rows: Rows, *, title: str | None = "Quantization points", captio
                 sort: Literal["model", "sqnr"] = "model", top: int | None = None,
                 point: str | Sequence[str] | None = None, group: int | None = None,
                 sqnr_below: float | None = None) -> Table:
-    """The per-point table of ``Session.stats()`` rows (built, not printed); see :func:`select_stats`."""
+    """The per-point table of ``Session.stats()`` rows (built, not printed); options as
+    :func:`qsim_hooks.rows.select_stats`."""
     selected = select_stats(rows, sort=sort, top=top, point=point, group=group, sqnr_below=sqnr_below)
     if group is not None and caption is None:
         caption = (f"points grouped by the first {group} component{'s' if group > 1 else ''} of the module name: "
@@ -297,7 +273,7 @@ def render_stats(rows: Rows, console: Console | None = None, *, title: str | Non
                  caption: str | None = None, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
                  point: str | Sequence[str] | None = None, group: int | None = None,
                  sqnr_below: float | None = None) -> Table:
-    """Print the per-point table (``qs.report()``) and return it; options as :func:`select_stats`."""
+    """Print the per-point table (``qs.report()``) and return it; options as :func:`qsim_hooks.rows.select_stats`."""
     if caption is None and rows and all(r.get("calls") is None for r in rows):
         caption = "statistics were not collected: create the session with stats=True"
     return print_table(stats_table(rows, title=title, caption=caption, sort=sort, top=top, point=point,

@@ -75,32 +75,8 @@ def test_row_figures_of_int8_weights_match_fake_quantize():
 
 
 # ---------------------------------------------------------------------------
-# grouping: summed powers, not averaged decibels
+# grouping session rows (the arithmetic itself: tests/test_rows.py)
 # ---------------------------------------------------------------------------
-def test_group_stats_sums_powers_and_weights_fractions():
-    rows = [
-        {"module": "enc.0.fc", "point": "weight", "tensor": "weight", "format": "int4", "granularity": "tensor",
-         "calls": 1, "numel": 10, "sqnr_db": 20.0, "saturated": 0.1, "flushed": 0.0, "amax": 2.0,
-         "signal_power": 100.0, "noise_power": 1.0},
-        {"module": "enc.1.fc", "point": "weight", "tensor": "weight", "format": "int8", "granularity": "tensor",
-         "calls": 1, "numel": 30, "sqnr_db": 0.0, "saturated": 0.0, "flushed": 0.5, "amax": 5.0,
-         "signal_power": 1.0, "noise_power": 1.0},
-        {"module": "head", "point": "weight", "tensor": "weight", "format": "int4", "granularity": "tensor",
-         "calls": 1, "numel": 4, "sqnr_db": 10.0, "saturated": 0.0, "flushed": 0.0, "amax": 1.0,
-         "signal_power": 10.0, "noise_power": 1.0},
-    ]
-    g = analysis.group_stats(rows, 1)
-    assert [(r["module"], r["points"]) for r in g] == [("enc", 2), ("head", 1)]
-    enc = g[0]
-    assert enc["sqnr_db"] == pytest.approx(_db(101.0, 2.0))  # 17.03 dB, where the dB mean would be 10
-    assert enc["saturated"] == pytest.approx(1 / 40) and enc["flushed"] == pytest.approx(15 / 40)
-    assert enc["amax"] == 5.0 and enc["calls"] == 2 and enc["numel"] == 40 and enc["format"] == "int4,int8"
-    assert g[1]["sqnr_db"] == pytest.approx(10.0)
-    assert analysis.group_stats(rows, 2)[0]["module"] == "enc.0"
-    with pytest.raises(ValueError, match="group="):
-        analysis.group_stats(rows, 0)
-
-
 def _blocks():
     torch.manual_seed(0)
     return nn.Sequential(OrderedDict(

@@ -9,11 +9,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from qsim_hooks import cli, formats
 
+#: the model file the README's command-line examples use (a small CNN on synthetic images)
+SMALL_CNN = str(Path(__file__).resolve().parents[1] / "examples" / "small_cnn.py")
 MODEL_FILE = textwrap.dedent('''
     """A model built to have one fragile layer: fc2's input has a channel stuck at 1000 that fc2 ignores."""
     import torch
@@ -83,9 +86,9 @@ def ok(proc):
 # end to end, in a subprocess
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_report_demo_json():
-    data = json.loads(ok(run_cli("report", "--json", "--batches", "2")))
-    assert data["model"] == "demo" and "e4m3" in data["config"]
+def test_report_small_cnn_json():
+    data = json.loads(ok(run_cli("report", "--model", SMALL_CNN, "--json")))  # its two batches of 8
+    assert data["model"] == "small_cnn" and "e4m3" in data["config"]
     s = data["summary"]
     assert 20 < s["output_sqnr_db"] < 80 and s["batches"] == 2 and s["top1_rows"] == 16
     points = data["points"]
@@ -165,14 +168,15 @@ def test_sweep_and_sensitivity_tables(eager, capsys, files):
     assert cli.main(["sweep", "--model", str(files / "fragile.py"), "--formats", "int8,int4"]) == 0
     out = capsys.readouterr().out
     assert "int8" in out and "metric" in out and "full precision: 1" in out
-    assert cli.main(["sensitivity", "--mode", "all-but-one", "--depth", "1", "--top", "2"]) == 0
+    assert cli.main(["sensitivity", "--model", SMALL_CNN, "--mode", "all-but-one", "--depth", "1", "--top", "2"]) == 0
     out = capsys.readouterr().out
     assert "all quantized but one" in out and "gain dB" in out
 
 
 def test_report_histograms_as_json(eager, capsys, tmp_path):
     pytest.importorskip("matplotlib")
-    assert cli.main(["report", "--json", "--input", "int8", "--weight", "e4m3", "--histogram", "blocks.0.conv1:input",
+    assert cli.main(["report", "--model", SMALL_CNN, "--json", "--input", "int8", "--weight", "e4m3",
+                     "--histogram", "blocks.0.conv1:input",
                      "--histogram", "head.fc", "--plot-dir", str(tmp_path / "h")]) == 0
     data = json.loads(capsys.readouterr().out)
     names = sorted(os.path.basename(p) for p in data["histograms"])
@@ -244,6 +248,7 @@ BAD = {
     "calibration-missing": (["report", "--calibration", _path("nope.json")], 2, "not found"),
     "calibration-malformed": (["sweep", "--calibration", _write("cal.json", "{")], 2, "--calibration"),
     "histogram-of-no-point": (["report", "--weight", "int4", "--histogram", "head.fc:input"], 2, "head.fc:input"),
+    "model-file-not-python": (["report", "--model", _write("m.txt", "model = 1\n")], 2, "must be a Python file"),
 }
 
 
@@ -252,6 +257,8 @@ def test_bad_invocation_is_one_line(case, tmp_path, capsys, monkeypatch, eager):
     monkeypatch.delenv("QSIM_HOOKS_DEBUG", raising=False)
     args, code, needle = BAD[case]
     argv = [a(tmp_path) if callable(a) else a for a in args]
+    if "--model" not in argv:  # the case is about something else: a model that works
+        argv += ["--model", SMALL_CNN]
     try:
         rc = cli.main(argv)
     except SystemExit as exc:  # argparse's own errors
@@ -262,3 +269,15 @@ def test_bad_invocation_is_one_line(case, tmp_path, capsys, monkeypatch, eager):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("qsim-hooks") and "error:" in lines[0], err
     assert needle in lines[0]
+
+
+def test_a_model_name_without_torchvision_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision raises ImportError
+    monkeypatch.delenv("QSIM_HOOKS_DEBUG", raising=False)
+    assert cli.main(["report", "--model", "resnet18"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("qsim-hooks: error: --model:")
+    assert "qsim-hooks[vision]" in lines[0] and "pip install -e '.[vision]'" in lines[0]
+    assert cli.main(["report", "--model", SMALL_CNN, "--json"]) == 0  # a model file needs no torchvision
+    assert json.loads(capsys.readouterr().out)["model"] == "small_cnn"

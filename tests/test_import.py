@@ -1,8 +1,10 @@
-"""``import qsim_hooks`` compiles nothing and imports neither qtorch nor any model library.
+"""``import qsim_hooks`` compiles nothing and imports none of its optional dependencies nor any model library.
 
 qtorch builds a C++ extension when imported, so it must only be imported when
-a qtorch object is actually used. Checked in a fresh interpreter, where
-``sys.modules`` shows exactly what the import pulled in.
+a qtorch object is actually used; torchvision (the [vision] extra), matplotlib
+(the [plot] extra) and the model libraries are imported only by the function
+that needs them. Checked in a fresh interpreter, where ``sys.modules`` shows
+exactly what the import pulled in.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import json
 import subprocess
 import sys
 
-FORBIDDEN = ("qtorch", "transformers", "diffusers", "torchvision", "torch.utils.cpp_extension",
-             "torch._inductor")
+FORBIDDEN = ("qtorch", "transformers", "diffusers", "accelerate", "torchvision", "matplotlib", "sklearn",
+             "torch.utils.cpp_extension", "torch._inductor")
 
 
 def _modules_after(code: str) -> list[str]:
@@ -26,8 +28,9 @@ def _loaded(mods: list[str], prefix: str) -> list[str]:
 
 
 def test_import_pulls_in_no_qtorch_and_no_model_library() -> None:
-    mods = _modules_after("import qsim_hooks\nimport qsim_hooks.formats\nimport qsim_hooks.compat")
-    assert "qsim_hooks" in mods and "qsim_hooks.compat" in mods
+    mods = _modules_after("import qsim_hooks\nimport qsim_hooks.formats\nimport qsim_hooks.compat\n"
+                          "import qsim_hooks.cli, qsim_hooks.plots")
+    assert {"qsim_hooks", "qsim_hooks.compat", "qsim_hooks.cli", "qsim_hooks.plots"} <= set(mods)
     for name in FORBIDDEN:
         assert not _loaded(mods, name), f"import qsim_hooks imported {_loaded(mods, name)}"
 

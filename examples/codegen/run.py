@@ -129,13 +129,10 @@ def main(argv=None) -> dict:
     args = common.parse_args(p, argv)
     if args.smoke:
         args.max_new_tokens = min(args.max_new_tokens, 8)
-        with common.workdir(args, "codegen") as root:
-            ckpt, data = write_smoke(root, args.seed)
-            return common.run(build_task(ckpt, data, args), args)
-    if not args.allow_code_execution:
+    elif not args.allow_code_execution:
         p.error("pass@1 runs the generated code in subprocesses on this machine; "
                 "add --allow-code-execution to confirm (or use a sandbox)")
-    return common.run(build_task(Path(args.checkpoint), Path(args.data), args), args)
+    return common.evaluate(args, "codegen", write_smoke, build_task)
 
 
 if __name__ == "__main__":

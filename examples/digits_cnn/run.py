@@ -7,7 +7,7 @@ Real data (``sklearn.datasets.load_digits``, bundled with scikit-learn), trained
 precision (seconds), then for INT8, INT4, E4M3 and E2M1 (inputs and weights of every layer, per-tensor
 scales): post-training accuracy with dynamic scales and with static scales from ``qh.calibrate``, and
 quantization-aware training inside ``qh.quantized`` for the 4-bit formats. Seeded and deterministic
-(one CPU thread). The code is :mod:`qsim_hooks.demos.digits`, which ``qsim-hooks demo`` also runs.
+(one CPU thread). The code is ``digits.py`` beside this script, which the main job (``examples/demo.py``) also runs.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples import common  # noqa: E402
+from examples.digits_cnn import digits  # noqa: E402
+from qsim_hooks import report  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    from qsim_hooks import report
-    from qsim_hooks.demos import digits
-
     d = digits.Settings()
     p = argparse.ArgumentParser(prog="examples/digits_cnn/run.py", description=__doc__.splitlines()[0],
                                 formatter_class=common.HelpFormatter)

@@ -130,11 +130,7 @@ def main(argv=None) -> dict:
                            data="ADEChallengeData2016 folder (images/ and annotations/)")
     p.add_argument("--split", default="validation", help="the images/<split> and annotations/<split> folders")
     args = common.parse_args(p, argv)
-    if args.smoke:
-        with common.workdir(args, "maskformer") as root:
-            ckpt, data = write_smoke(root, args.seed)
-            return common.run(build_task(ckpt, data, args), args)
-    return common.run(build_task(Path(args.checkpoint), Path(args.data), args), args)
+    return common.evaluate(args, "maskformer", write_smoke, build_task)
 
 
 if __name__ == "__main__":

@@ -108,10 +108,7 @@ def main(argv=None) -> dict:
     args = common.parse_args(p, argv)
     if args.smoke:
         args.seq_len = min(args.seq_len, 32)
-        with common.workdir(args, "opt") as root:
-            ckpt, data = write_smoke(root, args.seed)
-            return common.run(build_task(ckpt, data, args), args)
-    return common.run(build_task(Path(args.checkpoint), Path(args.data), args), args)
+    return common.evaluate(args, "opt", write_smoke, build_task)
 
 
 if __name__ == "__main__":

@@ -109,10 +109,7 @@ def main(argv=None) -> dict:
     args = common.parse_args(p, argv)
     if args.smoke:
         args.arch, args.resize, args.crop, args.batch_size = "resnet50-tiny", 64, 64, 3
-        with common.workdir(args, "resnet50") as root:
-            ckpt, data = write_smoke(root, args.seed)
-            return common.run(build_task(args.arch, ckpt, data, args), args)
-    return common.run(build_task(args.arch, Path(args.checkpoint), Path(args.data), args), args)
+    return common.evaluate(args, "resnet50", write_smoke, lambda ckpt, data, a: build_task(a.arch, ckpt, data, a))
 
 
 if __name__ == "__main__":

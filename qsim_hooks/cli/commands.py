@@ -1,0 +1,175 @@
+"""``qsim-hooks report``, ``sweep`` and ``sensitivity``: a model, a config, one analysis, its output.
+
+Each command is a pair (``*_arguments`` adds its options, ``*_run`` runs it and returns the exit code);
+the data comes from :mod:`qsim_hooks.analysis`, the text from :mod:`qsim_hooks.report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .. import analysis, report
+from ..modelsrc import ModelSource
+from ..plots import sweep_plot
+from ..rows import select_points
+from ..session import plan
+from .base import UsageError, console, format_names, points, positive_int, roles
+from .histograms import check_matplotlib, write_histograms
+from .models import (
+    DEFAULT_SIMULATION,
+    build_config,
+    config_arguments,
+    describe_config,
+    load_calibration,
+    load_source,
+    model_arguments,
+    output_arguments,
+)
+
+__all__ = ["report_arguments", "report_run", "sweep_arguments", "sweep_run", "sensitivity_arguments",
+           "sensitivity_run"]
+
+_DEFAULT_TEXT = "e4m3 inputs and weights, fp16 outputs"
+
+
+def _write(args: argparse.Namespace, src: ModelSource, cfg: Any, data: dict[str, Any], rows: list[Any],
+           csv_keys: list[str] | None = None) -> bool:
+    """``--json`` (the header fields and ``data``) or ``--csv`` (the rows); False when neither was asked."""
+    if args.json:
+        sys.stdout.write(report.to_json({"model": src.name, "description": src.description,
+                                         "config": describe_config(cfg), **data}))
+    elif args.csv:
+        sys.stdout.write(report.to_csv(rows, csv_keys))
+    return bool(args.json or args.csv)
+
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+def report_arguments(p: argparse.ArgumentParser) -> None:
+    model_arguments(p)
+    config_arguments(p, _DEFAULT_TEXT)
+    g = p.add_argument_group("the table")
+    g.add_argument("--sort", choices=("model", "sqnr"), default="model",
+                   help="row order: model order (default) or worst SQNR first")
+    g.add_argument("--top", type=positive_int, default=None, metavar="N", help="only the first N rows")
+    g.add_argument("--group", type=positive_int, default=None, metavar="DEPTH",
+                   help="merge the points of each module-name prefix of DEPTH components (2: layer1.0.*), "
+                        "SQNR from the summed powers")
+    g.add_argument("--point", type=points, default=None, metavar="P,Q",
+                   help="only these points (input, weight, output, q, k, scores, probs, v, context)")
+    h = p.add_argument_group("histograms")
+    h.add_argument("--histogram", action="append", default=None, metavar="MODULE[:POINT]",
+                   help="also draw the |x| distribution this point saw (or every point of this module), with "
+                        "the format's limits marked, to a PNG (needs matplotlib); repeatable")
+    h.add_argument("--plot-dir", default=".", metavar="DIR",
+                   help="folder for the histogram PNGs (default: the current folder)")
+    output_arguments(p)
+
+
+def report_run(args: argparse.Namespace) -> int:
+    if args.histogram:
+        check_matplotlib("--histogram")
+    src = load_source(args)
+    cfg = build_config(args, DEFAULT_SIMULATION)
+    cal = load_calibration(args, src.model)
+    if args.histogram:  # a name that is no point of this model is a bad invocation: say so before any run
+        try:
+            select_points([(e.module, e.point, e.tensor) for e in plan(src.model, cfg).active()], args.histogram)
+        except ValueError as exc:
+            raise UsageError(f"--histogram: {exc}") from None
+    res = analysis.compare(src.model, cfg, batches=src.batches, forward=src.forward, output=src.output,
+                           metric=src.metric, calibration=cal, stats=True)
+    options = {"sort": args.sort, "top": args.top, "point": args.point, "group": args.group}
+    rows = report.select_stats(res.stats, **options)
+    pngs = write_histograms(src, cfg, cal, args.histogram, args.plot_dir) if args.histogram else []
+    keys = list(report.STATS_EXPORT_KEYS)
+    if args.group is not None:
+        keys = [k for k in keys if k != "decided_by"] + ["points"]
+    data = {"calibration": args.calibration, "summary": res.as_dict(stats=False), "points": rows, "histograms": pngs}
+    if not _write(args, src, cfg, data, rows, keys):
+        con = console()
+        lines = [src.description, f"simulation: {describe_config(cfg)}"]
+        if cal is not None:
+            lines.append(f"calibration: {args.calibration} ({cal.method}, {len(cal)} points with a static amax)")
+        report.render_heading(f"qsim-hooks report: {src.name}", lines, con)
+        report.render_compare(res, con, **options)
+        for path in pngs:
+            con.print(f"histogram written to {path}", markup=False, highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# sweep
+# ---------------------------------------------------------------------------
+_SWEEP_FORMATS = "fp16,bf16,e4m3,e5m2,int8,mxfp4,int4"
+
+
+def sweep_arguments(p: argparse.ArgumentParser) -> None:
+    model_arguments(p)
+    config_arguments(p, "full precision")
+    g = p.add_argument_group("the sweep")
+    g.add_argument("--formats", type=format_names, default=_SWEEP_FORMATS, metavar="A,B,C",
+                   help=f"comma-separated format names (default {_SWEEP_FORMATS})")
+    g.add_argument("--roles", type=roles, default=["input", "weight"], metavar="R,S",
+                   help="the roles each format is given (default input,weight; roles not listed keep the "
+                        "config's formats, full precision without one)")
+    g.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw output SQNR per format to a PNG (needs matplotlib)")
+    output_arguments(p)
+
+
+def sweep_run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        check_matplotlib("--plot")
+    src = load_source(args)
+    cfg = build_config(args, None)
+    cal = load_calibration(args, src.model)
+    rows = analysis.sweep(src.model, cfg, args.formats, batches=src.batches, roles=args.roles,
+                          forward=src.forward, output=src.output, metric=src.metric, calibration=cal)
+    if not _write(args, src, cfg, {"rows": rows}, rows):
+        con = console()
+        report.render_heading(f"qsim-hooks sweep: {src.name}",
+                              [src.description, f"each format on: {', '.join(args.roles)}; "
+                                                f"the rest: {describe_config(cfg)}"], con)
+        report.render_sweep(rows, con)
+    if args.plot is not None:
+        path = sweep_plot(rows, args.plot, title=f"{src.name}: output SQNR per format ({', '.join(args.roles)})")
+        if not (args.json or args.csv):
+            console().print(f"plot written to {path}", markup=False, highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# sensitivity
+# ---------------------------------------------------------------------------
+def sensitivity_arguments(p: argparse.ArgumentParser) -> None:
+    model_arguments(p)
+    config_arguments(p, _DEFAULT_TEXT)
+    g = p.add_argument_group("the ranking")
+    g.add_argument("--mode", choices=analysis.SENSITIVITY_MODES, default="one",
+                   help="'one' (default): each layer quantized alone, the rest in full precision, lowest "
+                        "output SQNR first; 'all-but-one': everything quantized but that layer, the largest "
+                        "recovery first")
+    g.add_argument("--depth", type=positive_int, default=None, metavar="N",
+                   help="rank module-name prefixes of N components (blocks) instead of single layers")
+    g.add_argument("--top", type=positive_int, default=None, metavar="N", help="only the first N rows")
+    output_arguments(p)
+
+
+def sensitivity_run(args: argparse.Namespace) -> int:
+    src = load_source(args)
+    cfg = build_config(args, DEFAULT_SIMULATION)
+    cal = load_calibration(args, src.model)
+    rows = analysis.sensitivity(src.model, cfg, batches=src.batches, mode=args.mode,
+                                granularity="layer" if args.depth is None else args.depth,
+                                forward=src.forward, output=src.output, calibration=cal, progress=None)
+    rows = rows[:args.top] if args.top is not None else rows
+    if not _write(args, src, cfg, {"mode": args.mode, "rows": rows}, rows):
+        con = console()
+        report.render_heading(f"qsim-hooks sensitivity: {src.name}",
+                              [src.description, f"simulation: {describe_config(cfg)}"], con)
+        report.render_sensitivity(rows, con)
+    return 0
