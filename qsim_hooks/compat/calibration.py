@@ -101,6 +101,17 @@ def _point(name: str, point: str, amax: Tensor, grid: str, method: str, axis: in
                             tuple(amax.shape), numel)
 
 
+def _record(calib: Calibration, session: Session | None, unused: list[str], key: tuple[str, str, str],
+            amax: Tensor, pc: PointCalibration | str) -> None:
+    """Put one layer's amax into the Calibration (or its reason into ``skipped``) and onto the session's point."""
+    if isinstance(pc, str):
+        calib.skipped[key] = pc
+    else:
+        calib.points[key] = pc
+    if session is not None and (why := set_static(session, key, amax)):
+        unused.append(why)
+
+
 class _InputObserver:
     """TensorRT's collection of a layer's first argument: the running max |x| and, if needed, a histogram."""
 
@@ -181,13 +192,7 @@ def calibrate_inputs(model: Any, num_bits: int, dataloader: Iterable[Any], unsig
             calib.skipped[key] = "the layer saw no input"
             continue
         m.amax_input = amax
-        pc = _point(name, "input", amax, grid, method, None, obs.numel)
-        if isinstance(pc, str):
-            calib.skipped[key] = pc
-        else:
-            calib.points[key] = pc
-        if session is not None and (why := set_static(session, key, amax)):
-            unused.append(why)
+        _record(calib, session, unused, key, amax, _point(name, "input", amax, grid, method, None, obs.numel))
     warn_unused(unused, "calibrate_inputs")
     return calib
 
@@ -249,13 +254,7 @@ def calibrate_weights(model: Any, num_bits: int, unsigned: bool, method: str = "
         amax = _weight_amax(w, axis, method, percentile, num_bits, unsigned, num_bins).float().cpu()
         m.amax_weight = amax.numpy()
         key = (name, "weight", "weight")
-        pc = _point(name, "weight", amax, grid, method, axis, w.numel())
-        if isinstance(pc, str):
-            calib.skipped[key] = pc
-        else:
-            calib.points[key] = pc
-        if session is not None and (why := set_static(session, key, amax)):
-            unused.append(why)
+        _record(calib, session, unused, key, amax, _point(name, "weight", amax, grid, method, axis, w.numel()))
     warn_unused(unused, "calibrate_weights")
     return calib
 

@@ -58,6 +58,8 @@ OLD_ATTENTION: tuple[tuple[str, str], ...] = (
 )
 _OLD_ATTENTION_NAMES = {f"{mod}.{cls}" for mod, cls in OLD_ATTENTION} | {
     "torch.nn.modules.activation.MultiheadAttention"}
+#: old attention classes whose replacement left the layers inside them unquantized
+_CHILDREN_UNTOUCHED = {"diffusers.models.attention_processor.Attention"}
 _SESSION_ATTR = "_qsim_hooks_compat_session"
 
 
@@ -126,11 +128,20 @@ def _exact_types(mapping: Mapping[type, Any] | Iterable[type] | None) -> tuple[t
 
 
 def _layer_names(model: nn.Module, types: tuple[type, ...]) -> tuple[list[str], list[str]]:
-    """Names of the modules whose exact type is in ``types`` (layers), and of the old attention modules skipped."""
+    """Names of the modules whose exact type is in ``types`` (layers), and of the old attention modules skipped.
+
+    INT-FP-QSim did not look inside a module it replaced: the replacement quantized the layers it rebuilt
+    (BERT's query / key / value, OPT's projections, ...) but diffusers' ``Attention`` was kept with only
+    its processor swapped, so its ``to_q`` / ``to_k`` / ``to_v`` / ``to_out`` stayed in full precision.
+    """
     spec_cfg = QuantConfig()
-    layers, attention = [], []
+    layers, attention, untouched = [], [], []
     for name, m in model.named_modules(remove_duplicate=False):
         t = parametrize.type_before_parametrizations(m)
+        if any(name.startswith(p) for p in untouched):
+            continue
+        if _qualname(t) in _CHILDREN_UNTOUCHED and (t in types or types is DEFAULT_LAYERS):
+            untouched.append(f"{name}." if name else "")
         if t in types and not _is_old_attention(t):
             if spec_cfg.layer_spec(m) is None:
                 raise ValueError(f"replace_layers: module {name or '<model>'!r} ({t.__name__}) is in the mapping "
@@ -247,7 +258,8 @@ def replace_layers(module: nn.Module, input_quantizer: Any = None, weight_quanti
         warnings.warn(f"replace_layers: INT-FP-QSim also replaced the attention modules {shown} and quantized "
                       "their internals (in-projection, q, k, scores, probs, v, context); compat does not simulate "
                       "those yet (mapped layers inside them, such as BERT's query / key / value Linear, are "
-                      "quantized; nn.MultiheadAttention's projections are not)", UserWarning, stacklevel=2)
+                      "quantized as INT-FP-QSim did; nn.MultiheadAttention's projections are not)", UserWarning,
+                      stacklevel=2)
     if not layers:
         warnings.warn(f"replace_layers: the model has no layer of the mapped types "
                       f"({', '.join(t.__name__ for t in types)}); nothing is quantized", UserWarning, stacklevel=2)

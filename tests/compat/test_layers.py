@@ -198,3 +198,18 @@ def test_a_failed_attach_leaves_nothing():
         replace_layers(model, INT8, INT8, None)
     assert compat.session_of(model) is None
     _verify(model, snap)
+
+
+def test_layers_inside_diffusers_attention_stay_full_precision_as_int_fp_qsim_left_them():
+    # the old Attention.from_float swapped the processor and kept to_q / to_k / to_v / to_out as they were
+    # (checked with the old tool: their classes stay torch.nn.Linear after its replace_layers)
+    from diffusers.models.attention_processor import Attention
+
+    model = nn.Sequential(nn.Linear(8, 8), Attention(8, heads=2, dim_head=4))
+    with pytest.warns(UserWarning, match=r"attention modules 1 \(Attention\)"):
+        replace_layers(model, E4M3, E4M3, FP16)
+    assert {k[0] for k in compat.session_of(model).points} == {"0"}
+    compat.detach(model)
+    replace_layers(model, E4M3, E4M3, FP16, mapping=[nn.Linear])  # not mapped: its Linears are layers like any
+    assert {k[0] for k in compat.session_of(model).points} == {"0", "1.to_q", "1.to_k", "1.to_v", "1.to_out.0"}
+    compat.detach(model)
