@@ -144,14 +144,21 @@ def load_weights(model: EfficientNetLite, path: Path | str | None = None) -> Eff
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file (reinstall {WEIGHTS_PACKAGE})") from None
     except Exception as exc:  # a truncated or foreign file: pickle, zip and torch each raise their own types
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__}: {exc}); "
-                         f"reinstall {WEIGHTS_PACKAGE}") from None
+        raise ValueError(f"{path}: not a readable PyTorch state dict ({type(exc).__name__}); expected the "
+                         f"EfficientNet-Lite0 state dict that {WEIGHTS_PACKAGE} ships (reinstall it)") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: does not match EfficientNet-Lite0: {' '.join(str(exc).split())}") from None
+    expected = model.state_dict()
+    problems = {
+        "missing": [k for k in expected if k not in state],
+        "unexpected": [k for k in state if k not in expected],
+        "of another shape": [k for k, v in expected.items()
+                             if k in state and getattr(state[k], "shape", None) != v.shape],
+    }
+    if any(problems.values()):
+        said = "; ".join(f"{len(v)} {what} (e.g. {', '.join(v[:3])})" for what, v in problems.items() if v)
+        raise ValueError(f"{path}: does not match EfficientNet-Lite0: tensors {said}")
+    model.load_state_dict(state, strict=True)
     return model
 
 
