@@ -3,8 +3,8 @@
 The text is ``pydoc_data.topics``: the 79 topics of the Python language reference that ``help()`` prints
 (the ``if`` statement, name binding, the data model, ...), about 465 KB of English prose with grammar rules
 and code examples, shipped with every CPython. Topics are taken in sorted order and a topic is held out
-when the held-out text stays within ``HELD_OUT`` (10%) of the bytes so far: 35 whole topics (47 KB) the
-model never sees, spread over the alphabet.
+when the held-out text stays within ``HELD_OUT`` (10%) of the bytes so far: on CPython 3.11, 35 whole topics
+(46,596 bytes) the model never sees, spread over the alphabet.
 
 The tokenizer is the UTF-8 bytes (a vocabulary of 256, no special tokens): nothing to train or ship, and
 the uniform baseline is a perplexity of exactly 256.
