@@ -6,6 +6,7 @@ Each chosen point gets a function in its ``observer`` slot for the run; the slot
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -90,27 +91,21 @@ def capture(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: I
 
     with eval_no_grad(model), Session(model, cfg, calibration=calibration) as qs:
         keys = select_points(list(qs.points), points)
-        for k in keys:
-            qp = qs.points[k]
-            seen[k] = [[], 0, 0]
+        seen.update({k: [[], 0, 0] for k in keys})
 
-            def observe(x: Any, k: Key = k) -> None:
-                if not isinstance(x, Tensor) or not x.is_floating_point():
-                    return
-                s = seen[k]
-                if k[1] == "weight" and s[2]:
-                    return  # a weight is the same tensor on every call
-                s[0].append(sample(x))
-                s[1] += x.numel()
-                s[2] += 1
+        def observe(x: Any, k: Key) -> None:
+            if not isinstance(x, Tensor) or not x.is_floating_point():
+                return
+            s = seen[k]
+            if k[1] == "weight" and s[2]:
+                return  # a weight is the same tensor on every call
+            s[0].append(sample(x))
+            s[1] += x.numel()
+            s[2] += 1
 
-            qp.observer = observe
-        try:
+        with qs.observe({k: functools.partial(observe, k=k) for k in keys}):
             for b in bl:
                 fwd(model, b)
-        finally:
-            for k in keys:
-                qs.points[k].observer = None
         pts = {k: qs.points[k] for k in keys}
     out = {}
     for k in keys:
