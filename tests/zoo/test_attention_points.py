@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 import qsim_hooks as qh
 from tests.core.model_check import snapshot, verify_unchanged
 from tests.zoo import CASES, impl_cases, outputs
+from tests.zoo.test_zoo_builds import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 pytest.importorskip("transformers")
 pytest.importorskip("diffusers")
@@ -50,14 +51,6 @@ SINKS = {"gpt_oss"}
 EAGER_SDPA_DIFFER = {"falcon_alibi"}
 #: cases whose attention does not fit Q·Kᵀ -> softmax -> P·V, and what their warning must say
 MISFIT = {"deberta_v2": "left 2 other product(s) [torch.bmm x2] at full precision"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class _Softmaxes(TorchFunctionMode):
