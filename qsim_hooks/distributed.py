@@ -30,7 +30,7 @@ from .points import QuantPoint
 from .undo import Undo
 
 __all__ = ["is_dtensor", "local_tensor", "quantize_dtensor", "follow_fsdp", "remove_parametrization",
-           "fsdp_params"]
+           "fsdp_params", "sharded_activation_warnings"]
 
 try:  # FSDP2's module base and its class cache (torch >= 2.6)
     from torch.distributed.fsdp import FSDPModule
@@ -181,3 +181,32 @@ def _rebuild(top: type, old: type, base: type) -> type:
     body = {k: v for k, v in top.__dict__.items() if k not in ("__dict__", "__weakref__")}
     bases = tuple(base if b is old else b for b in top.__bases__)
     return type(top.__name__.replace(old.__name__, base.__name__, 1), bases, body)
+
+
+# ---------------------------------------------------------------------------
+# what cannot be simulated faithfully: activations of tensor-parallel layers
+# ---------------------------------------------------------------------------
+def _sharded_roles(module: nn.Module) -> set[str]:
+    """The activations of ``module`` that are this rank's shard under tensor parallelism (no FSDP)."""
+    if getattr(module, "_is_fsdp_managed_module", False):
+        return set()  # FSDP gathers the weight and every rank sees its whole activations
+    w = getattr(module, "weight", None)
+    if not isinstance(w, DTensor) or not any(p.is_shard() for p in w.placements):
+        return set()
+    if isinstance(module, nn.Linear):  # colwise: Shard(0), the output is split; rowwise: Shard(1), the input
+        dims = {p.dim for p in w.placements if p.is_shard()}
+        return ({"output"} if 0 in dims else set()) | ({"input"} if 1 in dims else set())
+    return {"input", "output"}  # another layer type: its split is not known here, so both may be
+
+
+def sharded_activation_warnings(points: dict, modules: dict[str, nn.Module]) -> list[str]:
+    """One message per input/output point whose tensor is a tensor-parallel shard (its scale would be)."""
+    out = []
+    for (name, role, _), qp in points.items():
+        if role in ("input", "output") and qp.format is not None and name in modules \
+                and role in _sharded_roles(modules[name]):
+            out.append(f"module {name or '<model>'!r}: its weight is a tensor-parallel DTensor "
+                       f"({tuple(modules[name].weight.placements)}), so its {role} is this rank's shard; "
+                       f"{qp.format.name} on it takes any scale over the shard, not over the logical tensor "
+                       "(not what one process computes; an unscaled elementwise format is unaffected)")
+    return out

@@ -26,6 +26,7 @@ what a user means and would make the report ambiguous.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -227,6 +228,8 @@ class Session:
             point = QuantPoint(e, stats=self.collect_stats, amax=amax, generator=self.generator)
             self.points[point.key] = point
             sites[e.kind].setdefault(e.module, {})[e.tensor] = point
+        for msg in distributed.sharded_activation_warnings(self.points, named):
+            warnings.warn(msg, stacklevel=4)
         for kind, how in ATTACHERS.items():
             by_module = sites[kind]
             if how.also is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import warnings
 
 import pytest
 import torch
@@ -130,6 +131,11 @@ def _tensor_parallel(rank: int, world: int, out: dict) -> None:
         out["losses"] = _qat(model, opt, _x(0))
     out["restored"] = _identity(model) == before
     out["params"] = _params(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with qh.quantized(model, input="int8", output="int8"):
+            pass
+    out["warned"] = [str(w.message) for w in caught if "tensor-parallel" in str(w.message)]
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -229,3 +235,13 @@ def test_tensor_parallel_quantizes_the_logical_weight(ranks):
         torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses), rtol=0, atol=1e-5)
         for n, p in _params(model).items():
             torch.testing.assert_close(got["params"][n], p, rtol=0, atol=1e-5)
+
+
+def test_tensor_parallel_activation_shards_are_named_at_attach(ranks):
+    world, res = ranks
+    for r in range(world):
+        warned = res[r]["tp"]["warned"]
+        # colwise layer 0: its output is split; rowwise layer 2: its input. The other two are whole.
+        assert len(warned) == 2, warned
+        assert "module '0'" in warned[0] and "its output is this rank's shard" in warned[0]
+        assert "module '2'" in warned[1] and "its input is this rank's shard" in warned[1]
