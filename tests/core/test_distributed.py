@@ -98,6 +98,13 @@ def _shard_then_attach(rank: int, out: dict) -> None:
         out["losses"] = _qat(model, opt, _x(rank))
     out["restored"] = (_identity(model) == before and [type(m).__name__ for m in model] == classes
                        and not any(hasattr(m, "parametrizations") for m in model.modules()))
+    try:  # a failure inside the block: restored all the same, the user's error comes out
+        with qh.quantized(model, CFG):
+            model(_x(rank)).sum().backward()
+            raise KeyError("user")
+    except KeyError:
+        opt.zero_grad()
+    out["restored"] = out["restored"] and _identity(model) == before
     out["params"] = _params(model)
     out["after"] = model(_x(rank)).detach()  # FSDP still runs the restored model
 
@@ -187,6 +194,13 @@ def _reference_fsdp(world: int) -> dict:
     return ref
 
 
+def _assert_qat_matches(got: dict, ref: dict, r: int) -> None:
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"][r]), rtol=0, atol=1e-5)
+    for n, p in ref["params"].items():
+        torch.testing.assert_close(got["params"][n], p, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got["after"], ref["after"][r], rtol=0, atol=1e-5)
+
+
 def test_fsdp_shard_then_attach_matches_one_process(ranks):
     world, res = ranks
     ref = _reference_fsdp(world)
@@ -196,10 +210,7 @@ def test_fsdp_shard_then_attach_matches_one_process(ranks):
         torch.testing.assert_close(got["infer"], ref["infer"][r], rtol=0, atol=0)
         for n in ("0", "2"):
             torch.testing.assert_close(got["qweights"][n], ref["qweights"][n], rtol=0, atol=0)
-        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"][r]), rtol=0, atol=1e-5)
-        for n, p in ref["params"].items():
-            torch.testing.assert_close(got["params"][n], p, rtol=0, atol=1e-5)
-        torch.testing.assert_close(got["after"], ref["after"][r], rtol=0, atol=1e-5)
+        _assert_qat_matches(got, ref, r)
 
 
 def test_fsdp_attach_then_shard_matches_one_process_and_exits_cleanly(ranks):
@@ -208,10 +219,7 @@ def test_fsdp_attach_then_shard_matches_one_process_and_exits_cleanly(ranks):
     for r in range(world):
         got = res[r]["attach_then_shard"]
         assert got["restored"], f"rank {r}: FSDP classes or parameters not restored"
-        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"][r]), rtol=0, atol=1e-5)
-        for n, p in ref["params"].items():
-            torch.testing.assert_close(got["params"][n], p, rtol=0, atol=1e-5)
-        torch.testing.assert_close(got["after"], ref["after"][r], rtol=0, atol=1e-5)
+        _assert_qat_matches(got, ref, r)
 
 
 def test_tensor_parallel_quantizes_the_logical_weight(ranks):
