@@ -26,6 +26,7 @@ what a user means and would make the report ambiguous.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import activations, attention, offload, report, weights
+from . import activations, attention, distributed, offload, report, weights
 from .config import QuantConfig
 from .planning import POINT_KINDS, Plan, resolve
 from .points import CheckedScales, ObserverFn, QuantPoint, StaticScales
@@ -92,6 +93,15 @@ def _attach_weights(site: Site) -> UndoStack:
     return stack
 
 
+def _after_weights(model: nn.Module) -> UndoStack:
+    """Once all weights are parametrized: accelerate's offload maps and FSDP2's records learn the new names."""
+    stack = UndoStack()
+    with stack.all_or_nothing():
+        stack.push(offload.wrap_offload_maps(model))
+        stack.push(distributed.follow_fsdp(model))
+    return stack
+
+
 def _attach_attention(site: Site) -> UndoStack:
     borrowed = attention.borrowed_points(site.module, site.name, site.session_points)
     return attention.attach_attention(site.module, site.name, site.points, borrowed)
@@ -100,8 +110,8 @@ def _attach_attention(site: Site) -> UndoStack:
 #: point kind -> how it attaches; the one place a new kind of point is added. Sites attach kind by kind in
 #: this order (per module: input hook, output hook, then the attention scope's hooks, as before).
 ATTACHERS: dict[str, PointKind] = {
-    # offloading hooks look weights up by name: they learn the parametrized names once all are attached
-    "weight": PointKind(_attach_weights, after=offload.wrap_offload_maps),
+    # offloading hooks and FSDP2 look weights up by name: they learn the parametrized names once all are attached
+    "weight": PointKind(_attach_weights, after=_after_weights),
     "input": PointKind(lambda s: activations.attach_input(s.module, s.points["input"])),
     "output": PointKind(lambda s: activations.attach_output(s.module, s.points["output"])),
     "attention": PointKind(_attach_attention, also=attention.borrowing_modules),
@@ -218,6 +228,8 @@ class Session:
             point = QuantPoint(e, stats=self.collect_stats, amax=amax, generator=self.generator)
             self.points[point.key] = point
             sites[e.kind].setdefault(e.module, {})[e.tensor] = point
+        for msg in distributed.sharded_activation_warnings(self.points, named):
+            warnings.warn(msg, stacklevel=4)
         for kind, how in ATTACHERS.items():
             by_module = sites[kind]
             if how.also is not None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import distributed
 from .points import QuantPoint
 from .undo import Undo
 
@@ -41,17 +42,19 @@ class WeightQuantizer(nn.Module):
         p = self.point
         if p.format is None and p.observer is None:
             return w
+        quant = partial(distributed.quantize_dtensor, p) if distributed.is_dtensor(w) else p
         if (torch.is_grad_enabled() and w.requires_grad) or torch.compiler.is_compiling():
-            return p(w)
+            return quant(w)
+        lw = distributed.local_tensor(w)  # a DTensor's cache keys on its rank's data
         try:
-            key = (w._version, w.data_ptr(), w.dtype, w.device, tuple(w.shape), p.version, id(p.format))
+            key = (lw._version, lw.data_ptr(), w.dtype, w.device, tuple(w.shape), p.version, id(p.format))
         except RuntimeError:  # inference tensors have no version counter
-            return p(w)
+            return quant(w)
         cache = self._cache
         if cache is not None and cache[0] == key and p.observer is None:
             self.hits += 1
             return cache[1]
-        out = p(w)
+        out = quant(w)
         self._cache = (key, out)
         return out
 
@@ -67,7 +70,7 @@ def _remove(module: nn.Module, name: str, pmod: WeightQuantizer, order: tuple[li
         idx = next((i for i, p in enumerate(plist) if p is pmod), None)
         if idx is not None:
             if len(plist) == 1:
-                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+                distributed.remove_parametrization(module, name)  # also under FSDP's wrapper class
                 _reorder(module._parameters, order[0])  # state_dict key order as it was
                 _reorder(module._buffers, order[1])
             else:

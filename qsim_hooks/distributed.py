@@ -1,0 +1,212 @@
+"""Sharded models: weight parametrizations on DTensor parameters and on FSDP2 (``fully_shard``) modules.
+
+Three things make a parametrization faithful and removable on a sharded model:
+
+* **DTensor weights** (tensor parallel, or FSDP2 outside its forward): :func:`quantize_dtensor` quantizes
+  the *logical* tensor (``full_tensor()``, differentiable), then hands back a DTensor with the weight's
+  own mesh and placements, so a per-tensor scale is taken over the whole tensor, a per-channel one over
+  the global axis, and blocks run along the logical axis: the numbers are those of one process.
+* **FSDP2's parameter swap**: FSDP records, for every parameter, the module and attribute it swaps the
+  sharded and unsharded parameter into. A parametrization moves the Parameter into
+  ``parametrizations.<name>.original``; :func:`follow_fsdp` points FSDP's record there while a session
+  is attached (so FSDP's all-gathered weight is what the quantizer sees) and back to the owner on exit.
+* **Classes stacked on a parametrized class** (``fully_shard`` applied inside a session makes
+  ``FSDPParametrizedLinear``): :func:`remove_parametrization` takes the parametrization off under the
+  wrapper and rebuilds the wrapper on the original class (FSDP's own class cache first).
+
+The one design reason: qsim-hooks keeps no copy of a weight. A quantized weight exists only while FSDP
+holds the layer unsharded (or, for a DTensor, for the length of the forward that gathered it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, Replicate
+from torch.nn.utils import parametrize
+
+from .points import QuantPoint
+from .undo import Undo
+
+__all__ = ["is_dtensor", "local_tensor", "quantize_dtensor", "follow_fsdp", "remove_parametrization",
+           "fsdp_params", "sharded_activation_warnings"]
+
+try:  # FSDP2's module base and its class cache (torch >= 2.6)
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp._fully_shard._fully_shard import get_cls_to_fsdp_cls
+except ImportError:  # pragma: no cover - older torch: no FSDP2, nothing to follow
+    FSDPModule = None  # type: ignore[assignment,misc]
+    get_cls_to_fsdp_cls = None  # type: ignore[assignment]
+
+
+def is_dtensor(t: object) -> bool:
+    return isinstance(t, DTensor)
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """The rank's own data of a DTensor (the tensor itself otherwise): what a weight cache keys on."""
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def quantize_dtensor(point: QuantPoint, w: DTensor) -> DTensor:
+    """Quantize the logical tensor of ``w``; the result has ``w``'s mesh and placements.
+
+    Differentiable: the gradient goes back through the format's estimator and reaches ``w`` with its
+    placements (``full_tensor``'s backward takes the rank's shard).
+    """
+    mesh = w.device_mesh
+    full = w.full_tensor()
+    q = point(full)
+    return DTensor.from_local(q, mesh, [Replicate()] * mesh.ndim, run_check=False).redistribute(
+        mesh, w.placements)
+
+
+# ---------------------------------------------------------------------------
+# FSDP2's record of where each parameter lives
+# ---------------------------------------------------------------------------
+def fsdp_params(model: nn.Module) -> Iterator:
+    """Every ``FSDPParam`` of every ``fully_shard``-ed module of ``model``."""
+    if FSDPModule is None:
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            for group in m._get_fsdp_state()._fsdp_param_groups:
+                yield from group.fsdp_params
+
+
+def _places(info) -> range:
+    """The places FSDP swaps one parameter into: -1 the main one, then each shared module."""
+    return range(-1, len(info.shared_modules))
+
+
+def _get(info, i: int) -> tuple[nn.Module, str]:
+    if i < 0:
+        return info.module, info.param_name
+    return info.shared_modules[i], info.shared_param_names[i]
+
+
+def _set(info, i: int, module: nn.Module, name: str) -> None:
+    if i < 0:
+        info.module, info.param_name = module, name
+    else:
+        info.shared_modules[i], info.shared_param_names[i] = module, name
+
+
+def _ours(plist: nn.Module) -> bool:
+    """Only qsim-hooks quantizers on this list (weights.WeightQuantizer; weights imports this module)."""
+    return len(plist) > 0 and all(isinstance(getattr(p, "point", None), QuantPoint) for p in plist)
+
+
+def _to_original(model: nn.Module) -> None:
+    """FSDP's records of (module, name) where ``module.<name>`` is parametrized by us -> the ``original``."""
+    for fp in fsdp_params(model):
+        info = fp._module_info
+        for i in _places(info):
+            module, name = _get(info, i)
+            plists = getattr(module, "parametrizations", None)
+            if plists is not None and parametrize.is_parametrized(module, name) and _ours(plists[name]):
+                _set(info, i, plists[name], "original")
+
+
+def _to_owner(model: nn.Module) -> None:
+    """FSDP's records that name one of our ``parametrizations.<name>`` lists -> its owner's ``<name>``."""
+    owners: dict[int, tuple[nn.Module, str]] = {}
+    for m in model.modules():
+        plists = m.__dict__.get("_modules", {}).get("parametrizations")
+        if plists is not None:
+            for name, plist in plists.items():
+                if _ours(plist):
+                    owners[id(plist)] = (m, name)
+    for fp in fsdp_params(model):
+        info = fp._module_info
+        for i in _places(info):
+            module, name = _get(info, i)
+            if name == "original" and id(module) in owners:
+                _set(info, i, *owners[id(module)])
+
+
+def follow_fsdp(model: nn.Module) -> Undo:
+    """Point FSDP2 at the parametrized weights now; on undo, at their owners again.
+
+    The undo scans the model when it runs, so a model sharded *inside* the session (FSDP then recorded
+    the ``original`` of our parametrizations) is put right as well as one sharded before it.
+    """
+    _to_original(model)
+    return Undo(lambda: _to_owner(model))
+
+
+# ---------------------------------------------------------------------------
+# taking a parametrization off under a wrapper class
+# ---------------------------------------------------------------------------
+def _parametrized_class(cls: type, name: str) -> type | None:
+    for c in cls.__mro__:
+        if name in c.__dict__ and isinstance(c.__dict__[name], property) and c.__name__.startswith("Parametrized"):
+            return c
+    return None
+
+
+def remove_parametrization(module: nn.Module, name: str) -> None:
+    """``remove_parametrizations(module, name, leave_parametrized=False)``, also under a wrapper class.
+
+    ``fully_shard`` applied to a parametrized module makes its class ``FSDP<ParametrizedX>``; PyTorch's
+    removal would look for the property on that class and restore the wrong base. Here the module is
+    given the parametrized class for the removal and the wrapper is rebuilt on what removal restored.
+    """
+    top = type(module)
+    pcls = _parametrized_class(top, name)
+    if pcls is None or pcls is top:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        return
+    module.__class__ = pcls
+    try:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    finally:
+        base = type(module)
+        module.__class__ = top if base is pcls else _rewrap(top, pcls, base)
+
+
+def _rewrap(top: type, old: type, base: type) -> type:
+    """``top`` with ``old`` replaced by ``base`` among its bases (FSDP's cached class when it has one)."""
+    cache = get_cls_to_fsdp_cls() if get_cls_to_fsdp_cls is not None else {}
+    if cache.get(old) is top:
+        new = cache.get(base)
+        if new is None:
+            new = cache[base] = _rebuild(top, old, base)
+        return new
+    return _rebuild(top, old, base)
+
+
+def _rebuild(top: type, old: type, base: type) -> type:
+    body = {k: v for k, v in top.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    bases = tuple(base if b is old else b for b in top.__bases__)
+    return type(top.__name__.replace(old.__name__, base.__name__, 1), bases, body)
+
+
+# ---------------------------------------------------------------------------
+# what cannot be simulated faithfully: activations of tensor-parallel layers
+# ---------------------------------------------------------------------------
+def _sharded_roles(module: nn.Module) -> set[str]:
+    """The activations of ``module`` that are this rank's shard under tensor parallelism (no FSDP)."""
+    if getattr(module, "_is_fsdp_managed_module", False):
+        return set()  # FSDP gathers the weight and every rank sees its whole activations
+    w = getattr(module, "weight", None)
+    if not isinstance(w, DTensor) or not any(p.is_shard() for p in w.placements):
+        return set()
+    if isinstance(module, nn.Linear):  # colwise: Shard(0), the output is split; rowwise: Shard(1), the input
+        dims = {p.dim for p in w.placements if p.is_shard()}
+        return ({"output"} if 0 in dims else set()) | ({"input"} if 1 in dims else set())
+    return {"input", "output"}  # another layer type: its split is not known here, so both may be
+
+
+def sharded_activation_warnings(points: dict, modules: dict[str, nn.Module]) -> list[str]:
+    """One message per input/output point whose tensor is a tensor-parallel shard (its scale would be)."""
+    out = []
+    for (name, role, _), qp in points.items():
+        if role in ("input", "output") and qp.format is not None and name in modules \
+                and role in _sharded_roles(modules[name]):
+            out.append(f"module {name or '<model>'!r}: its weight is a tensor-parallel DTensor "
+                       f"({tuple(modules[name].weight.placements)}), so its {role} is this rank's shard; "
+                       f"{qp.format.name} on it takes any scale over the shard, not over the logical tensor "
+                       "(not what one process computes; an unscaled elementwise format is unaffected)")
+    return out
