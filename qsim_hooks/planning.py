@@ -202,6 +202,7 @@ def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
         d = _Decided(attention=Decision(id(m) in by_pattern, "cfg"))
         if spec is not None or d.attention.value:
             d.roles = {role: Decision(getattr(cfg, role), "cfg") for role in ROLES}
+            d.scalings = {r: Decision(sc, "cfg") for r in ROLES if (sc := getattr(cfg, f"{r}_scaling")) is not None}
         for i, r in matching:
             used[i] = True
             d.fold(r, r.name or f"rule[{i}]")

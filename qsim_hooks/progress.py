@@ -19,7 +19,7 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["track", "steps", "Advance"]
+__all__ = ["track", "tracked", "steps", "Advance"]
 
 T = TypeVar("T")
 #: ``advance(n=1)``: n more steps are done
@@ -104,3 +104,11 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, ena
                 advance()
 
         yield advancing()
+
+
+def tracked(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool | None = None,
+            console: Console | None = None) -> Iterator[T]:
+    """``for x in tracked(items, "training"): ...``: :func:`track` as a plain iterator, for a loop that is
+    already written (the bar goes when the loop ends or is left, as the generator closes)."""
+    with track(items, description, total=total, enabled=enabled, console=console) as it:
+        yield from it
