@@ -87,8 +87,9 @@ def sensitivity(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batche
         modules.setdefault(unit, {})[e.module] = None
     if not units:
         raise ValueError("cfg quantizes nothing in this model: there is no layer to rank")
-    ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1)
-    base = simulate(ref, cfg, calibration=calibration) if mode == "all-but-one" else None
+    ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1,
+                    progress=progress)
+    base = simulate(ref, cfg, calibration=calibration, progress=progress) if mode == "all-but-one" else None
     rows = []
     with track(list(units), f"sensitivity ({mode})", enabled=progress) as each:
         for unit in each:
@@ -99,7 +100,8 @@ def sensitivity(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batche
                          Rule(match=pattern, enabled=True, name=f"sensitivity: {unit or '<model>'} on"))
             else:
                 extra = (Rule(match=pattern, enabled=False, name=f"sensitivity: {unit or '<model>'} off"),)
-            res = simulate(ref, dataclasses.replace(cfg, rules=tuple(cfg.rules) + extra), calibration=calibration)
+            res = simulate(ref, dataclasses.replace(cfg, rules=tuple(cfg.rules) + extra), calibration=calibration,
+                           progress=progress)
             fmts = units[unit]
             row: dict[str, Any] = {"layer": unit, "points": len(fmts), "formats": ",".join(dict.fromkeys(fmts)),
                                    "output_sqnr_db": res.output_sqnr_db, "max_abs_error": res.max_abs_error,

@@ -46,12 +46,13 @@ def sweep(model: nn.Module, cfg: QuantConfig | None, formats: Sequence[Any], bat
     if bad or not roles:
         raise ValueError(f"roles={list(roles)!r}: each must be one of {list(ROLES)} (at least one)")
     cfgs = [(f, dataclasses.replace(cfg, **{r: f for r in roles})) for f in formats]  # bad names fail first
-    ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1)
+    ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1,
+                    progress=progress)
     calibrate_for: Callable[[QuantConfig], Any] = calibration if callable(calibration) else lambda c: calibration
     rows = SweepResult()
     with track(cfgs, "sweep", enabled=progress) as each:
         for f, c in each:
-            res = simulate(ref, c, calibration=calibrate_for(c))
+            res = simulate(ref, c, calibration=calibrate_for(c), progress=progress)
             rows.append({"format": f.name if isinstance(f, Format) else str(f), "roles": ",".join(roles),
                          "output_sqnr_db": res.output_sqnr_db, "max_abs_error": res.max_abs_error,
                          "top1_agreement": res.top1_agreement, "metric": res.metric_sim,
