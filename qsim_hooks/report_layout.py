@@ -86,9 +86,7 @@ class Column:
         return " ".join(self.header.split())
 
 
-# ---------------------------------------------------------------------------
-# breaking text only where it may break
-# ---------------------------------------------------------------------------
+# breaking text only where it may break --------------------
 _BREAKS = {"never": None, "dots": re.compile(r"[^.,\s]*[.,]+|[^.,\s]+"), "words": re.compile(r"[^,\s]+,?|,")}
 
 
@@ -131,9 +129,7 @@ def natural_width(text: str) -> int:
     return max((len(line) for line in text.split("\n")), default=0)
 
 
-# ---------------------------------------------------------------------------
-# the layout
-# ---------------------------------------------------------------------------
+# the layout --------------------
 @dataclass(frozen=True)
 class Layout:
     """What :func:`fit` decided for one width."""
@@ -253,9 +249,7 @@ def _spread(sizes: _Sizes, shown: tuple[int, ...], mins: list[int], spare: int, 
     return widths
 
 
-# ---------------------------------------------------------------------------
-# rendering
-# ---------------------------------------------------------------------------
+# rendering --------------------
 class FittedTable:
     """Rows under columns, laid out for the console's width when rich renders it (see the module docstring).
 
@@ -374,13 +368,9 @@ def html_table(rows: Rows, columns: Sequence[Column], *, title: str | None = Non
     head = "".join(f"<th style='text-align:{c.justify}'>{esc(c.title)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td style='text-align:{c.justify}'>{esc(c.write(r.get(c.key)))}</td>"
                                     for c in columns) + "</tr>" for r in rows)
-    cap = "".join(f"<b>{esc(title)}</b>" if title else "")
-    out = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    if cap:
-        out = f"<div>{cap}</div>" + out
-    if caption:
-        out += f"<div><small>{esc(caption)}</small></div>"
-    return out
+    out = (f"<div><b>{esc(title)}</b></div>" if title else "") + \
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return out + (f"<div><small>{esc(caption)}</small></div>" if caption else "")
 
 
 class Parts:
