@@ -14,12 +14,14 @@ other way to give data: a function that runs the model itself;
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["default_forward", "ForwardFn", "ForwardLoop", "feed", "feeding_hint", "run_forward_loop"]
+__all__ = ["default_forward", "ForwardFn", "ForwardLoop", "feed", "feeding_hint", "run_forward_loop",
+           "check_devices"]
 
 ForwardFn = Callable[[nn.Module, Any], Any]
 #: ``forward_loop(model)``: runs the model on the data itself (its return value is not used)
@@ -71,9 +73,38 @@ def feeding_hint(model: nn.Module, batch: Any) -> str | None:
     return None
 
 
+def _tensors(v: Any, depth: int = 0) -> Iterator[Tensor]:
+    if isinstance(v, Tensor):
+        yield v
+    elif depth < 3 and isinstance(v, Mapping):
+        for x in v.values():
+            yield from _tensors(x, depth + 1)
+    elif depth < 3 and isinstance(v, (tuple, list)):
+        for x in v:
+            yield from _tensors(x, depth + 1)
+
+
+def check_devices(model: nn.Module, batch: Any) -> None:
+    """Warn when every parameter of ``model`` is on one kind of device and every tensor of ``batch`` on
+    another (a CUDA model fed CPU tensors, or the reverse): the model's own error, if any, says only
+    ``Expected all tensors to be on the same device``. Models that move their inputs themselves (accelerate's
+    hooks) are left alone."""
+    kinds = {p.device.type for p in model.parameters()}
+    if len(kinds) != 1 or any(hasattr(m, "_hf_hook") for m in model.modules()):
+        return
+    fed = {t.device.type for t in _tensors(batch)}
+    if len(fed) == 1 and fed != kinds:
+        have, got = kinds.pop(), fed.pop()
+        warnings.warn(f"{type(model).__name__}: the model's parameters are on {have} but the batch's tensors are "
+                      f"on {got}; move the data (forward=lambda m, b: m(b.to({have!r})), or .to({have!r}) in "
+                      f"your loader) or the model (model.to({got!r})) first", UserWarning, stacklevel=3)
+
+
 def feed(model: nn.Module, batch: Any, forward: ForwardFn | None = None) -> Any:
     """Run one batch: ``forward(model, batch)``, or :func:`default_forward` with a clear error when it does not
-    fit the model (a ``TypeError`` naming the call, the signature and the fix, chained to the model's own)."""
+    fit the model (a ``TypeError`` naming the call, the signature and the fix, chained to the model's own).
+    A batch on another kind of device than the model's is warned about (:func:`check_devices`)."""
+    check_devices(model, batch)
     if forward is not None:
         return forward(model, batch)
     try:
@@ -94,15 +125,20 @@ def run_forward_loop(model: nn.Module, forward_loop: ForwardLoop,
                         f"{type(forward_loop).__name__}")
     calls = 0
 
+    def check(module: nn.Module, args: Any, kwargs: Any) -> None:
+        if calls == 0:  # the first call says it: the loop feeds the same way every time
+            check_devices(module, (args, kwargs))
+
     def seen(module: nn.Module, args: Any, out: Any) -> None:
         nonlocal calls
         calls += 1
         if on_output is not None:
             on_output(out)
 
-    handle = model.register_forward_hook(seen)
+    handles = (model.register_forward_pre_hook(check, with_kwargs=True), model.register_forward_hook(seen))
     try:
         forward_loop(model)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     return calls

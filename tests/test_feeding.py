@@ -128,3 +128,36 @@ def test_forward_loop_errors():
     seen = iter([1, 2])
     with pytest.raises(ValueError, match="same data every time"):  # a loop that runs 1 batch, then 2
         qh.compare(m, CFG, forward_loop=lambda model: [model(x) for x in _images()[:next(seen)]])
+
+
+def _on(device):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Identity(), nn.Linear(4, 3)).eval().to(device)
+
+
+#: the model's kind of device and another one: a real GPU where there is one, the meta device everywhere
+OTHER = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", OTHER)
+@pytest.mark.parametrize("name", list(CALLS))
+def test_a_batch_on_another_device_is_warned_about(name, device):
+    model, x = _on(device), torch.randn(2, 4)  # the model on `device`, the batch on the CPU
+    with pytest.warns(UserWarning, match=rf"parameters are on {device} but the batch's tensors are on cpu"):
+        try:
+            CALLS[name](model, **{"data" if name == "calibrate" else "batches": [(x,)]})
+        except Exception:  # the model's own error (it cannot run on mixed devices) may follow the warning
+            pass
+    model, xs = _on("cpu"), [x.to(device)]  # and the reverse, through a forward_loop
+    with pytest.warns(UserWarning, match=rf"parameters are on cpu but the batch's tensors are on {device}"):
+        try:
+            CALLS[name](model, forward_loop=lambda m: [m(b) for b in xs])
+        except Exception:
+            pass
+
+
+def test_no_warning_when_the_devices_agree(recwarn):
+    model, x = _on("cpu"), torch.randn(2, 4)
+    feed(model, {"input": x})
+    qh.compare(model, CFG, batches=[x], progress=False)
+    assert not [w for w in recwarn if "device" in str(w.message)]
