@@ -10,7 +10,17 @@ dependencies (qtorch, torchvision, matplotlib) nor any model library.
 """
 
 from . import formats
-from .analysis import Captured, Comparison, capture, compare, sensitivity, sweep
+from .analysis import (
+    Captured,
+    Captures,
+    Comparison,
+    SensitivityResult,
+    SweepResult,
+    capture,
+    compare,
+    sensitivity,
+    sweep,
+)
 from .calibration import Calibration, calibrate
 from .config import LayerSpec, QuantConfig, Rule, register_layer
 from .formats import FloatFormat, Format, GradSpec, IntFormat, Rounding, Scaling
@@ -20,5 +30,5 @@ from .session import Session, attach, detach, plan, quantized
 __version__ = "0.1.0"
 __all__ = ["quantized", "attach", "detach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
            "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
-           "GradSpec", "compare", "Comparison", "sensitivity", "sweep", "capture", "Captured",
-           "calibrate", "Calibration", "__version__"]
+           "GradSpec", "compare", "Comparison", "sensitivity", "SensitivityResult", "sweep", "SweepResult",
+           "capture", "Captured", "Captures", "calibrate", "Calibration", "__version__"]

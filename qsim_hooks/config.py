@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import html
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import configdata, configfile
 from .formats import Scaling, as_format
 from .layers import LayerSpec, lookup, register_layer
 
@@ -183,6 +188,44 @@ class Rule:
             return any(_name_matches(p, name) for p in self.match)  # type: ignore[union-attr]
         return True
 
+    def set_fields(self) -> list[tuple[str, Any]]:
+        """``(field, value)`` for every field the rule sets (a format or scaling set to ``None`` included)."""
+        return [(f.name, v) for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not UNSET
+                and (v is not None or f.name in _VALUE_FIELDS) and v != ()]
+
+    def where(self) -> str:
+        """The modules it matches, in words: ``match 'layer4.*'``, ``types Linear``, ``every layer``."""
+        parts = ["match " + ",".join(repr(p) for p in self.match)] if self.match else []  # type: ignore[union-attr]
+        parts += ["types " + ",".join(t.__name__ for t in self.types)] if self.types else []  # type: ignore[union-attr]
+        return " ".join(parts) or "every layer"
+
+    def describe(self) -> str:
+        """The rule in one line: ``match 'layer4.*': weight e4m3``."""
+        sets = [f"{k} {configdata.short(v)}" for k, v in self.set_fields() if k not in ("match", "types", "name")]
+        return f"{self.where()}: {', '.join(sets) or 'nothing'}" + (f" ({self.name!r})" if self.name else "")
+
+    def __repr__(self) -> str:
+        return "Rule(" + ", ".join(f"{k}={configdata.short(v, True)}" for k, v in self.set_fields()) + ")"
+
+    def to_dict(self, who: str = "rule") -> dict[str, Any]:
+        """The rule as config-file data (:mod:`qsim_hooks.configfile` says what cannot be written)."""
+        return {k: configdata.field_to_data(k, v, who) for k, v in self.set_fields()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], who: str = "rule") -> Rule:
+        """A rule from config-file data (:meth:`to_dict`'s keys; unknown keys are errors)."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{who} must be a table/object, got {type(d).__name__}")
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        if bad := set(d) - allowed:
+            raise ValueError(f"{who}: unknown keys {sorted(bad)}; allowed: {sorted(allowed)}")
+        return cls(**{k: configdata.field_from_data(k, v, who, ROLES + ATTENTION_POINTS, _SCALINGS)
+                      for k, v in d.items()})
+
+
+_SCALINGS = tuple(f"{r}_scaling" for r in ROLES)
+_VALUE_FIELDS = frozenset(ROLES + ATTENTION_POINTS + _SCALINGS)  # None means something there
+
 
 def _name_matches(pattern: str, name: str) -> bool:
     if pattern.startswith("re:"):
@@ -207,6 +250,14 @@ class QuantConfig:
             classes; only leaves count (a BertAttention holding a
             BertSelfAttention is not one). ``None`` turns recognition off (rules
             with ``attention=True`` still work).
+        input_scaling, weight_scaling, output_scaling: the scaling of every
+            layer's role (``"tensor"``, ``"channel"``, ``"block"``, a Scaling or
+            its fields as a dict) whichever format decides it, as a first rule
+            matching every layer would; a rule's own ``*_scaling`` wins where it
+            matches. ``None``: each format's own.
+
+    Named recipes: ``QuantConfig.preset("w8a8-int")`` (:mod:`qsim_hooks.presets`). Files:
+    :meth:`save` / :meth:`load` (TOML or JSON; :meth:`to_dict` / :meth:`from_dict` for the data).
     """
 
     input: Any = None
@@ -217,6 +268,9 @@ class QuantConfig:
     strict: bool = True
     seed: int | None = None
     attention: str | None = DEFAULT_ATTENTION_PATTERN
+    input_scaling: Any = None
+    weight_scaling: Any = None
+    output_scaling: Any = None
 
     def __post_init__(self) -> None:
         if self.attention is not None:
@@ -247,31 +301,70 @@ class QuantConfig:
         object.__setattr__(self, "layers", layers)
         if not isinstance(self.strict, bool):
             raise TypeError("QuantConfig.strict must be a bool")
+        self._set_scalings()
+
+    def _set_scalings(self) -> None:
+        for key in _SCALINGS:
+            v = getattr(self, key)
+            object.__setattr__(self, key, None if v is UNSET else _as_scaling(v, f"QuantConfig.{key}"))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
-        """Build from plain data (a parsed TOML/JSON file). Unknown keys are errors."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"QuantConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        allowed = {"input", "weight", "output", "rules", "strict", "seed", "attention"}
-        unknown = set(d) - allowed
-        if unknown:
-            raise ValueError(f"QuantConfig: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        d = dict(d)
-        rule_fields = {f.name for f in dataclasses.fields(Rule)} - {"types"}
-        rules = []
-        for i, r in enumerate(d.pop("rules", ()) or ()):
-            if not isinstance(r, Mapping):
-                raise TypeError(f"rules[{i}] must be a table/object, got {type(r).__name__}")
-            bad = set(r) - rule_fields
-            if bad:
-                raise ValueError(f"rules[{i}]: unknown keys {sorted(bad)}; allowed: {sorted(rule_fields)}")
-            rules.append(Rule(**{k: (None if v == "none" and k in ROLES + ATTENTION_POINTS else v)
-                                 for k, v in r.items()}))
-        for role in ROLES:
-            if d.get(role) == "none":
-                d[role] = None
-        return cls(rules=tuple(rules), **d)
+        """Build from plain data (a parsed TOML/JSON file; what :meth:`to_dict` writes). Unknown keys are errors.
+
+        Keys: ``input``, ``weight``, ``output`` (a format name, ``"none"`` or a format table),
+        ``input_scaling`` / ``weight_scaling`` / ``output_scaling``, ``rules`` (tables of :class:`Rule`'s
+        fields; ``types`` as import paths), ``layers`` (``{import path: weight names or LayerSpec fields}``),
+        ``strict``, ``seed``, ``attention`` (``false``: off) and ``preset`` (a named recipe the other keys
+        go on top of; its rules come first).
+        """
+        return cls(**configdata.config_kwargs(d, ROLES, Rule.from_dict))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as data for a TOML or JSON file; :meth:`from_dict` reads it back to an equal config.
+
+        Raises:
+            ValueError: a part that is code rather than data (a callable format, a class defined in
+                ``__main__``), naming it (:mod:`qsim_hooks.configfile` lists what can be written).
+        """
+        return configdata.config_to_data(self, ROLES, DEFAULT_ATTENTION_PATTERN)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the config to ``path``: TOML (``.toml``) or JSON (``.json``); :meth:`load` reads it back."""
+        return configfile.write_file(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> QuantConfig:
+        """Read a ``.toml`` or ``.json`` config file (the keys of :meth:`from_dict`); errors name the file."""
+        data = configfile.read_file(path)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{os.fspath(path)}: {exc}") from None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> QuantConfig:
+        """A named recipe (``"fp8"``, ``"w8a8-int"``, ``"w4a16-int"``, ``"mxfp4"``, ...: ``qsim-hooks presets``),
+        with ``overrides`` (QuantConfig fields) on top."""
+        cfg = cls.from_dict({"preset": name})
+        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+    def describe(self) -> list[str]:
+        """The config in a few lines: the global formats (with their scalings), then one line per rule."""
+        lines = [", ".join(configdata.role_text(self, r) for r in ROLES)]
+        lines += [f"rule[{i}] {r.describe()}" for i, r in enumerate(self.rules)]
+        return lines + ([f"layers: {', '.join(t.__name__ for t in self.layers)}"] if self.layers else [])
+
+    def __repr__(self) -> str:
+        lines = self.describe()
+        shown = "; ".join(lines[1:4]) + (" ..." if len(lines) > 4 else "")
+        return f"QuantConfig({lines[0]}{'; ' + shown if shown else ''})"
+
+    def __rich__(self) -> Text:
+        return Text.assemble(("QuantConfig", "bold"), "\n  " + "\n  ".join(self.describe()))
+
+    def _repr_html_(self) -> str:
+        return "<pre>QuantConfig\n  " + "\n  ".join(html.escape(line) for line in self.describe()) + "</pre>"
 
     def layer_spec(self, module: nn.Module) -> LayerSpec | None:
         """How ``module`` is instrumented (this config's ``layers``, then registered, then default types)."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,16 +35,10 @@ import torch
 from torch import nn
 
 from .config import QuantConfig
+from .configfile import read_file
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the tomli backport, when installed
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        tomllib = None  # type: ignore[assignment]
-
-__all__ = ["ModelSource", "SourceError", "ModelFileError", "load_model", "load_config", "torchvision_names"]
+__all__ = ["ModelSource", "SourceError", "ModelFileError", "load_model", "load_config", "load_config_data",
+           "torchvision_names"]
 
 #: what to install for model names (the package is not on PyPI: the extra is installed from a checkout)
 VISION_HINT = ("torchvision, the qsim-hooks[vision] extra: pip install -e '.[vision]' in a qsim-hooks checkout, "
@@ -151,7 +144,9 @@ def _from_file(path: Path) -> ModelSource:
         batches = _get(mod, path, "batches", "get_batches")
     except SourceError:
         raise
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit, or any BaseException subclass the file raises: one line too
         raise ModelFileError(f"{path}: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.modules.pop(name, None)
@@ -190,6 +185,18 @@ def _get(mod: Any, path: Path, value: str, factory: str) -> Any:
                       "model (model or build_model()) and its input (batches or get_batches())")
 
 
+def load_config_data(path: str | Path) -> dict[str, Any]:
+    """The data of a ``.toml`` or ``.json`` config file (:func:`qsim_hooks.configfile.read_file`).
+
+    Raises:
+        SourceError: a missing file, another suffix or a parse error; the message names the file.
+    """
+    try:
+        return read_file(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SourceError(str(exc)) from None
+
+
 def load_config(path: str | Path) -> QuantConfig:
     """A :class:`QuantConfig` from a ``.toml`` or ``.json`` file (keys of ``QuantConfig.from_dict``).
 
@@ -198,26 +205,8 @@ def load_config(path: str | Path) -> QuantConfig:
             invalid config (unknown key or format name); the message starts
             with the file's path.
     """
-    p = Path(path)
-    if p.suffix not in (".toml", ".json"):
-        raise SourceError(f"config file {str(p)!r} must end in .toml or .json")
-    if not p.is_file():
-        raise SourceError(f"config file {str(p)!r} not found")
-    try:
-        if p.suffix == ".toml":
-            if tomllib is None:
-                raise SourceError(f"{p}: reading TOML needs Python 3.11 or the tomli package; "
-                                  "or write the config as JSON")
-            with p.open("rb") as fh:
-                data = tomllib.load(fh)
-        else:
-            with p.open(encoding="utf-8") as fh:
-                data = json.load(fh)
-    except SourceError:
-        raise
-    except (ValueError, UnicodeDecodeError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        raise SourceError(f"{p}: malformed {p.suffix[1:].upper()}: {exc}") from None
+    data = load_config_data(path)
     try:
         return QuantConfig.from_dict(data)
     except (ValueError, TypeError) as exc:
-        raise SourceError(f"{p}: {exc}") from None
+        raise SourceError(f"{path}: {exc}") from None

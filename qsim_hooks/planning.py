@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,10 +24,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import report
 from .config import ATTENTION_DEFAULTS, ATTENTION_POINTS, ROLES, UNSET, QuantConfig, Rule
 from .formats import Format, Scaling
 from .layers import LayerSpec
-from .text import plain_table
 
 __all__ = ["Decision", "PlanEntry", "Plan", "resolve", "POINT_KINDS", "PLAN_COLUMNS"]
 
@@ -98,7 +99,24 @@ class Plan:
                  "decided_by": e.decided_by} for e in self.entries]
 
     def __str__(self) -> str:
-        return plain_table(self.to_rows(), PLAN_COLUMNS, empty="(empty plan: no layer to instrument)")
+        """The plan as plain columns, laid out for the terminal's width (160 columns into a pipe)."""
+        width = shutil.get_terminal_size((160, 24)).columns
+        return report.plan_table(self, title=None, header_rule=False).text(width).rstrip("\n")
+
+    def __repr__(self) -> str:
+        active = self.active()
+        counts: dict[str, int] = {}
+        for e in active:
+            counts[e.format_name] = counts.get(e.format_name, 0) + 1
+        formats = ", ".join(f"{n} x{c}" for n, c in counts.items())
+        return (f"<qsim_hooks.Plan: {len(self.entries)} points on {len({e.module for e in self.entries})} modules, "
+                f"{len(active)} quantized{': ' + formats if formats else ''}>")
+
+    def __rich__(self) -> Any:
+        return report.plan_table(self)
+
+    def _repr_html_(self) -> str:
+        return report.plan_table(self)._repr_html_()
 
 
 # ---------------------------------------------------------------------------
@@ -190,6 +208,7 @@ def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
         d = _Decided(attention=attention)
         if spec is not None or attention.value:  # a layer's, or an attention module's, points start global
             d.roles = {role: Decision(getattr(cfg, role), "cfg") for role in ROLES}
+            d.scalings = {r: Decision(sc, "cfg") for r in ROLES if (sc := getattr(cfg, f"{r}_scaling")) is not None}
         for i, r in matching:
             used[i] = True
             d.fold(r, r.name or f"rule[{i}]")

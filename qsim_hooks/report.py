@@ -3,11 +3,17 @@
 Everything here takes plain data (lists of dicts, as produced by
 :mod:`qsim_hooks.stats`) and turns it into text; nothing here computes a
 statistic. A table is described by a tuple of :class:`Column` (which key,
-which header, how a value is written), so a new table (per layer, per
-sweep) is one more column tuple and one small function on top of
-:func:`build_table`; JSON and CSV work on any rows. Which rows a table shows
+which header, how a value is written, how it may wrap, how important it is),
+so a new table is one more column tuple and one small function on top of
+:func:`build_table`; JSON and CSV work on any rows. Tables are laid out for the
+console's width when they are printed (:mod:`qsim_hooks.report_layout`): at 80
+columns they wrap text, fold module names at dots and leave out the least
+important columns, never cutting a name or a number. Which rows a table shows
 (order, top N, grouping) is data, chosen by :mod:`qsim_hooks.rows`
 (``select_stats`` is re-exported here).
+
+``render_*`` print and return ``None`` (nothing for a REPL to echo); ``*_table``
+build the renderable without printing.
 
 Non-finite floats (an exact format's ``inf`` SQNR) are written ``inf`` /
 ``-inf`` / ``nan``: as strings in JSON (strict JSON has no such numbers) and
@@ -20,102 +26,40 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group
 
+from .report_layout import Column, FittedTable, Parts, html_table
+from .report_values import fmt_db, fmt_module, fmt_number, fmt_percent, fmt_pow2, fmt_range, fmt_text, nonfinite
 from .rows import select_stats
 from .stats import FORMAT_ROW_KEYS, format_rows
 
-__all__ = ["Column", "build_table", "print_table", "FORMAT_COLUMNS", "formats_table",
-           "render_formats_table", "formats_caption", "render_heading", "to_json", "to_csv", "fmt_number", "fmt_pow2",
-           "fmt_db", "format_rows", "STATS_COLUMNS", "select_stats", "stats_table", "render_stats",
-           "GROUP_STATS_COLUMNS", "STATIC_AMAX_COLUMN", "fmt_range", "STATS_EXPORT_KEYS", "compare_line",
-           "render_compare", "SENSITIVITY_COLUMNS", "sensitivity_table", "render_sensitivity", "SWEEP_COLUMNS",
-           "sweep_table", "render_sweep", "fmt_module", "fmt_percent"]
+__all__ = ["Column", "FittedTable", "build_table", "print_table", "FORMAT_COLUMNS", "formats_table",
+           "render_formats_table", "formats_caption", "render_heading", "to_json", "to_csv", "fmt_text",
+           "fmt_number", "fmt_pow2", "fmt_db", "format_rows", "STATS_COLUMNS", "select_stats", "stats_table",
+           "render_stats", "GROUP_STATS_COLUMNS", "STATIC_AMAX_COLUMN", "fmt_range", "STATS_EXPORT_KEYS",
+           "compare_line", "compare_parts", "compare_renderable", "render_compare", "SENSITIVITY_COLUMNS",
+           "sensitivity_table", "render_sensitivity", "SWEEP_COLUMNS", "sweep_table", "render_sweep",
+           "fmt_module", "fmt_percent", "PLAN_TABLE_COLUMNS", "plan_table", "render_plan",
+           "CALIBRATION_COLUMNS", "calibration_table", "render_calibration", "html_table", "wide_console"]
 
 Rows = Sequence[Mapping[str, Any]]
 
 
 # ---------------------------------------------------------------------------
-# Writing one value
-# ---------------------------------------------------------------------------
-def _nonfinite(v: float) -> str:
-    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-
-
-def fmt_text(v: Any) -> str:
-    """``-`` for a missing value, ``str(v)`` otherwise."""
-    return "-" if v is None else str(v)
-
-
-def fmt_number(v: Any) -> str:
-    """Integers in full up to 10^7 (448, 57344), otherwise 4 significant digits."""
-    if v is None:
-        return "-"
-    v = float(v)
-    if not math.isfinite(v):
-        return _nonfinite(v)
-    if v == int(v) and abs(v) < 1e7:
-        return str(int(v))
-    return f"{v:.4g}"
-
-
-def fmt_pow2(v: Any) -> str:
-    """A power of two below 1 as ``2^k`` (``2^-9``), anything else as :func:`fmt_number`."""
-    if v is None:
-        return "-"
-    v = float(v)
-    if v > 0 and math.isfinite(v):
-        mant, exp = math.frexp(v)
-        if mant == 0.5 and exp - 1 < 0:
-            return f"2^{exp - 1}"
-    return fmt_number(v)
-
-
-def fmt_db(v: Any) -> str:
-    """Decibels with two decimals; ``inf`` for exact."""
-    if v is None:
-        return "-"
-    v = float(v)
-    return f"{v:.2f}" if math.isfinite(v) else _nonfinite(v)
-
-
-# ---------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Column:
-    """One table column: the row key it shows, its header, how a value is written."""
-
-    key: str
-    header: str
-    write: Callable[[Any], str] = fmt_text
-    justify: Literal["left", "center", "right"] = "right"
-    style: str | None = None
-
-
 def build_table(rows: Rows, columns: Sequence[Column], *, title: str | None = None,
-                caption: str | None = None) -> Table:
-    """A rich Table with one line per row and one column per :class:`Column`."""
-    table = Table(title=title, caption=caption, caption_justify="left", header_style="bold",
-                  box=box.SIMPLE_HEAD)
-    for col in columns:
-        # fold, never truncate: a figure cut to "3.4e…" would be wrong, not just short
-        table.add_column(col.header, justify=col.justify, style=col.style, overflow="fold")
-    for row in rows:
-        table.add_row(*(col.write(row.get(col.key)) for col in columns))
-    return table
+                caption: str | None = None) -> FittedTable:
+    """A table of ``rows`` under ``columns``, laid out for the console's width when printed."""
+    return FittedTable(rows, columns, title=title, caption=caption)
 
 
-def print_table(table: Table, console: Console | None = None) -> Table:
-    """Print ``table`` to ``console`` (a new stdout Console when ``None``) and return it."""
+def print_table(table: Any, console: Console | None = None) -> None:
+    """Print ``table`` (any rich renderable) to ``console`` (a new stdout Console when ``None``)."""
     (console or Console()).print(table)
-    return table
 
 
 def render_heading(title: str, lines: Iterable[str] = (), console: Console | None = None) -> None:
@@ -127,21 +71,29 @@ def render_heading(title: str, lines: Iterable[str] = (), console: Console | Non
     console.print()
 
 
+def wide_console(console: Console | None) -> Console:
+    """``console``, or a new stdout console (160 columns when stdout is not a terminal)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: room for the long module names
+            console = Console(width=160)
+    return console
+
+
 # -- the named formats ---------------------------------------------------------
 FORMAT_COLUMNS: tuple[Column, ...] = (
-    Column("name", "format", justify="left", style="bold"),
-    Column("bits", "bits", fmt_text),
-    Column("max", "max", fmt_number),
-    Column("min_subnormal", "min\nsubnormal", fmt_pow2),
-    Column("spacing_at_1", "spacing\nat 1.0", fmt_pow2),
-    Column("sqnr_db", "SQNR dB\nN(0,1)", fmt_db),
-    Column("granularity", "scaling", justify="left"),  # last: the one long, wrapping text
+    Column("name", "format", justify="left", style="bold", priority=0),
+    Column("bits", "bits", fmt_text, priority=2),
+    Column("max", "max", fmt_number, priority=1),
+    Column("min_subnormal", "min\nsubnormal", fmt_pow2, priority=2, short="min sub"),
+    Column("spacing_at_1", "spacing\nat 1.0", fmt_pow2, priority=2, short="step at 1"),
+    Column("sqnr_db", "SQNR dB\nN(0,1)", fmt_db, priority=0),
+    Column("granularity", "scaling", justify="left", priority=1),  # last: the one long, wrapping text
 )
 assert {c.key for c in FORMAT_COLUMNS} == set(FORMAT_ROW_KEYS)
 
 
-def formats_table(rows: Rows, *, title: str | None = "Number formats",
-                  caption: str | None = None) -> Table:
+def formats_table(rows: Rows, *, title: str | None = "Number formats", caption: str | None = None) -> FittedTable:
     """The table of :func:`qsim_hooks.stats.format_rows` rows (built, not printed)."""
     return build_table(rows, FORMAT_COLUMNS, title=title, caption=caption)
 
@@ -153,9 +105,9 @@ def formats_caption(samples: int, seed: int) -> str:
 
 
 def render_formats_table(rows: Rows, console: Console | None = None, *,
-                         title: str | None = "Number formats", caption: str | None = None) -> Table:
-    """Print the formats table to ``console`` (stdout by default) and return it."""
-    return print_table(formats_table(rows, title=title, caption=caption), console)
+                         title: str | None = "Number formats", caption: str | None = None) -> None:
+    """Print the formats table to ``console`` (stdout by default)."""
+    print_table(formats_table(rows, title=title, caption=caption), console)
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +115,7 @@ def render_formats_table(rows: Rows, console: Console | None = None, *,
 # ---------------------------------------------------------------------------
 def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
-        return _nonfinite(v)
+        return nonfinite(v)
     if isinstance(v, Mapping):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -189,53 +141,27 @@ def to_csv(rows: Rows, keys: Sequence[str] | None = None) -> str:
 
 
 # -- per quantization point (a session's statistics) ---------------------------
-def fmt_percent(v: Any) -> str:
-    """A fraction in [0, 1] as a percentage with two decimals."""
-    if v is None:
-        return "-"
-    return f"{100.0 * float(v):.2f}"
-
-
-def fmt_module(v: Any) -> str:
-    """A module name; the model itself (``""``) as ``<model>``."""
-    if v is None:
-        return "-"
-    return str(v) or "<model>"
-
-
 STATS_COLUMNS: tuple[Column, ...] = (
-    Column("module", "module", fmt_module, justify="left", style="bold"),
-    Column("point", "point", justify="left"),
-    Column("format", "format", justify="left"),
-    Column("granularity", "granularity", justify="left"),
-    Column("amax", "amax seen", fmt_number),
-    Column("sqnr_db", "SQNR dB", fmt_db),
-    Column("saturated", "sat %", fmt_percent),
-    Column("flushed", "flush %", fmt_percent),
-    Column("calls", "calls", fmt_text),
+    Column("module", "module", fmt_module, justify="left", style="bold", priority=0, wrap="dots"),
+    Column("point", "point", justify="left", priority=0),
+    Column("format", "format", justify="left", priority=1),
+    Column("granularity", "granularity", justify="left", priority=3, short="scaling"),
+    Column("amax", "amax seen", fmt_number, priority=3),
+    Column("sqnr_db", "SQNR dB", fmt_db, priority=0),
+    Column("saturated", "sat %", fmt_percent, priority=2),
+    Column("flushed", "flush %", fmt_percent, priority=2),
+    Column("calls", "calls", fmt_text, priority=4),
 )
 
-
-def fmt_range(v: Any) -> str:
-    """A static amax: one value, or ``min..max (n)`` for per-channel values; ``-`` for none (dynamic)."""
-    if v is None:
-        return "-"
-    vals = [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return fmt_number(vals[0])
-    return f"{fmt_number(min(vals))}..{fmt_number(max(vals))} ({len(vals)})"
-
-
 #: shown after "amax seen" when some point has a static (calibrated) amax
-STATIC_AMAX_COLUMN = Column("static_amax", "static\namax", fmt_range)
+STATIC_AMAX_COLUMN = Column("static_amax", "static\namax", fmt_range, priority=2)
 
 #: the per-point table when rows are grouped (``group=N``): one more column, the points merged
 GROUP_STATS_COLUMNS: tuple[Column, ...] = (
-    Column("module", "module (group)", fmt_module, justify="left", style="bold"),
-    Column("point", "point", justify="left"),
-    Column("points", "points", fmt_text),
+    Column("module", "module (group)", fmt_module, justify="left", style="bold", priority=0, wrap="dots",
+           short="group"),
+    Column("point", "point", justify="left", priority=0),
+    Column("points", "points", fmt_text, priority=3),
     *STATS_COLUMNS[2:],
 )
 
@@ -247,9 +173,11 @@ STATS_EXPORT_KEYS = ("module", "point", "tensor", "format", "granularity", "amax
 def stats_table(rows: Rows, *, title: str | None = "Quantization points", caption: str | None = None,
                 sort: Literal["model", "sqnr"] = "model", top: int | None = None,
                 point: str | Sequence[str] | None = None, group: int | None = None,
-                sqnr_below: float | None = None) -> Table:
+                sqnr_below: float | None = None) -> FittedTable:
     """The per-point table of ``Session.stats()`` rows (built, not printed); options as
     :func:`qsim_hooks.rows.select_stats`."""
+    if caption is None and rows and all(r.get("calls") is None for r in rows):
+        caption = "statistics were not collected: create the session with stats=True"
     selected = select_stats(rows, sort=sort, top=top, point=point, group=group, sqnr_below=sqnr_below)
     if group is not None and caption is None:
         caption = (f"points grouped by the first {group} component{'s' if group > 1 else ''} of the module name: "
@@ -261,23 +189,39 @@ def stats_table(rows: Rows, *, title: str | None = "Quantization points", captio
     return build_table(selected, columns, title=title, caption=caption)
 
 
-def _wide_console(console: Console | None) -> Console:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # a pipe or a file: room for the long module names
-            console = Console(width=160)
-    return console
-
-
 def render_stats(rows: Rows, console: Console | None = None, *, title: str | None = "Quantization points",
                  caption: str | None = None, sort: Literal["model", "sqnr"] = "model", top: int | None = None,
                  point: str | Sequence[str] | None = None, group: int | None = None,
-                 sqnr_below: float | None = None) -> Table:
-    """Print the per-point table (``qs.report()``) and return it; options as :func:`qsim_hooks.rows.select_stats`."""
-    if caption is None and rows and all(r.get("calls") is None for r in rows):
-        caption = "statistics were not collected: create the session with stats=True"
-    return print_table(stats_table(rows, title=title, caption=caption, sort=sort, top=top, point=point,
-                                   group=group, sqnr_below=sqnr_below), _wide_console(console))
+                 sqnr_below: float | None = None) -> None:
+    """Print the per-point table (``qs.report()``); options as :func:`qsim_hooks.rows.select_stats`."""
+    print_table(stats_table(rows, title=title, caption=caption, sort=sort, top=top, point=point, group=group,
+                            sqnr_below=sqnr_below), wide_console(console))
+
+
+# -- the plan (qsim_hooks.plan) ----------------------------------------------------
+PLAN_TABLE_COLUMNS: tuple[Column, ...] = (
+    Column("module", "module", fmt_module, justify="left", style="bold", priority=0, wrap="dots"),
+    Column("type", "type", justify="left", priority=3),
+    Column("point", "point", justify="left", priority=0),
+    Column("tensor", "tensor", justify="left", priority=4),
+    Column("format", "format", justify="left", priority=0),
+    Column("granularity", "granularity", justify="left", priority=2, short="scaling"),
+    Column("decided_by", "decided_by", justify="left", priority=1),
+)
+
+
+def plan_table(plan: Any, *, title: str | None = "Plan: the format of every quantization point",
+               caption: str | None = None, header_rule: bool = True) -> FittedTable:
+    """The rows of a :class:`~qsim_hooks.planning.Plan` (``plan.to_rows()``, or the rows themselves);
+    ``header_rule=False`` and ``title=None`` give the plain text of ``str(plan)``."""
+    rows = plan.to_rows() if hasattr(plan, "to_rows") else list(plan)
+    return FittedTable(rows, PLAN_TABLE_COLUMNS, title=title, caption=caption, header_rule=header_rule,
+                       empty="(empty plan: no layer to instrument)")
+
+
+def render_plan(plan: Any, console: Console | None = None, **options: Any) -> None:
+    """Print the plan table."""
+    print_table(plan_table(plan, **options), wide_console(console))
 
 
 # -- the model against full precision (qsim_hooks.compare) ----------------------
@@ -289,8 +233,8 @@ def _as_mapping(result: Any) -> Mapping[str, Any]:
     raise TypeError(f"expected a qsim_hooks.analysis.Comparison or its as_dict(), got {type(result).__name__}")
 
 
-def compare_line(result: Any) -> str:
-    """One line: output SQNR, max abs error, top-1 agreement, metric (from a Comparison or its dict)."""
+def compare_parts(result: Any) -> list[str]:
+    """The pieces of the summary line: output SQNR, max abs error, top-1 agreement, metric, batches."""
     d = _as_mapping(result)
     parts = [f"output SQNR {fmt_db(d.get('output_sqnr_db'))} dB",
              f"max |error| {fmt_number(d.get('max_abs_error'))}"]
@@ -303,43 +247,61 @@ def compare_line(result: Any) -> str:
     n = d.get("batches")
     if n is not None:
         parts.append(f"{n} batch{'es' if n != 1 else ''}, {d.get('numel')} output elements")
-    return "; ".join(parts)
+    return parts
+
+
+def compare_line(result: Any) -> str:
+    """One line: output SQNR, max abs error, top-1 agreement, metric (from a Comparison or its dict)."""
+    return "; ".join(compare_parts(result))
+
+
+def compare_renderable(result: Any, *, title: str | None = "Simulated vs full precision", stats: bool = True,
+                       **stats_options: Any) -> Group:
+    """The summary line of a comparison (broken only between its figures) and, with ``stats``, its table."""
+    d = _as_mapping(result)
+    parts: list[Any] = []
+    if title:
+        parts.append(f"[bold]{title}[/bold]")
+    parts.append(Parts(compare_parts(d)))
+    rows = d.get("stats") or []
+    if stats and rows:
+        parts += ["", stats_table(rows, **stats_options)]
+    return Group(*parts)
 
 
 def render_compare(result: Any, console: Console | None = None, *, title: str | None = "Simulated vs full precision",
                    stats: bool = True, **stats_options: Any) -> None:
     """Print the summary line of a comparison and, with ``stats``, its per-point table.
 
-    ``stats_options`` go to :func:`render_stats` (``sort``, ``top``, ``point``, ``group``, ...).
+    ``stats_options`` go to :func:`stats_table` (``sort``, ``top``, ``point``, ``group``, ...).
     """
-    console = _wide_console(console)
-    d = _as_mapping(result)
-    if title:
-        render_heading(title, [compare_line(d)], console)
-    else:
-        console.print(compare_line(d), markup=False, highlight=False)
-    rows = d.get("stats") or []
-    if stats and rows:
-        render_stats(rows, console, **stats_options)
+    print_table(compare_renderable(result, title=title, stats=stats, **stats_options), wide_console(console))
 
 
 # -- sensitivity (qsim_hooks.sensitivity) ----------------------------------------
 SENSITIVITY_COLUMNS: tuple[Column, ...] = (
-    Column("rank", "rank", fmt_text),
-    Column("layer", "layer", fmt_module, justify="left", style="bold"),
-    Column("points", "points", fmt_text),
-    Column("formats", "formats", justify="left"),
-    Column("output_sqnr_db", "output\nSQNR dB", fmt_db),
-    Column("max_abs_error", "max\n|error|", fmt_number),
-    Column("top1_agreement", "top-1\nagree %", fmt_percent),
+    Column("rank", "rank", fmt_text, priority=1),
+    Column("layer", "layer", fmt_module, justify="left", style="bold", priority=0, wrap="dots"),
+    Column("points", "points", fmt_text, priority=3),
+    Column("formats", "formats", justify="left", priority=2),
+    Column("output_sqnr_db", "output\nSQNR dB", fmt_db, priority=0),
+    Column("max_abs_error", "max\n|error|", fmt_number, priority=2),
+    Column("top1_agreement", "top-1\nagree %", fmt_percent, priority=1),
 )
-_GAIN_COLUMN = Column("gain_db", "gain dB\nvs all", fmt_db)
+_GAIN_COLUMN = Column("gain_db", "gain dB\nvs all", fmt_db, priority=0)
+_METRIC_COLUMN = Column("metric", "metric", fmt_number, priority=1)
+
+
+def _metric_caption(rows: Rows, caption: str | None) -> str | None:
+    if caption is None and any(r.get("metric") is not None for r in rows):
+        caption = f"metric in full precision: {fmt_number(rows[0].get('metric_full'))}"
+    return caption
 
 
 def sensitivity_table(rows: Rows, *, title: str | None = None, caption: str | None = None,
-                      top: int | None = None) -> Table:
+                      top: int | None = None) -> FittedTable:
     """The ranking of :func:`qsim_hooks.sensitivity` (built, not printed)."""
-    if top is not None and (not isinstance(top, int) or top < 1):
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise ValueError(f"top={top!r} must be a positive int or None")
     mode = rows[0].get("mode") if rows else "one"
     if title is None:
@@ -347,37 +309,64 @@ def sensitivity_table(rows: Rows, *, title: str | None = None, caption: str | No
                  "Sensitivity: all quantized but one layer, largest recovery first")
     if caption is None and mode != "one" and rows:
         caption = f"with every layer quantized: output SQNR {fmt_db(rows[0].get('all_quantized_sqnr_db'))} dB"
+    caption = _metric_caption(rows, caption)
     cols = SENSITIVITY_COLUMNS + ((_GAIN_COLUMN,) if mode != "one" else ())
+    cols += (_METRIC_COLUMN,) if any(r.get("metric") is not None for r in rows) else ()
     return build_table(list(rows)[:top] if top is not None else rows, cols, title=title, caption=caption)
 
 
 def render_sensitivity(rows: Rows, console: Console | None = None, *, title: str | None = None,
-                       caption: str | None = None, top: int | None = None) -> Table:
-    """Print the sensitivity ranking and return it."""
-    return print_table(sensitivity_table(rows, title=title, caption=caption, top=top), _wide_console(console))
+                       caption: str | None = None, top: int | None = None) -> None:
+    """Print the sensitivity ranking (``result.render()`` does the same)."""
+    print_table(sensitivity_table(rows, title=title, caption=caption, top=top), wide_console(console))
 
 
 # -- a sweep over formats (qsim_hooks.analysis.sweep) ----------------------------
 SWEEP_COLUMNS: tuple[Column, ...] = (
-    Column("format", "format", justify="left", style="bold"),
-    Column("roles", "roles", justify="left"),
-    Column("output_sqnr_db", "output\nSQNR dB", fmt_db),
-    Column("max_abs_error", "max\n|error|", fmt_number),
-    Column("top1_agreement", "top-1\nagree %", fmt_percent),
+    Column("format", "format", justify="left", style="bold", priority=0),
+    Column("roles", "roles", justify="left", priority=2),
+    Column("output_sqnr_db", "output\nSQNR dB", fmt_db, priority=0),
+    Column("max_abs_error", "max\n|error|", fmt_number, priority=1),
+    Column("top1_agreement", "top-1\nagree %", fmt_percent, priority=1),
 )
-_METRIC_COLUMN = Column("metric", "metric", fmt_number)
 
 
-def sweep_table(rows: Rows, *, title: str | None = "Output SQNR per format", caption: str | None = None) -> Table:
+def sweep_table(rows: Rows, *, title: str | None = "Output SQNR per format",
+                caption: str | None = None) -> FittedTable:
     """The rows of :func:`qsim_hooks.analysis.sweep` (built, not printed); a metric column when there is one."""
-    has_metric = any(r.get("metric") is not None for r in rows)
-    if caption is None and has_metric:
-        caption = f"metric in full precision: {fmt_number(rows[0].get('metric_full'))}"
-    cols = SWEEP_COLUMNS + ((_METRIC_COLUMN,) if has_metric else ())
+    caption = _metric_caption(rows, caption)
+    cols = SWEEP_COLUMNS + ((_METRIC_COLUMN,) if any(r.get("metric") is not None for r in rows) else ())
     return build_table(rows, cols, title=title, caption=caption)
 
 
 def render_sweep(rows: Rows, console: Console | None = None, *, title: str | None = "Output SQNR per format",
-                 caption: str | None = None) -> Table:
-    """Print the sweep table and return it."""
-    return print_table(sweep_table(rows, title=title, caption=caption), _wide_console(console))
+                 caption: str | None = None) -> None:
+    """Print the sweep table (``result.render()`` does the same)."""
+    print_table(sweep_table(rows, title=title, caption=caption), wide_console(console))
+
+
+# -- a calibration (qsim_hooks.calibrate) ------------------------------------------
+CALIBRATION_COLUMNS: tuple[Column, ...] = (
+    Column("module", "module", fmt_module, justify="left", style="bold", priority=0, wrap="dots"),
+    Column("point", "point", justify="left", priority=0),
+    Column("amax", "amax", fmt_range, priority=0),
+    Column("format", "format", justify="left", priority=1),
+    Column("method", "method", justify="left", priority=2),
+    Column("granularity", "scaling", justify="left", priority=2),
+    Column("numel", "values seen", fmt_text, priority=3),
+)
+
+
+def calibration_table(calibration: Any, *, title: str | None = "Calibrated static scales",
+                      caption: str | None = None) -> FittedTable:
+    """One row per calibrated point of a :class:`~qsim_hooks.calibration.Calibration` (or its ``to_rows()``)."""
+    rows = calibration.to_rows() if hasattr(calibration, "to_rows") else list(calibration)
+    skipped = getattr(calibration, "skipped", None)
+    if caption is None and skipped:
+        caption = f"{len(skipped)} point(s) without a static amax (calibration.skipped says why)"
+    return build_table(rows, CALIBRATION_COLUMNS, title=title, caption=caption)
+
+
+def render_calibration(calibration: Any, console: Console | None = None, **options: Any) -> None:
+    """Print the calibration table."""
+    print_table(calibration_table(calibration, **options), wide_console(console))

@@ -38,6 +38,7 @@ from . import activations, attention, distributed, offload, report, weights
 from .config import QuantConfig
 from .planning import POINT_KINDS, Plan, resolve
 from .points import CheckedScales, ObserverFn, QuantPoint, StaticScales
+from .rows import select_stats
 from .undo import Removable, UndoStack
 
 __all__ = ["Session", "quantized", "attach", "detach", "plan", "ATTACHERS", "PointKind", "Site"]
@@ -279,8 +280,9 @@ class Session:
         self.detach()
 
     # -- results ----------------------------------------------------------
-    def stats(self) -> list[dict[str, Any]]:
-        """Per-point statistics as plain data (needs ``stats=True``)."""
+    def stats(self, sort: str = "model", top: int | None = None, **select: Any) -> list[dict[str, Any]]:
+        """Per-point statistics as plain data (needs ``stats=True``); ``sort="sqnr"`` (worst first), ``top=N``,
+        ``point=``, ``group=``, ``sqnr_below=`` as :func:`qsim_hooks.rows.select_stats`."""
         rows = []
         for (module, point, tensor), qp in self.points.items():
             f = qp.format
@@ -294,15 +296,21 @@ class Session:
             else:
                 row.update({"calls": None, "sqnr_db": None, "saturated": None, "flushed": None})
             rows.append(row)
-        return rows
+        return [dict(r) for r in select_stats(rows, sort=sort, top=top, **select)]  # type: ignore[arg-type]
 
-    def report(self, **kwargs: Any) -> Any:
-        """Render the per-point table (see :func:`qsim_hooks.report.render_stats`)."""
-        return report.render_stats(self.stats(), **kwargs)
+    def report(self, **kwargs: Any) -> None:
+        """Print the per-point table (see :func:`qsim_hooks.report.render_stats`); returns nothing."""
+        report.render_stats(self.stats(), **kwargs)
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
         return f"<qsim_hooks.Session {state}: {len(self.points)} points on {type(self.model).__name__}>"
+
+    def __rich__(self) -> Any:
+        return report.stats_table(self.stats(), title=repr(self))
+
+    def _repr_html_(self) -> str:
+        return report.stats_table(self.stats(), title=repr(self))._repr_html_()
 
 
 def _granularity(f: Any, static: bool) -> str:

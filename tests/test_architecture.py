@@ -33,6 +33,7 @@ MAX_LINES = 400
 DEFERRED = {
     "qtorch": "compiles a C++ extension when imported",
     "matplotlib": "the [plot] extra",
+    "pandas": "optional: .to_pandas() of the analyses' results",
     "torchvision": "the [vision] extra",
     "accelerate": "a client library (offloaded models), not a dependency",
     "transformers": "a client library, not a dependency",

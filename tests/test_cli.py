@@ -157,7 +157,7 @@ def test_every_command_has_arguments_and_a_runner(capsys):
     parser = cli.build_parser()
     for name, cmd in cli.COMMANDS.items():
         assert callable(cmd.add_arguments) and callable(cmd.run) and cmd.help
-        argv = [name] if name == "formats" else [name, "--model", "model.py"]  # the model commands need one
+        argv = [name] if name in ("formats", "presets") else [name, "--model", "model.py"]  # model commands need one
         assert parser.parse_args(argv).command == name
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([name, "--help"])

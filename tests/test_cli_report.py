@@ -180,7 +180,7 @@ def test_report_histograms_as_json(eager, capsys, tmp_path):
                      "--histogram", "head.fc", "--plot-dir", str(tmp_path / "h")]) == 0
     data = json.loads(capsys.readouterr().out)
     names = sorted(os.path.basename(p) for p in data["histograms"])
-    assert names == ["blocks.0.conv1_input.png", "head.fc_input.png", "head.fc_weight.png"]
+    assert names == ["blocks.0.conv1_input.png", "head.fc_input.png", "head.fc_output.png", "head.fc_weight.png"]
     for p in data["histograms"]:
         with open(p, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -247,7 +247,8 @@ BAD = {
     "zero-top": (["report", "--top", "0"], 2, "--top"),
     "calibration-missing": (["report", "--calibration", _path("nope.json")], 2, "not found"),
     "calibration-malformed": (["sweep", "--calibration", _write("cal.json", "{")], 2, "--calibration"),
-    "histogram-of-no-point": (["report", "--weight", "int4", "--histogram", "head.fc:input"], 2, "head.fc:input"),
+    "histogram-of-no-point": (["report", "--input", "none", "--weight", "int4", "--histogram", "head.fc:input"], 2,
+                              "head.fc:input"),
     "model-file-not-python": (["report", "--model", _write("m.txt", "model = 1\n")], 2, "must be a Python file"),
 }
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from qsim_hooks import QuantConfig, calibrate, compare, quantized, report
 from qsim_hooks.formats import FloatFormat, Format, Scaling, get
+from qsim_hooks.progress import tracked
 
 from ..evaluations import pinned, render_report_and_time
 
@@ -126,7 +127,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, bat
     steps = epochs * math.ceil(len(x) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
-    for _ in range(epochs):
+    for _ in tracked(range(epochs), "training"):  # a bar on stderr when it is a terminal
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
@@ -158,7 +159,7 @@ def run(settings: Settings | None = None) -> DigitsResult:
                            parameters=sum(p.numel() for p in model.parameters()), fp_accuracy=fp)
         metric = lambda m, _batches: accuracy(m, xte, yte)  # noqa: E731
         calib_data = [xtr[i * 64:(i + 1) * 64] for i in range(s.calib_batches)]
-        for name in s.formats:
+        for name in tracked(s.formats, "digits CNN: formats"):
             fmt = build_format(name)
             cfg = QuantConfig(input=fmt, weight=fmt)
             dyn = compare(model, cfg, xte, metric=metric, stats=name == s.report_format)

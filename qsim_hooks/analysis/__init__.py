@@ -11,6 +11,10 @@ What this package answers, each as plain data (rendered by :mod:`qsim_hooks.repo
 * :func:`capture` (:mod:`.capturing`) - the tensors some quantization points see (through their
   ``observer`` slot), for :func:`qsim_hooks.plots.histogram`.
 
+Sweeps and rankings return lists of row dicts that also render (:mod:`.results`: ``.rows``,
+``.render()``, ``.to_pandas()``, a short repr); every function takes ``forward_loop=fn`` (a function
+that runs the model itself) instead of batches, and ``progress=`` (a bar on stderr in a terminal).
+
 Row arithmetic on the results (:func:`group_stats`, :func:`select_points`) lives below, in
 :mod:`qsim_hooks.rows`, and is re-exported here.
 
@@ -28,7 +32,8 @@ so the model is unchanged after any function here.
 How a batch is fed and which output is compared (:mod:`.feeding`):
 
 * ``forward(model, batch)`` (default: ``model(**batch)`` for a mapping,
-  ``model(*batch)`` for a tuple or list, ``model(batch)`` otherwise);
+  ``model(*batch)`` for a tuple or list, ``model(batch)`` otherwise; a batch
+  that does not fit the model's ``forward`` is a TypeError saying what to pass);
 * ``output(out) -> Tensor`` (default :func:`first_tensor`: the output itself
   when it is a tensor, otherwise the first tensor found depth-first in a tuple,
   list or mapping; a Hugging Face ``ModelOutput`` is a mapping of its non-None
@@ -38,11 +43,13 @@ How a batch is fed and which output is compared (:mod:`.feeding`):
 
 from ..batches import default_forward
 from ..rows import group_name, group_stats, select_points
-from .capturing import Captured, capture
+from .capturing import Captured, Captures, capture
 from .comparison import Comparison, compare
 from .feeding import first_tensor
 from .ranking import SENSITIVITY_MODES, sensitivity
+from .results import SensitivityResult, SweepResult, to_pandas
 from .sweeping import sweep
 
-__all__ = ["compare", "Comparison", "sweep", "sensitivity", "capture", "Captured", "group_stats",
-           "group_name", "select_points", "default_forward", "first_tensor", "SENSITIVITY_MODES"]
+__all__ = ["compare", "Comparison", "sweep", "SweepResult", "sensitivity", "SensitivityResult", "capture",
+           "Captured", "Captures", "group_stats", "group_name", "select_points", "default_forward", "first_tensor",
+           "SENSITIVITY_MODES", "to_pandas"]

@@ -5,6 +5,7 @@ experiments reuse: one full-precision :class:`Reference`, then any number of sim
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,11 +14,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..batches import default_forward
+from .. import report
+from ..batches import ForwardLoop
 from ..config import QuantConfig
 from ..session import Session
 from ..stats import power_sums, sqnr_db_from_sums
-from .feeding import Forward, Metric, OutputFn, batch_list, check_model_cfg, eval_no_grad, first_tensor, model_outputs
+from .feeding import (
+    Feed,
+    Forward,
+    Metric,
+    OutputFn,
+    check_model_cfg,
+    eval_no_grad,
+    first_tensor,
+    make_feed,
+    model_outputs,
+)
 
 __all__ = ["Comparison", "compare", "Reference", "reference", "simulate"]
 
@@ -62,6 +74,20 @@ class Comparison:
             del d["stats"]
         return d
 
+    def render(self, console: Any = None, **stats_options: Any) -> None:
+        """Print the summary line and the per-point table (options as :func:`qsim_hooks.report.stats_table`)."""
+        report.render_compare(self, console, **stats_options)
+
+    def __repr__(self) -> str:
+        return f"<qsim_hooks.Comparison: {report.compare_line(self)}; {len(self.stats)} points>"
+
+    def __rich__(self) -> Any:
+        return report.compare_renderable(self)
+
+    def _repr_html_(self) -> str:
+        return (f"<div><b>Simulated vs full precision</b>: {html.escape(report.compare_line(self))}</div>"
+                + (report.stats_table(self.stats)._repr_html_() if self.stats else ""))
+
 
 def _figures(refs: Sequence[Tensor], sims: Sequence[Tensor], top1: bool | None) -> dict[str, Any]:
     signal = noise = 0.0
@@ -94,8 +120,7 @@ class Reference:
     """One full-precision run, reused by every simulated run that compares against it."""
 
     model: nn.Module
-    batches: list[Any]
-    forward: Forward
+    feed: Feed
     output: OutputFn
     outputs: list[Tensor]
     metric: Metric | None
@@ -103,7 +128,7 @@ class Reference:
     top1: bool | None
 
 
-def _metric(metric: Metric | None, model: nn.Module, batches: list[Any]) -> float | None:
+def _metric(metric: Metric | None, model: nn.Module, batches: list[Any] | None) -> float | None:
     if metric is None:
         return None
     v = metric(model, batches)
@@ -113,35 +138,39 @@ def _metric(metric: Metric | None, model: nn.Module, batches: list[Any]) -> floa
         raise TypeError(f"metric(model, batches) must return a number, got {type(v).__name__}") from None
 
 
-def reference(model: nn.Module, batches: list[Any], forward: Forward | None, output: OutputFn | None,
-              metric: Metric | None, top1: bool | None) -> Reference:
-    """Run ``model`` in full precision on ``batches`` (eval mode, no autograd) and keep what it gave."""
-    fwd = forward or default_forward
+def reference(model: nn.Module, feed: Feed, output: OutputFn | None, metric: Metric | None, top1: bool | None,
+              *, progress: bool | None = None) -> Reference:
+    """Run ``model`` in full precision on ``feed`` (eval mode, no autograd) and keep what it gave."""
     out = output or first_tensor
     with eval_no_grad(model):
-        outs = model_outputs(model, batches, fwd, out)
-        mfull = _metric(metric, model, batches)
-    return Reference(model, batches, fwd, out, outs, metric, mfull, top1)
+        outs = model_outputs(model, feed, out, progress=progress, label="full precision")
+        mfull = _metric(metric, model, feed.batches)
+    return Reference(model, feed, out, outs, metric, mfull, top1)
 
 
-def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats: bool = False) -> Comparison:
-    """Run the reference's model and batches under ``cfg`` and compare with the full-precision run."""
+def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats: bool = False,
+             progress: bool | None = None) -> Comparison:
+    """Run the reference's model and data under ``cfg`` and compare with the full-precision run."""
     model = ref.model
     with eval_no_grad(model):
         with Session(model, cfg, stats=stats, calibration=calibration) as qs:
-            sims = model_outputs(model, ref.batches, ref.forward, ref.output)
+            sims = model_outputs(model, ref.feed, ref.output, progress=progress, label="simulated")
         rows = qs.stats() if stats else []
         msim = None
         if ref.metric is not None:  # a session of its own: the metric's runs stay out of the statistics
             with Session(model, cfg, calibration=calibration):
-                msim = _metric(ref.metric, model, ref.batches)
+                msim = _metric(ref.metric, model, ref.feed.batches)
+    if len(sims) != len(ref.outputs):
+        raise ValueError(f"the model ran {len(sims)} times simulated and {len(ref.outputs)} times in full precision: "
+                         "forward_loop must run the same data every time it is called")
     return Comparison(**_figures(ref.outputs, sims, ref.top1), metric_full=ref.metric_full, metric_sim=msim,
                       stats=rows)
 
 
 def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: Iterable[Any] | None = None,
-            forward: Forward | None = None, output: OutputFn | None = None, metric: Metric | None = None,
-            calibration: Any = None, stats: bool = True, top1: bool | None = None) -> Comparison:
+            forward: Forward | None = None, forward_loop: ForwardLoop | None = None, output: OutputFn | None = None,
+            metric: Metric | None = None, calibration: Any = None, stats: bool = True, top1: bool | None = None,
+            progress: bool | None = None) -> Comparison:
     """Run ``model`` in full precision and simulated under ``cfg`` on the same input; compare the outputs.
 
     Args:
@@ -149,20 +178,27 @@ def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: I
         cfg: the simulation.
         batch: one batch, fed by ``forward`` (or ``batches=``: several, merged
             exactly: the SQNR is that of all outputs together).
-        forward: ``forward(model, batch)``; default :func:`qsim_hooks.batches.default_forward`.
+        forward: ``forward(model, batch)``; default :func:`qsim_hooks.batches.default_forward`
+            (a batch that does not fit the model's ``forward`` is a TypeError that says what to pass).
+        forward_loop: instead of batches, ``forward_loop(model)`` runs the model on the data itself
+            (ModelOpt's habit); it is called once per run and must feed the same data each time; every
+            top-level output of the model is compared.
         output: ``output(model_output) -> Tensor`` picks the tensor to compare;
             default :func:`~qsim_hooks.analysis.feeding.first_tensor`.
         metric: ``metric(model, batches) -> float``, a task metric (accuracy
-            on labelled batches, perplexity, ...) measured on both models.
+            on labelled batches, perplexity, ...) measured on both models
+            (``batches`` is ``None`` with ``forward_loop``).
         calibration: passed to the session (static amax per point).
         stats: collect the per-point statistics (``Comparison.stats``).
         top1: ``None`` (default) computes top-1 agreement for 2-D outputs with
             two or more columns; ``True`` over the last dim of any output;
             ``False`` never.
+        progress: a progress bar over the batches of each run (stderr): ``None`` (default) in a terminal
+            when there is more than one batch, ``True`` always, ``False`` never.
 
     Returns:
         a :class:`Comparison` (``.as_dict()`` for plain data).
     """
     check_model_cfg(model, cfg)
-    ref = reference(model, batch_list(batch, batches), forward, output, metric, top1)
-    return simulate(ref, cfg, calibration=calibration, stats=stats)
+    ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1, progress=progress)
+    return simulate(ref, cfg, calibration=calibration, stats=stats, progress=progress)

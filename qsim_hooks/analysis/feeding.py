@@ -1,22 +1,27 @@
 """How the analyses run a model: which batches, in which mode, and which tensor of the output they compare.
 
-Shared by every experiment of :mod:`qsim_hooks.analysis`; batches are fed by
-:func:`qsim_hooks.batches.default_forward` unless the caller gives ``forward``.
+Shared by every experiment of :mod:`qsim_hooks.analysis`. The data is a :class:`Feed`: batches (fed by
+:func:`qsim_hooks.batches.feed`, ``forward(model, batch)`` when the caller gives one) or a
+``forward_loop(model)`` that runs the model itself (the outputs are then the model's top-level outputs, in
+call order: the function must feed the same data every time it is called).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..batches import ForwardLoop, feed, run_forward_loop
 from ..config import QuantConfig
+from ..progress import steps, track
 
 __all__ = ["Forward", "OutputFn", "Metric", "first_tensor", "batch_list", "eval_no_grad", "model_outputs",
-           "check_model_cfg"]
+           "check_model_cfg", "Feed", "make_feed"]
 
 Forward = Callable[[nn.Module, Any], Any]
 OutputFn = Callable[[Any], Tensor]
@@ -82,14 +87,68 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def model_outputs(model: nn.Module, batches: Sequence[Any], forward: Forward, output: OutputFn) -> list[Tensor]:
-    """The compared tensor of each batch's output, detached."""
-    outs = []
-    for b in batches:
-        t = output(forward(model, b))
+@dataclass(frozen=True)
+class Feed:
+    """The data of one analysis: ``batches`` (with ``forward``, or the default feeding), or ``forward_loop``."""
+
+    batches: list[Any] | None
+    forward: Forward | None = None
+    forward_loop: ForwardLoop | None = None
+
+    @property
+    def count(self) -> int | None:
+        return None if self.batches is None else len(self.batches)
+
+    def run(self, model: nn.Module, *, on_output: Callable[[Any], None] | None = None,
+            progress: bool | None = None, label: str = "batches") -> int:
+        """Run the model on the data, handing each output to ``on_output``; returns how many runs there were."""
+        if self.forward_loop is not None:
+            with steps(label, enabled=progress) as advance:
+                def seen(out: Any) -> None:
+                    advance()
+                    if on_output is not None:
+                        on_output(out)
+                n = run_forward_loop(model, self.forward_loop, seen)
+            if n == 0:
+                raise ValueError("forward_loop(model) never called the model: it must run the model on the data")
+            return n
+        assert self.batches is not None
+        show = progress if progress is not None or len(self.batches) > 1 else False
+        with track(self.batches, label, enabled=show) as each:
+            for b in each:
+                out = feed(model, b, self.forward)
+                if on_output is not None:
+                    on_output(out)
+        return len(self.batches)
+
+
+def make_feed(batch: Any, batches: Iterable[Any] | None, forward: Forward | None,
+              forward_loop: ForwardLoop | None) -> Feed:
+    """The :class:`Feed` of a call that takes ``batch=``, ``batches=`` or ``forward_loop=`` (one of them)."""
+    if forward_loop is not None:
+        if batch is not None or batches is not None:
+            raise TypeError("pass either forward_loop= (a function that runs the model) or batch=/batches=, not both")
+        if forward is not None:
+            raise TypeError("forward= says how a batch is fed; with forward_loop= there are no batches: drop one")
+        if not callable(forward_loop):
+            raise TypeError(f"forward_loop must be a function fn(model) that runs the model, got "
+                            f"{type(forward_loop).__name__}")
+        return Feed(None, None, forward_loop)
+    return Feed(batch_list(batch, batches), forward)
+
+
+def model_outputs(model: nn.Module, data: Feed, output: OutputFn, *, progress: bool | None = None,
+                  label: str = "batches") -> list[Tensor]:
+    """The compared tensor of each output of the model on ``data``, detached."""
+    outs: list[Tensor] = []
+
+    def keep(out: Any) -> None:
+        t = output(out)
         if not isinstance(t, Tensor):
             raise TypeError(f"output= must return a torch.Tensor, got {type(t).__name__}")
         outs.append(t.detach())
+
+    data.run(model, on_output=keep, progress=progress, label=label)
     return outs
 
 

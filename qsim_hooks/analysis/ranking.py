@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 from torch import nn
 
+from ..batches import ForwardLoop
 from ..config import QuantConfig, Rule
 from ..progress import track
 from ..rows import group_name
 from ..session import plan
 from .comparison import reference, simulate
-from .feeding import Forward, OutputFn, batch_list, check_model_cfg
+from .feeding import Forward, Metric, OutputFn, check_model_cfg, make_feed
+from .results import SensitivityResult
 
 __all__ = ["sensitivity", "SENSITIVITY_MODES"]
 
@@ -44,8 +46,9 @@ def _depth(granularity: Any) -> int | None:
 
 def sensitivity(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: Iterable[Any] | None = None,
                 mode: Literal["one", "all-but-one"] = "one", granularity: Literal["layer"] | int = "layer",
-                forward: Forward | None = None, output: OutputFn | None = None, calibration: Any = None,
-                top1: bool | None = None, progress: bool | None = False) -> list[dict[str, Any]]:
+                forward: Forward | None = None, forward_loop: ForwardLoop | None = None,
+                output: OutputFn | None = None, metric: Metric | None = None, calibration: Any = None,
+                top1: bool | None = None, progress: bool | None = None) -> SensitivityResult:
     """Rank layers by the output SQNR their quantization costs.
 
     ``mode="one"``: each layer quantized as ``cfg`` says, every other layer in
@@ -59,15 +62,18 @@ def sensitivity(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batche
         granularity: ``"layer"`` (each instrumented module) or an int depth:
             modules grouped by the first ``depth`` components of their names
             (``2``: ``layer1.0.conv1`` and ``layer1.0.conv2`` form ``layer1.0``).
-        progress: a progress bar over the units (``rich.progress`` on stderr, transient): ``None`` when
-            stderr is a terminal, ``True`` always, ``False`` (default) never (:func:`qsim_hooks.progress.track`).
+        metric: ``metric(model, batches) -> float`` measured for every unit too (``metric``, beside
+            ``metric_full``); the ranking stays by output SQNR (a metric may be better high or low).
+        progress: a progress bar over the units (``rich.progress`` on stderr, transient): ``None``
+            (default) when stderr is a terminal, ``True`` always, ``False`` never.
         The rest as in :func:`~qsim_hooks.analysis.compare`.
 
     Returns:
-        rows, best ranked first, with the keys ``rank``, ``layer``, ``points``
-        (quantization points in the unit), ``formats``, ``output_sqnr_db``,
-        ``max_abs_error``, ``top1_agreement``, ``mode`` and, for
-        ``"all-but-one"``, ``all_quantized_sqnr_db`` and ``gain_db``.
+        a :class:`~qsim_hooks.analysis.results.SensitivityResult`: a list of rows, best ranked first,
+        with the keys ``rank``, ``layer``, ``points`` (quantization points in the unit), ``formats``,
+        ``output_sqnr_db``, ``max_abs_error``, ``top1_agreement``, ``mode``, ``metric`` and
+        ``metric_full`` (``None`` without a metric) and, for ``"all-but-one"``,
+        ``all_quantized_sqnr_db`` and ``gain_db``; ``.render()``, ``.to_pandas()``.
     """
     check_model_cfg(model, cfg)
     if mode not in SENSITIVITY_MODES:
@@ -81,8 +87,9 @@ def sensitivity(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batche
         modules.setdefault(unit, {})[e.module] = None
     if not units:
         raise ValueError("cfg quantizes nothing in this model: there is no layer to rank")
-    ref = reference(model, batch_list(batch, batches), forward, output, None, top1)
-    base = simulate(ref, cfg, calibration=calibration) if mode == "all-but-one" else None
+    ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1,
+                    progress=progress)
+    base = simulate(ref, cfg, calibration=calibration, progress=progress) if mode == "all-but-one" else None
     rows = []
     with track(list(units), f"sensitivity ({mode})", enabled=progress) as each:
         for unit in each:
@@ -93,11 +100,13 @@ def sensitivity(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batche
                          Rule(match=pattern, enabled=True, name=f"sensitivity: {unit or '<model>'} on"))
             else:
                 extra = (Rule(match=pattern, enabled=False, name=f"sensitivity: {unit or '<model>'} off"),)
-            res = simulate(ref, dataclasses.replace(cfg, rules=tuple(cfg.rules) + extra), calibration=calibration)
+            res = simulate(ref, dataclasses.replace(cfg, rules=tuple(cfg.rules) + extra), calibration=calibration,
+                           progress=progress)
             fmts = units[unit]
             row: dict[str, Any] = {"layer": unit, "points": len(fmts), "formats": ",".join(dict.fromkeys(fmts)),
                                    "output_sqnr_db": res.output_sqnr_db, "max_abs_error": res.max_abs_error,
-                                   "top1_agreement": res.top1_agreement, "mode": mode}
+                                   "top1_agreement": res.top1_agreement, "mode": mode, "metric": res.metric_sim,
+                                   "metric_full": res.metric_full}
             if base is not None:
                 row["all_quantized_sqnr_db"] = base.output_sqnr_db
                 row["gain_db"] = res.output_sqnr_db - base.output_sqnr_db
@@ -110,4 +119,4 @@ def sensitivity(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batche
         return v if mode == "one" else -v
 
     rows.sort(key=key)  # stable: ties keep model order
-    return [{"rank": i + 1, **r} for i, r in enumerate(rows)]
+    return SensitivityResult({"rank": i + 1, **r} for i, r in enumerate(rows))

@@ -3,30 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from torch import nn
 
+from ..batches import ForwardLoop
 from ..config import ROLES, QuantConfig
 from ..formats import Format
+from ..progress import track
 from .comparison import reference, simulate
-from .feeding import Forward, Metric, OutputFn, batch_list, check_model_cfg
+from .feeding import Forward, Metric, OutputFn, check_model_cfg, make_feed
+from .results import SweepResult
 
 __all__ = ["sweep"]
 
 
 def sweep(model: nn.Module, cfg: QuantConfig | None, formats: Sequence[Any], batch: Any = None, *,
           batches: Iterable[Any] | None = None, roles: Sequence[str] = ("input", "weight"),
-          forward: Forward | None = None, output: OutputFn | None = None, metric: Metric | None = None,
-          calibration: Any = None, top1: bool | None = None) -> list[dict[str, Any]]:
+          forward: Forward | None = None, forward_loop: ForwardLoop | None = None, output: OutputFn | None = None,
+          metric: Metric | None = None, calibration: Any = None, top1: bool | None = None,
+          progress: bool | None = None) -> SweepResult:
     """One comparison per format: ``cfg`` with ``roles`` set to that format, against one reference.
 
     ``cfg`` (``None``: an empty config) supplies the other roles and the rules;
     rules that set a role's format still win over the swept one for the layers
-    they match. Returns one row per format with the keys ``format``, ``roles``,
-    ``output_sqnr_db``, ``max_abs_error``, ``top1_agreement``, ``metric``,
-    ``metric_full``. The other arguments as in :func:`~qsim_hooks.analysis.compare`.
+    they match. ``calibration`` is a Calibration used by every run, or a
+    function ``cfg -> Calibration`` called for each swept config (static scales
+    depend on the format: ``lambda c: qh.calibrate(model, c, batches)``).
+    ``progress``: a bar over the formats (stderr; ``None``: in a terminal).
+
+    Returns:
+        a :class:`~qsim_hooks.analysis.results.SweepResult`: a list with one row per format, keys
+        ``format``, ``roles``, ``output_sqnr_db``, ``max_abs_error``, ``top1_agreement``, ``metric``,
+        ``metric_full``; ``.render()``, ``.to_pandas()``. The other arguments as in
+        :func:`~qsim_hooks.analysis.compare`.
     """
     cfg = QuantConfig() if cfg is None else cfg
     check_model_cfg(model, cfg)
@@ -35,12 +46,15 @@ def sweep(model: nn.Module, cfg: QuantConfig | None, formats: Sequence[Any], bat
     if bad or not roles:
         raise ValueError(f"roles={list(roles)!r}: each must be one of {list(ROLES)} (at least one)")
     cfgs = [(f, dataclasses.replace(cfg, **{r: f for r in roles})) for f in formats]  # bad names fail first
-    ref = reference(model, batch_list(batch, batches), forward, output, metric, top1)
-    rows = []
-    for f, c in cfgs:
-        res = simulate(ref, c, calibration=calibration)
-        rows.append({"format": f.name if isinstance(f, Format) else str(f), "roles": ",".join(roles),
-                     "output_sqnr_db": res.output_sqnr_db, "max_abs_error": res.max_abs_error,
-                     "top1_agreement": res.top1_agreement, "metric": res.metric_sim,
-                     "metric_full": res.metric_full})
+    ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1,
+                    progress=progress)
+    calibrate_for: Callable[[QuantConfig], Any] = calibration if callable(calibration) else lambda c: calibration
+    rows = SweepResult()
+    with track(cfgs, "sweep", enabled=progress) as each:
+        for f, c in each:
+            res = simulate(ref, c, calibration=calibrate_for(c), progress=progress)
+            rows.append({"format": f.name if isinstance(f, Format) else str(f), "roles": ",".join(roles),
+                         "output_sqnr_db": res.output_sqnr_db, "max_abs_error": res.max_abs_error,
+                         "top1_agreement": res.top1_agreement, "metric": res.metric_sim,
+                         "metric_full": res.metric_full})
     return rows

@@ -21,7 +21,6 @@ leaves it attached with its formats restored.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,13 +28,13 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
-from ..batches import default_forward  # noqa: F401  (re-exported: part of this module's API)
+from ..batches import ForwardLoop, default_forward, feed, run_forward_loop
 from ..config import QuantConfig
 from ..formats import Format
 from ..points import QuantPoint
+from ..progress import steps
 from ..session import Session
 from ..undo import UndoStack
 from .calibration import Calibration, CalibrationTarget, PointCalibration, calibration_target, point_label
@@ -137,15 +136,7 @@ def _observe_weights(session: Session, observed: Observed) -> None:
             getattr(named[module], tensor)
 
 
-def _progress(enabled: bool | None) -> Progress | None:
-    show = sys.stdout.isatty() if enabled is None else bool(enabled)
-    if not show:
-        return None
-    return Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
-
-
-def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: ForwardFn,
+def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: ForwardFn | None,
                  progress: bool | None) -> int:
     if isinstance(data, (Tensor, Mapping)):
         data = [data]  # one batch
@@ -165,24 +156,21 @@ def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: 
             total = min(total, len(data))
         except TypeError:
             pass
-    prog = _progress(progress)
     n = 0
-    with torch.no_grad():
-        if prog is not None:
-            prog.start()
-            task = prog.add_task("batches", total=total)
-        try:
-            for batch in it:
-                forward(model, batch)
-                n += 1
-                if prog is not None:
-                    prog.advance(task)
-                if num_batches is not None and n >= num_batches:
-                    break
-        finally:
-            if prog is not None:
-                prog.stop()
+    with torch.no_grad(), steps("calibrating", total=total, enabled=progress) as advance:
+        for batch in it:
+            feed(model, batch, forward)
+            n += 1
+            advance()
+            if num_batches is not None and n >= num_batches:
+                break
     return n
+
+
+def _run_loop(model: nn.Module, forward_loop: ForwardLoop, progress: bool | None) -> int:
+    """``forward_loop(model)`` under no_grad, a bar counting the model's calls; how many calls there were."""
+    with torch.no_grad(), steps("calibrating", enabled=progress) as advance:
+        return run_forward_loop(model, forward_loop, lambda out: advance())
 
 
 def _finish(inst: Observed, method: str | dict[str, str], percentile: float, bins: int, n_batches: int,
@@ -266,15 +254,21 @@ def _check_counts(num_batches: Any, bins: Any) -> None:
 def _collect(session: Session, data: Any, num_batches: int | None, method: str | dict[str, str],
              forward: ForwardFn | None, progress: bool | None, bins: int,
              select: Callable[[QuantPoint], bool] | None,
-             target_format: Callable[[QuantPoint], Format | None] | None) -> tuple[Observed, int]:
+             target_format: Callable[[QuantPoint], Format | None] | None,
+             forward_loop: ForwardLoop | None = None) -> tuple[Observed, int]:
     """Observers lent to the points, weights read once, the batches run; the points given back on exit."""
     inst = make_observers(session.points, method, bins, select, target_format)
     n = 0
     if inst.observers:
         with inst.lend(session):
             _observe_weights(session, inst)
-            if data is not None:
-                n = _run_batches(session.model, data, num_batches, forward or default_forward, progress)
+            if forward_loop is not None:
+                n = _run_loop(session.model, forward_loop, progress)
+                if n == 0:
+                    raise ValueError("calibration: forward_loop(model) never called the model; it must run "
+                                     "the model on the calibration data")
+            elif data is not None:
+                n = _run_batches(session.model, data, num_batches, forward, progress)
                 if n == 0:
                     raise ValueError("calibration: `data` yielded no batches (an empty loader?); give at "
                                      "least one batch")
@@ -307,9 +301,10 @@ def calibrate_session(session: Session, data: Any = None, *, num_batches: int | 
     return _finish(inst, m, percentile, bins, n, distributed)
 
 
-def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any], num_batches: int | None = None,
+def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any] | None = None, num_batches: int | None = None,
               method: str | Mapping[str, str] = "max", percentile: float = 99.99,
-              forward: ForwardFn | None = None, progress: bool | None = None, bins: int = 2048) -> Calibration:
+              forward: ForwardFn | None = None, progress: bool | None = None, bins: int = 2048, *,
+              forward_loop: ForwardLoop | None = None) -> Calibration:
     """Run ``data`` through ``model`` with observers at every calibratable point of ``cfg``.
 
     Args:
@@ -319,18 +314,23 @@ def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any], num_batch
         cfg: the QuantConfig that will be evaluated; points whose format is
             scaled (integers, scaled floats, NVFP4's tensor level) are calibrated.
         data: an iterable of batches (DataLoader, list, generator), or one
-            tensor / dict as a single batch.
+            tensor / dict as a single batch; or ``None`` with ``forward_loop``.
         num_batches: use at most this many batches (``None``: all).
         method: ``"max"``, ``"percentile"``, ``"entropy"`` or ``"mse"``, or a
             mapping from point name to method, e.g.
             ``{"weight": "max", "default": "entropy"}``.
         percentile: for ``"percentile"``, in (0, 100].
         forward: ``forward(model, batch)`` feeds a batch (INT-FP-QSim's
-            ``batch_process_func``); default :func:`default_forward`.
-        progress: a rich progress bar over the batches: ``None`` shows it when
-            stdout is a terminal, ``False`` never, ``True`` always.
+            ``batch_process_func``); default :func:`default_forward` (a batch
+            that does not fit the model's ``forward``, such as ``(images, labels)``,
+            is a TypeError that says what to pass).
+        progress: a rich progress bar over the batches (on stderr): ``None`` shows it
+            when stderr is a terminal, ``False`` never, ``True`` always.
         bins: histogram bins (histogram methods; per-channel histograms get
             ``bins // 8``).
+        forward_loop: instead of ``data``, ``forward_loop(model)`` runs the
+            model on the calibration data itself (ModelOpt's ``forward_loop``);
+            ``num_batches`` and ``forward`` do not apply.
 
     Returns:
         a :class:`Calibration` for ``qh.quantized(model, cfg, calibration=...)``.
@@ -345,15 +345,22 @@ def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any], num_batch
         raise TypeError(f"cfg must be a qsim_hooks.QuantConfig, got {type(cfg).__name__}")
     m = check_method(method, percentile)
     _check_counts(num_batches, bins)
-    if data is None:
-        raise ValueError("calibrate: data is None; give an iterable of batches")
+    if forward_loop is not None:
+        if data is not None or forward is not None:
+            raise TypeError("calibrate: pass either data= (with forward=) or forward_loop=, not both")
+        if not callable(forward_loop):
+            raise TypeError(f"calibrate: forward_loop must be a function fn(model) that runs the model, got "
+                            f"{type(forward_loop).__name__}")
+    elif data is None:
+        raise ValueError("calibrate: data is None; give an iterable of batches, or forward_loop=fn (a function "
+                         "that runs the model on the calibration data)")
     if model.training:
         warnings.warn("calibrate: the model is in training mode (BatchNorm statistics and dropout change "
                       "with every batch); call model.eval() first", UserWarning, stacklevel=2)
     session = Session(model, cfg)
     session.attach()
     try:
-        inst, n = _collect(session, data, num_batches, m, forward, progress, bins, None, None)
+        inst, n = _collect(session, data, num_batches, m, forward, progress, bins, None, None, forward_loop)
     finally:
         session.detach()  # always; the amax is computed from the observers alone
     return _finish(inst, m, percentile, bins, n, None)

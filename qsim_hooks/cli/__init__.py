@@ -5,6 +5,7 @@ function that adds its arguments to an argparse parser, and a function that
 runs it and returns an exit code. Adding a subcommand is adding one entry.
 
 * :mod:`.formats` - ``formats``, the table of the named formats;
+* :mod:`.presets` - ``presets``, the named recipes of ``--preset``;
 * :mod:`.commands` - ``report``, ``sweep``, ``sensitivity`` on a model file or a
   torchvision name (:mod:`.models`: their shared options; :mod:`.histograms`: ``report --histogram``);
 * :mod:`.base` - the parser, the errors and the argument types they share.
@@ -13,21 +14,26 @@ Data comes from :mod:`qsim_hooks.stats` and :mod:`qsim_hooks.analysis`, text
 from :mod:`qsim_hooks.report`; this package only parses arguments and routes
 output. Exit codes follow argparse: 0 success, 2 a bad invocation (unknown
 option, unknown format name, bad value, a model name or a model/config file
-that cannot be used), 1 a failure while running (the user's model file raising
-included). Every error is one line on stderr; set ``QSIM_HOOKS_DEBUG=1`` to
-get the traceback of an unexpected one.
+that cannot be used, a config rule that matches nothing), 1 a failure while
+running (the user's model file raising included, whatever it raises). Every
+error is one line on stderr; set ``QSIM_HOOKS_DEBUG=1`` to get the traceback
+of an unexpected one. PyTorch's "No CUDA runtime is found" log line (printed
+when the compiler loads on a machine without a GPU) is not the user's business
+here: :func:`main` drops that one record while it runs, and nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import __version__
-from . import commands, formats
+from . import commands, formats, presets
 from .base import PROG, CommandError, Parser, UsageError, one_line
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS", "CommandError", "UsageError", "PROG"]
@@ -44,6 +50,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "formats": Command(formats.HELP, formats.add_arguments, formats.run),
+    "presets": Command(presets.HELP, presets.add_arguments, presets.run),
     "report": Command("a model (a torchvision name or your .py file) simulated under a config: output SQNR "
                       "against full precision, then one row per quantization point", commands.report_arguments,
                       commands.report_run),
@@ -54,8 +61,19 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+EPILOG = """first steps (nothing is downloaded; model names need the [vision] extra):
+  qsim-hooks report --model resnet18 --size 64     # E4M3/E4M3/FP16, per point
+  qsim-hooks report --model resnet18 --preset w8a8-int --sort sqnr --top 10
+  qsim-hooks sweep --model resnet18 --size 64 --formats e4m3,int8,mxfp4,nvfp4
+  qsim-hooks sensitivity --model examples/small_cnn.py --weight int4
+  qsim-hooks presets                               # the recipes --preset takes
+  qsim-hooks formats --names e4m3,int8,mxfp4       # what each format holds
+--model also takes your own .py file: see 'qsim-hooks report --help'."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog=PROG, description="Simulate low-precision number formats on PyTorch models.")
+    parser = Parser(prog=PROG, description="Simulate low-precision number formats on PyTorch models.",
+                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, cmd in COMMANDS.items():
@@ -69,12 +87,35 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+class _NoCudaNotice(logging.Filter):
+    """Drops PyTorch's "No CUDA runtime is found, using CUDA_HOME=..." record and lets every other one pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+@contextmanager
+def _quiet_cuda_notice() -> Iterator[None]:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    f = _NoCudaNotice()
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error(f"no command given; choose one of: {', '.join(COMMANDS)}")
+    with _quiet_cuda_notice():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except KeyboardInterrupt:
@@ -92,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("QSIM_HOOKS_DEBUG"):
             raise
         return _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into one line
+    except BaseException as exc:  # the one place that turns crashes (SystemExit from a model file too) into one line
         if os.environ.get("QSIM_HOOKS_DEBUG"):
             raise
         return _fail(f"{type(exc).__name__}: {exc} (set QSIM_HOOKS_DEBUG=1 for the traceback)")

@@ -19,7 +19,7 @@ from .. import formats
 from ..config import ROLES
 
 __all__ = ["PROG", "one_line", "Parser", "CommandError", "UsageError", "positive_int", "comma_list",
-           "format_names", "format_or_none", "roles", "points", "console"]
+           "format_names", "format_or_none", "roles", "console"]
 
 PROG = "qsim-hooks"
 
@@ -78,8 +78,6 @@ def comma_list(what: str, *, choices: Sequence[str] | None = None,
 format_names = comma_list("format names", check=formats.get)
 #: roles of a layer (``input,weight``)
 roles = comma_list("roles", choices=ROLES)
-#: point kinds (``input,weight``); any names: a point a model does not have selects nothing
-points = comma_list("points")
 
 
 def format_or_none(text: str) -> str:

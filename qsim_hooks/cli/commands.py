@@ -1,7 +1,8 @@
 """``qsim-hooks report``, ``sweep`` and ``sensitivity``: a model, a config, one analysis, its output.
 
 Each command is a pair (``*_arguments`` adds its options, ``*_run`` runs it and returns the exit code);
-the data comes from :mod:`qsim_hooks.analysis`, the text from :mod:`qsim_hooks.report`.
+the data comes from :mod:`qsim_hooks.analysis`, the text from :mod:`qsim_hooks.report`. Progress bars go
+to stderr when it is a terminal (``--no-progress``: never); stdout carries the tables, JSON or CSV.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import sys
 from typing import Any
 
 from .. import analysis, report
+from ..config import ATTENTION_POINTS, ROLES
 from ..modelsrc import ModelSource
 from ..plots import sweep_plot
 from ..rows import select_points
 from ..session import plan
-from .base import UsageError, console, format_names, points, positive_int, roles
+from .base import UsageError, comma_list, console, format_names, positive_int, roles
 from .histograms import check_matplotlib, write_histograms
 from .models import (
     DEFAULT_SIMULATION,
     build_config,
+    calibrator,
+    check_config,
     config_arguments,
     describe_config,
-    load_calibration,
     load_source,
     model_arguments,
     output_arguments,
@@ -32,6 +35,8 @@ __all__ = ["report_arguments", "report_run", "sweep_arguments", "sweep_run", "se
            "sensitivity_run"]
 
 _DEFAULT_TEXT = "e4m3 inputs and weights, fp16 outputs"
+POINT_KINDS = (*ROLES, *ATTENTION_POINTS)
+points = comma_list("point kinds", choices=POINT_KINDS)
 
 
 def _write(args: argparse.Namespace, src: ModelSource, cfg: Any, data: dict[str, Any], rows: list[Any],
@@ -43,6 +48,17 @@ def _write(args: argparse.Namespace, src: ModelSource, cfg: Any, data: dict[str,
     elif args.csv:
         sys.stdout.write(report.to_csv(rows, csv_keys))
     return bool(args.json or args.csv)
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return None if args.progress else False
+
+
+def _calibration_line(args: argparse.Namespace, cal: Any) -> list[str]:
+    if cal is None:
+        return []
+    source = args.calibration or f"--calibrate {args.calibrate} on the model's batches"
+    return [f"calibration: {source} ({cal.method}, {len(cal)} points with a static amax)"]
 
 
 # ---------------------------------------------------------------------------
@@ -59,7 +75,7 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge the points of each module-name prefix of DEPTH components (2: layer1.0.*), "
                         "SQNR from the summed powers")
     g.add_argument("--point", type=points, default=None, metavar="P,Q",
-                   help="only these points (input, weight, output, q, k, scores, probs, v, context)")
+                   help=f"only these point kinds ({', '.join(POINT_KINDS)})")
     h = p.add_argument_group("histograms")
     h.add_argument("--histogram", action="append", default=None, metavar="MODULE[:POINT]",
                    help="also draw the |x| distribution this point saw (or every point of this module), with "
@@ -74,26 +90,31 @@ def report_run(args: argparse.Namespace) -> int:
         check_matplotlib("--histogram")
     src = load_source(args)
     cfg = build_config(args, DEFAULT_SIMULATION)
-    cal = load_calibration(args, src.model)
+    check_config(args, src, cfg)
+    active = [(e.module, e.point, e.tensor) for e in plan(src.model, cfg).active()]
+    if args.point is not None and not any(k[1] in args.point for k in active):
+        have = ", ".join(dict.fromkeys(k[1] for k in active)) or "none"
+        raise UsageError(f"--point {','.join(args.point)}: this model has no such quantization point under this "
+                         f"config; it has: {have}")
     if args.histogram:  # a name that is no point of this model is a bad invocation: say so before any run
         try:
-            select_points([(e.module, e.point, e.tensor) for e in plan(src.model, cfg).active()], args.histogram)
+            select_points(active, args.histogram)
         except ValueError as exc:
             raise UsageError(f"--histogram: {exc}") from None
+    cal = calibrator(args, src)(cfg)
     res = analysis.compare(src.model, cfg, batches=src.batches, forward=src.forward, output=src.output,
-                           metric=src.metric, calibration=cal, stats=True)
+                           metric=src.metric, calibration=cal, stats=True, progress=_progress(args))
     options = {"sort": args.sort, "top": args.top, "point": args.point, "group": args.group}
     rows = report.select_stats(res.stats, **options)
     pngs = write_histograms(src, cfg, cal, args.histogram, args.plot_dir) if args.histogram else []
     keys = list(report.STATS_EXPORT_KEYS)
     if args.group is not None:
         keys = [k for k in keys if k != "decided_by"] + ["points"]
-    data = {"calibration": args.calibration, "summary": res.as_dict(stats=False), "points": rows, "histograms": pngs}
+    data = {"calibration": args.calibration or args.calibrate, "summary": res.as_dict(stats=False),
+            "points": rows, "histograms": pngs}
     if not _write(args, src, cfg, data, rows, keys):
         con = console()
-        lines = [src.description, f"simulation: {describe_config(cfg)}"]
-        if cal is not None:
-            lines.append(f"calibration: {args.calibration} ({cal.method}, {len(cal)} points with a static amax)")
+        lines = [src.description, f"simulation: {describe_config(cfg)}", *_calibration_line(args, cal)]
         report.render_heading(f"qsim-hooks report: {src.name}", lines, con)
         report.render_compare(res, con, **options)
         for path in pngs:
@@ -126,15 +147,19 @@ def sweep_run(args: argparse.Namespace) -> int:
         check_matplotlib("--plot")
     src = load_source(args)
     cfg = build_config(args, None)
-    cal = load_calibration(args, src.model)
+    check_config(args, src, cfg)
     rows = analysis.sweep(src.model, cfg, args.formats, batches=src.batches, roles=args.roles,
-                          forward=src.forward, output=src.output, metric=src.metric, calibration=cal)
-    if not _write(args, src, cfg, {"rows": rows}, rows):
+                          forward=src.forward, output=src.output, metric=src.metric,
+                          calibration=calibrator(args, src), progress=_progress(args))
+    if not _write(args, src, cfg, {"rows": rows.rows}, rows.rows):
         con = console()
-        report.render_heading(f"qsim-hooks sweep: {src.name}",
-                              [src.description, f"each format on: {', '.join(args.roles)}; "
-                                                f"the rest: {describe_config(cfg)}"], con)
-        report.render_sweep(rows, con)
+        rest = tuple(r for r in ROLES if r not in args.roles)
+        lines = [src.description, f"each format on: {', '.join(args.roles)}"
+                 + (f"; the rest: {describe_config(cfg, rest)}" if rest or cfg.rules else "")]
+        if args.calibrate:
+            lines.append(f"static scales: --calibrate {args.calibrate} for each format, on the model's batches")
+        report.render_heading(f"qsim-hooks sweep: {src.name}", lines, con)
+        rows.render(con)
     if args.plot is not None:
         path = sweep_plot(rows, args.plot, title=f"{src.name}: output SQNR per format ({', '.join(args.roles)})")
         if not (args.json or args.csv):
@@ -162,14 +187,17 @@ def sensitivity_arguments(p: argparse.ArgumentParser) -> None:
 def sensitivity_run(args: argparse.Namespace) -> int:
     src = load_source(args)
     cfg = build_config(args, DEFAULT_SIMULATION)
-    cal = load_calibration(args, src.model)
-    rows = analysis.sensitivity(src.model, cfg, batches=src.batches, mode=args.mode,
-                                granularity="layer" if args.depth is None else args.depth,
-                                forward=src.forward, output=src.output, calibration=cal, progress=None)
-    rows = rows[:args.top] if args.top is not None else rows
+    check_config(args, src, cfg)
+    cal = calibrator(args, src)(cfg)  # a point's scale does not depend on which other layers are quantized
+    res = analysis.sensitivity(src.model, cfg, batches=src.batches, mode=args.mode,
+                               granularity="layer" if args.depth is None else args.depth,
+                               forward=src.forward, output=src.output, metric=src.metric, calibration=cal,
+                               progress=_progress(args))
+    rows = res.rows[:args.top] if args.top is not None else res.rows
     if not _write(args, src, cfg, {"mode": args.mode, "rows": rows}, rows):
         con = console()
         report.render_heading(f"qsim-hooks sensitivity: {src.name}",
-                              [src.description, f"simulation: {describe_config(cfg)}"], con)
+                              [src.description, f"simulation: {describe_config(cfg)}",
+                               *_calibration_line(args, cal)], con)
         report.render_sensitivity(rows, con)
     return 0

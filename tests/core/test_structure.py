@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "qsim_hooks"
-CORE = ("config", "layers", "planning", "points", "undo", "text", "weights", "activations", "attention",
+CORE = ("config", "layers", "planning", "points", "undo", "weights", "activations", "attention",
         "decompose", "offload", "session", "calibration", "calibration.api", "calibration.calibration",
         "calibration.methods", "calibration.observers")
 #: (module, imported top-level package) pairs allowed inside a function: heavy optional dependencies
@@ -89,7 +89,7 @@ def test_core_imports_form_no_cycle():
         if m not in state:
             visit(m)
     # and the graph says what the module docstrings say: the user's types at the bottom, sessions on top
-    assert not edges["config"] - {"layers"} and not edges["undo"] and not edges["text"]
+    assert not edges["config"] - {"layers"} and not edges["undo"]
     assert "session" not in set().union(*(edges[m] for m in CORE if not m.startswith("calibration")))
 
 
