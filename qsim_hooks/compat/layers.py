@@ -13,8 +13,8 @@ The layers quantized are INT-FP-QSim's: modules whose exact type (before paramet
 ``mapping`` (default :data:`DEFAULT_LAYERS`; a subclass such as ``nn.MultiheadAttention``'s
 ``NonDynamicallyQuantizableLinear`` out_proj is not one). Static scales come, in this order, from the
 ``amax_input`` / ``amax_weight`` attributes that INT-FP-QSim's calibration (or the user) set on the layers
-before the call, then from ``calibration=``. The old default mapping's attention classes are not simulated
-yet: a warning names the modules left out.
+before the call, then from ``calibration=``. The old default mapping's attention classes are simulated with
+the old placement of their points (:mod:`.attention`).
 """
 
 from __future__ import annotations

@@ -236,19 +236,27 @@ def test_resnet18_logits_are_bit_identical() -> None:
             assert_bits(y, g[cfg], f"resnet18 {cfg}")
 
 
+def _encoder_output(cfg: str, call: str, **kw) -> Tensor:
+    """The golden encoder's output under compat's replace_layers(cfg, **kw), for one of the recorded calls."""
+    e = MODELS["encoder"]
+    call_kw = {"plain": {}, "causal": {"mask": e["causal_mask"]},
+               "padding": {"src_key_padding_mask": e["key_padding_mask"]}}[call]
+    enc = models.encoder()
+    _check_fingerprint(enc, e["fingerprint"])
+    with torch.no_grad():
+        assert_bits(enc(e["input"], **call_kw), e[f"fp32/{call}"], "encoder fp32")
+        y = _quantized(enc, cfg, **kw)(e["input"], **call_kw)
+    compat.detach(enc)
+    return y
+
+
 @path_dependent
 @pytest.mark.usefixtures("eager_kernels")
 @pytest.mark.parametrize("cfg", ["E4M3/E4M3/FP16", "INT8/INT8/FP16"])
 def test_transformer_encoder_and_bert_linear_layers_are_bit_identical(cfg: str) -> None:
     # mapping={nn.Linear: ...}: the old tool replaced the Linear layers only
-    e = MODELS["encoder"]
-    enc = models.encoder()
-    _check_fingerprint(enc, e["fingerprint"])
-    with torch.no_grad():
-        assert_bits(enc(e["input"]), e["fp32/plain"], "encoder fp32")
-        y = _quantized(enc, cfg, mapping={nn.Linear: compat.layers.Linear})(e["input"])
-    compat.detach(enc)
-    assert_bits(y, e[f"linear-only/{cfg}/plain"], f"encoder {cfg}")
+    y = _encoder_output(cfg, "plain", mapping={nn.Linear: compat.layers.Linear})
+    assert_bits(y, MODELS["encoder"][f"linear-only/{cfg}/plain"], f"encoder {cfg}")
     b = MODELS["bert"]
     net = models.bert()
     _check_fingerprint(net, b["fingerprint"])
@@ -269,13 +277,7 @@ def test_transformer_encoder_default_mapping_is_bit_identical(cfg: str, call: st
     # the old default mapping replaced nn.MultiheadAttention: in-projection input and result, q after the
     # 1/sqrt(E) scaling, the scores with the mask added by baddbmm, probs, v, context, out_proj as a Linear
     e = MODELS["encoder"]
-    kw = {"plain": {}, "causal": {"mask": e["causal_mask"]}, "padding": {"src_key_padding_mask": e["key_padding_mask"]}}
-    enc = models.encoder()
-    _check_fingerprint(enc, e["fingerprint"])
-    with torch.no_grad():
-        assert_bits(enc(e["input"], **kw[call]), e[f"fp32/{call}"], "encoder fp32")
-        y = _quantized(enc, cfg)(e["input"], **kw[call])
-    compat.detach(enc)
+    y = _encoder_output(cfg, call)
     assert_bits(y, e[f"default/{cfg}/{call}"], f"encoder {cfg} {call}")
     # the attention internals are what made the difference: the Linear-only run is far from it
     assert float((e[f"default/{cfg}/{call}"] - e[f"linear-only/{cfg}/plain" if call == "plain" else f"fp32/{call}"])

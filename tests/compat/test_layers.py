@@ -1,5 +1,7 @@
 """INT-FP-QSim's replace_layers: returns the model, instruments exact types, honours old-order scales, detaches."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,7 @@ def test_layers_are_matched_by_exact_type_as_int_fp_qsim_did():
         pass
 
     model = nn.Sequential(nn.Linear(4, 4), MyLinear(4, 4), nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0)).eval()
+    plain = copy.deepcopy(model[2])
     replace_layers(model, INT8, INT8, INT8)
     # a subclass (MyLinear) was not a key of the old mapping; the MHA was, and its replacement quantized its
     # in-projection weight and rebuilt out_proj as a quantized Linear (compat: two weight points, the rest
@@ -83,7 +86,13 @@ def test_layers_are_matched_by_exact_type_as_int_fp_qsim_did():
         ("0", "input", "input"), ("0", "weight", "weight"), ("0", "output", "output"),
         *((f"2.linear{i}", p, p) for i in (1, 2) for p in ("input", "weight", "output")),
         ("2.self_attn", "weight", "in_proj_weight"), ("2.self_attn.out_proj", "weight", "weight")}
+    mha = model[2].self_attn
+    assert mha._forward_pre_hooks and mha._forward_hooks  # the old placement's scope
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        assert not torch.equal(model[2](x), plain(x))
     compat.detach(model)
+    assert not (mha._forward_pre_hooks or mha._forward_hooks)
     replace_layers(model, INT8, INT8, INT8, mapping={MyLinear: object})
     assert {k[0] for k in compat.session_of(model).points} == {"1"}
     compat.detach(model)
