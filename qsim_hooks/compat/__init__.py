@@ -10,6 +10,7 @@ the README's compatibility section lists the deliberate differences). Where thin
 * :mod:`._trt` - TensorRT's integer fake quantization and histogram calibration, as the old tool used them
 * :mod:`.layers` - ``replace_layers`` (instruments, replaces nothing, returns the model),
   ``session_of`` / ``detach``, ``apply_calibration``
+* :mod:`.attention` - INT-FP-QSim's attention class names, its ``nn.MultiheadAttention`` point placement
 * :mod:`.calibration` - ``calibrate_inputs`` / ``calibrate_weights`` (the ``amax_input`` /
   ``amax_weight`` attributes), ``clear_scales``
 

@@ -13,12 +13,13 @@ The layers quantized are INT-FP-QSim's: modules whose exact type (before paramet
 ``mapping`` (default :data:`DEFAULT_LAYERS`; a subclass such as ``nn.MultiheadAttention``'s
 ``NonDynamicallyQuantizableLinear`` out_proj is not one). Static scales come, in this order, from the
 ``amax_input`` / ``amax_weight`` attributes that INT-FP-QSim's calibration (or the user) set on the layers
-before the call, then from ``calibration=``. The old default mapping's attention classes are not simulated
-yet: a warning names the modules left out.
+before the call, then from ``calibration=``. The old default mapping's attention classes are simulated with
+the old placement of their points (:mod:`.attention`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 import warnings
@@ -33,7 +34,9 @@ from ..calibration import Calibration, calibration_target
 from ..config import QuantConfig, Rule
 from ..points import QuantPoint
 from ..session import Session
+from ..undo import UndoStack
 from . import _trt
+from .attention import NO_K, attach_old_mha, attention_rules
 from .quantizers import IntQuantizer, _Compat
 
 __all__ = ["replace_layers", "DEFAULT_LAYERS", "CompatSession", "session_of", "detach", "apply_calibration",
@@ -91,8 +94,14 @@ def _is_old_attention(t: type) -> bool:
 class CompatSession(Session):
     """The session :func:`replace_layers` attaches; ``detach()`` also removes it from the model."""
 
+    #: hooks compat adds beside the session's own points (the old ``nn.MultiheadAttention`` placement)
+    extra: UndoStack | None = None
+
     def detach(self) -> None:
         try:
+            if self.extra is not None:
+                self.extra.close()
+                self.extra = None
             super().detach()
         finally:
             if self.model.__dict__.get(_SESSION_ATTR) is self:
@@ -127,30 +136,51 @@ def _exact_types(mapping: Mapping[type, Any] | Iterable[type] | None) -> tuple[t
     return types
 
 
-def _layer_names(model: nn.Module, types: tuple[type, ...]) -> tuple[list[str], list[str]]:
-    """Names of the modules whose exact type is in ``types`` (layers), and of the old attention modules skipped.
+class _Found:
+    """What :func:`_find` found: layer names, and the old attention modules by how compat simulates them."""
+
+    def __init__(self) -> None:
+        self.layers: list[str] = []
+        self.mha: list[str] = []  # nn.MultiheadAttention: compat's own placement (attention.attach_old_mha)
+        self.attention: list[str] = []  # the others: qsim-hooks' attention scope
+        self.no_k: list[str] = []  # of those, the ones whose k INT-FP-QSim left unquantized
+
+
+def _find(model: nn.Module, types: tuple[type, ...]) -> _Found:
+    """The modules whose exact type is in ``types`` (layers), and the old attention modules mapped.
 
     INT-FP-QSim did not look inside a module it replaced: the replacement quantized the layers it rebuilt
     (BERT's query / key / value, OPT's projections, ...) but diffusers' ``Attention`` was kept with only
     its processor swapped, so its ``to_q`` / ``to_k`` / ``to_v`` / ``to_out`` stayed in full precision.
     """
     spec_cfg = QuantConfig()
-    layers, attention, untouched = [], [], []
+    found, untouched = _Found(), []
     for name, m in model.named_modules(remove_duplicate=False):
         t = parametrize.type_before_parametrizations(m)
         if any(name.startswith(p) for p in untouched):
             continue
-        if _qualname(t) in _CHILDREN_UNTOUCHED and (t in types or types is DEFAULT_LAYERS):
+        # INT-FP-QSim's default mapping had the attention classes themselves (exact type) as keys
+        mapped = t in types or (types is DEFAULT_LAYERS and _qualname(t) in _OLD_ATTENTION_NAMES)
+        if _qualname(t) in _CHILDREN_UNTOUCHED and mapped:
             untouched.append(f"{name}." if name else "")
         if t in types and not _is_old_attention(t):
             if spec_cfg.layer_spec(m) is None:
                 raise ValueError(f"replace_layers: module {name or '<model>'!r} ({t.__name__}) is in the mapping "
                                  "but is not a layer compat can instrument (Linear, Conv1d/2d/3d, "
                                  "ConvTranspose1d/2d/3d, or a type registered with qsim_hooks.register_layer)")
-            layers.append(name)
-        elif _is_old_attention(t) and (t in types or types is DEFAULT_LAYERS):
-            attention.append(f"{name or '<model>'} ({t.__name__})")
-    return layers, attention
+            found.layers.append(name)
+        elif _is_old_attention(t) and mapped:
+            if issubclass(t, nn.MultiheadAttention):
+                found.mha.append(name)
+            else:
+                found.attention.append(name)
+                if _qualname(t) in NO_K:
+                    found.no_k.append(name)
+    return found
+
+
+def _names(names: list[str]) -> str:
+    return "re:" + "|".join(re.escape(n) for n in names)
 
 
 def _static_value(qp: QuantPoint, value: Any) -> Any:
@@ -252,24 +282,27 @@ def replace_layers(module: nn.Module, input_quantizer: Any = None, weight_quanti
         raise TypeError(f"replace_layers: calibration must be a qsim_hooks.Calibration, got "
                         f"{type(calibration).__name__}")
     types = _exact_types(mapping)
-    layers, attention = _layer_names(module, types)
-    if attention:
-        shown = ", ".join(attention[:6]) + (f", ... ({len(attention)} in all)" if len(attention) > 6 else "")
-        warnings.warn(f"replace_layers: INT-FP-QSim also replaced the attention modules {shown} and quantized "
-                      "their internals (in-projection, q, k, scores, probs, v, context); compat does not simulate "
-                      "those yet (mapped layers inside them, such as BERT's query / key / value Linear, are "
-                      "quantized as INT-FP-QSim did; nn.MultiheadAttention's projections are not)", UserWarning,
-                      stacklevel=2)
-    if not layers:
+    found = _find(module, types)
+    if not (found.layers or found.mha or found.attention):
         warnings.warn(f"replace_layers: the model has no layer of the mapped types "
                       f"({', '.join(t.__name__ for t in types)}); nothing is quantized", UserWarning, stacklevel=2)
+    cfg = QuantConfig(input=input_quantizer, weight=weight_quantizer, output=output_quantizer, strict=False,
+                      attention=None)
     rules = [Rule(enabled=False, name="not an INT-FP-QSim layer")]
-    if layers:
-        rules.append(Rule(match="re:" + "|".join(re.escape(n) for n in layers), enabled=True, name="mapping"))
-    cfg = QuantConfig(input=input_quantizer, weight=weight_quantizer, output=output_quantizer, rules=tuple(rules),
-                      strict=False, attention=None)
+    if found.layers:
+        rules.append(Rule(match=_names(found.layers), enabled=True, name="mapping"))
+    if found.mha:  # the in-projection and out_proj weights are weight points; the rest is attach_old_mha's
+        mha = found.mha + [f"{n}.out_proj" if n else "out_proj" for n in found.mha]
+        rules.append(Rule(match=_names(mha), enabled=True, input=None, output=None,
+                          name="INT-FP-QSim MultiheadAttention"))
+    rules += attention_rules(found.attention, found.no_k, cfg.input, cfg.output)
+    cfg = dataclasses.replace(cfg, rules=tuple(rules))
     session = CompatSession(module, cfg).attach()
     try:
+        session.extra = UndoStack()
+        named = dict(module.named_modules(remove_duplicate=False))
+        for name in found.mha:
+            session.extra.push(attach_old_mha(named[name], name, cfg.input, cfg.output))
         _scales_from_attributes(session)
         if calibration is not None:
             apply_calibration(session, calibration)

@@ -68,3 +68,32 @@ class CalibNet(nn.Module):
 def calib_net() -> nn.Module:
     torch.manual_seed(0)
     return CalibNet().eval()
+
+
+def attention_modules() -> dict[str, tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """One tiny random module (eval, eager) per attention class of the old default mapping that transformers 5
+    and diffusers still have and INT-FP-QSim's replacement can run on, with its inputs (seed 0 each). Not
+    here: OPTAttention and CodeGenAttention (their old ``from_float`` needs transformers 4's constructor
+    and attributes), DetrAttention and GraphormerMultiheadAttention (gone from transformers 5).
+
+    Head sizes of 16 (scale 1/4) make the old ``q * scale`` then ``Q·Kᵀ`` and today's ``Q·Kᵀ * scale``
+    the same arithmetic (the README's compatibility section says what a head size that is not a power of 4
+    does).
+    """
+    from diffusers.models.attention_processor import Attention  # deferred: test-only dependencies
+    from transformers import MaskFormerSwinConfig
+    from transformers.models.maskformer.modeling_maskformer_swin import MaskFormerSwinSelfAttention
+
+    out = {}
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(0)
+    scfg = MaskFormerSwinConfig(attn_implementation="eager")
+    out["MaskFormerSwinSelfAttention"] = (MaskFormerSwinSelfAttention(scfg, dim=32, num_heads=2, window_size=2).eval(),
+                                          {"hidden_states": torch.randn(3, 4, 32, generator=g)})
+    torch.manual_seed(0)
+    out["Attention"] = (Attention(32, heads=2, dim_head=16).eval(),
+                        {"hidden_states": torch.randn(2, 6, 32, generator=g)})
+    torch.manual_seed(0)  # head size 8: the old scaled scores and today's scaled product differ in rounding
+    out["Attention-head8"] = (Attention(32, heads=4, dim_head=8).eval(),
+                              {"hidden_states": torch.randn(2, 6, 32, generator=g)})
+    return out

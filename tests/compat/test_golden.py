@@ -218,7 +218,7 @@ def _check_fingerprint(model: nn.Module, golden: Tensor) -> None:
 def _quantized(model: nn.Module, cfg: str, **kw) -> nn.Module:
     qi, qw, qo = (QUANTIZERS[n] for n in cfg.split("/"))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the not-yet-simulated attention modules of the default mapping
+        warnings.simplefilter("ignore")  # a mapping that finds nothing warns
         return compat.replace_layers(model, qi, qw, qo, **kw)
 
 
@@ -236,19 +236,27 @@ def test_resnet18_logits_are_bit_identical() -> None:
             assert_bits(y, g[cfg], f"resnet18 {cfg}")
 
 
+def _encoder_output(cfg: str, call: str, **kw) -> Tensor:
+    """The golden encoder's output under compat's replace_layers(cfg, **kw), for one of the recorded calls."""
+    e = MODELS["encoder"]
+    call_kw = {"plain": {}, "causal": {"mask": e["causal_mask"]},
+               "padding": {"src_key_padding_mask": e["key_padding_mask"]}}[call]
+    enc = models.encoder()
+    _check_fingerprint(enc, e["fingerprint"])
+    with torch.no_grad():
+        assert_bits(enc(e["input"], **call_kw), e[f"fp32/{call}"], "encoder fp32")
+        y = _quantized(enc, cfg, **kw)(e["input"], **call_kw)
+    compat.detach(enc)
+    return y
+
+
 @path_dependent
 @pytest.mark.usefixtures("eager_kernels")
 @pytest.mark.parametrize("cfg", ["E4M3/E4M3/FP16", "INT8/INT8/FP16"])
 def test_transformer_encoder_and_bert_linear_layers_are_bit_identical(cfg: str) -> None:
-    # mapping={nn.Linear: ...}: the old tool replaced the Linear layers only (attention parity comes later)
-    e = MODELS["encoder"]
-    enc = models.encoder()
-    _check_fingerprint(enc, e["fingerprint"])
-    with torch.no_grad():
-        assert_bits(enc(e["input"]), e["fp32/plain"], "encoder fp32")
-        y = _quantized(enc, cfg, mapping={nn.Linear: compat.layers.Linear})(e["input"])
-    compat.detach(enc)
-    assert_bits(y, e[f"linear-only/{cfg}/plain"], f"encoder {cfg}")
+    # mapping={nn.Linear: ...}: the old tool replaced the Linear layers only
+    y = _encoder_output(cfg, "plain", mapping={nn.Linear: compat.layers.Linear})
+    assert_bits(y, MODELS["encoder"][f"linear-only/{cfg}/plain"], f"encoder {cfg}")
     b = MODELS["bert"]
     net = models.bert()
     _check_fingerprint(net, b["fingerprint"])
@@ -261,15 +269,41 @@ def test_transformer_encoder_and_bert_linear_layers_are_bit_identical(cfg: str) 
     assert_bits(y, b[f"linear-only/{cfg}"], f"bert {cfg}")
 
 
-def test_attention_golden_data_is_there_for_the_attention_rework() -> None:
-    # the old default mapping replaced nn.MultiheadAttention and BertSelfAttention: their outputs are kept
-    # (the tests come with the attention rework); today compat says it does not simulate them
-    e, b = MODELS["encoder"], MODELS["bert"]
-    assert {f"default/{c}/{k}" for c in ("E4M3/E4M3/FP16", "INT8/INT8/FP16")
-            for k in ("plain", "causal", "padding")} <= set(e)
-    assert {"default/E4M3/E4M3/FP16", "default/INT8/INT8/FP16"} <= set(b)
-    with pytest.warns(UserWarning, match=r"attention modules layers\.0\.self_attn \(MultiheadAttention\)"):
-        compat.replace_layers(models.encoder(), compat.E4M3, compat.E4M3, compat.FP16)
+@path_dependent
+@pytest.mark.usefixtures("eager_kernels")
+@pytest.mark.parametrize("cfg", ["E4M3/E4M3/FP16", "INT8/INT8/FP16"])
+@pytest.mark.parametrize("call", ["plain", "causal", "padding"])
+def test_transformer_encoder_default_mapping_is_bit_identical(cfg: str, call: str) -> None:
+    # the old default mapping replaced nn.MultiheadAttention: in-projection input and result, q after the
+    # 1/sqrt(E) scaling, the scores with the mask added by baddbmm, probs, v, context, out_proj as a Linear
+    e = MODELS["encoder"]
+    y = _encoder_output(cfg, call)
+    assert_bits(y, e[f"default/{cfg}/{call}"], f"encoder {cfg} {call}")
+    # the attention internals are what made the difference: the Linear-only run is far from it
+    assert float((e[f"default/{cfg}/{call}"] - e[f"linear-only/{cfg}/plain" if call == "plain" else f"fp32/{call}"])
+                 .abs().max()) > 1e-3
+
+
+@path_dependent
+@pytest.mark.usefixtures("eager_kernels")
+@pytest.mark.parametrize("cfg", ["E4M3/E4M3/FP16", "INT8/INT8/FP16"])
+def test_bert_default_mapping_is_bit_identical(cfg: str) -> None:
+    # the old BertSelfAttention: q, k, probs, v input-quantized, the scores before the scale and the mask and
+    # the context output-quantized, query / key / value rebuilt as quantized Linears
+    b = MODELS["bert"]
+    net = models.bert()
+    _check_fingerprint(net, b["fingerprint"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left out, nothing to warn about
+        net = compat.replace_layers(net, *(QUANTIZERS[n] for n in cfg.split("/")))
+    with torch.no_grad():
+        y = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+    points = compat.session_of(net).points
+    compat.detach(net)
+    assert_bits(y, b[f"default/{cfg}"], f"bert {cfg}")
+    assert {k[1] for k in points if k[0] == "encoder.layer.0.attention.self"} == {
+        "q", "k", "scores", "probs", "v", "context"}
+    assert float((b[f"default/{cfg}"] - b[f"linear-only/{cfg}"]).abs().max()) > 1e-4
 
 
 # ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """INT-FP-QSim's replace_layers: returns the model, instruments exact types, honours old-order scales, detaches."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -75,11 +77,22 @@ def test_layers_are_matched_by_exact_type_as_int_fp_qsim_did():
         pass
 
     model = nn.Sequential(nn.Linear(4, 4), MyLinear(4, 4), nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0)).eval()
-    with pytest.warns(UserWarning, match=r"attention modules 2\.self_attn \(MultiheadAttention\)"):
-        replace_layers(model, INT8, INT8, INT8)
-    # a subclass (MyLinear, the MHA's NonDynamicallyQuantizableLinear out_proj) was not a key of the old mapping
-    assert {k[0] for k in compat.session_of(model).points} == {"0", "2.linear1", "2.linear2"}
+    plain = copy.deepcopy(model[2])
+    replace_layers(model, INT8, INT8, INT8)
+    # a subclass (MyLinear) was not a key of the old mapping; the MHA was, and its replacement quantized its
+    # in-projection weight and rebuilt out_proj as a quantized Linear (compat: two weight points, the rest
+    # inside the MHA's forward)
+    assert set(compat.session_of(model).points) == {
+        ("0", "input", "input"), ("0", "weight", "weight"), ("0", "output", "output"),
+        *((f"2.linear{i}", p, p) for i in (1, 2) for p in ("input", "weight", "output")),
+        ("2.self_attn", "weight", "in_proj_weight"), ("2.self_attn.out_proj", "weight", "weight")}
+    mha = model[2].self_attn
+    assert mha._forward_pre_hooks and mha._forward_hooks  # the old placement's scope
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        assert not torch.equal(model[2](x), plain(x))
     compat.detach(model)
+    assert not (mha._forward_pre_hooks or mha._forward_hooks)
     replace_layers(model, INT8, INT8, INT8, mapping={MyLinear: object})
     assert {k[0] for k in compat.session_of(model).points} == {"1"}
     compat.detach(model)
@@ -206,9 +219,11 @@ def test_layers_inside_diffusers_attention_stay_full_precision_as_int_fp_qsim_le
     from diffusers.models.attention_processor import Attention
 
     model = nn.Sequential(nn.Linear(8, 8), Attention(8, heads=2, dim_head=4))
-    with pytest.warns(UserWarning, match=r"attention modules 1 \(Attention\)"):
-        replace_layers(model, E4M3, E4M3, FP16)
-    assert {k[0] for k in compat.session_of(model).points} == {"0"}
+    replace_layers(model, E4M3, E4M3, FP16)
+    # its internals are quantized where the old processor quantized them: not k
+    assert {k for k in compat.session_of(model).points if k[0] == "1"} == {
+        ("1", p, p) for p in ("q", "scores", "probs", "v", "context")}
+    assert {k[0] for k in compat.session_of(model).points} == {"0", "1"}
     compat.detach(model)
     replace_layers(model, E4M3, E4M3, FP16, mapping=[nn.Linear])  # not mapped: its Linears are layers like any
     assert {k[0] for k in compat.session_of(model).points} == {"0", "1.to_q", "1.to_k", "1.to_v", "1.to_out.0"}
