@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..report_search import render_search
 from ..search import COST_MODELS, Candidate, search
-from .base import comma_list, console, positive_int
+from .base import UsageError, comma_list, console, positive_int
 from .models import build_config, config_arguments, describe_config, load_calibration, load_source, model_arguments
 
 __all__ = ["HELP", "search_arguments", "search_run"]
@@ -41,8 +41,8 @@ def search_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the search")
     g.add_argument("--candidates", type=candidate_list, default=_CANDIDATES, metavar="A,B/C,...",
                    help=f"formats, 'input/weight' pairs or 'none' (default {_CANDIDATES})")
-    g.add_argument("--budget", type=_budget, required=True, metavar="X",
-                   help="the largest cost: average bits per weight (--cost bits) or bit-ops per MAC "
+    g.add_argument("--budget", type=_budget, default=None, metavar="X",
+                   help="(required) the largest cost: average bits per weight (--cost bits) or bit-ops per MAC "
                         "(--cost bitops, 64 = every MAC 8x8 bits)")
     g.add_argument("--cost", choices=COST_MODELS, default="bits", help="the cost model (default bits)")
     g.add_argument("--depth", type=positive_int, default=None, metavar="N",
@@ -53,6 +53,8 @@ def search_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def search_run(args: argparse.Namespace) -> int:
+    if args.budget is None:
+        raise UsageError("--budget is required: the largest cost, e.g. --budget 6 (average bits per weight)")
     src = load_source(args)
     base = build_config(args, None)
     cal = load_calibration(args, src.model)
