@@ -8,6 +8,7 @@ runs it and returns an exit code. Adding a subcommand is adding one entry.
 * :mod:`.presets` - ``presets``, the named recipes of ``--preset``;
 * :mod:`.commands` - ``report``, ``sweep``, ``sensitivity`` on a model file or a
   torchvision name (:mod:`.models`: their shared options; :mod:`.histograms`: ``report --histogram``);
+* :mod:`.search` - ``search``, mixed precision within a budget;
 * :mod:`.base` - the parser, the errors and the argument types they share.
 
 Data comes from :mod:`qsim_hooks.stats` and :mod:`qsim_hooks.analysis`, text
@@ -33,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import __version__
-from . import commands, formats, presets
+from . import commands, formats, presets, search
 from .base import PROG, CommandError, Parser, UsageError, one_line
 
 __all__ = ["main", "build_parser", "Command", "COMMANDS", "CommandError", "UsageError", "PROG"]
@@ -58,6 +59,7 @@ COMMANDS: dict[str, Command] = {
                      commands.sweep_arguments, commands.sweep_run),
     "sensitivity": Command("which layers must stay in higher precision: each layer quantized alone (or all but "
                            "one), ranked by output SQNR", commands.sensitivity_arguments, commands.sensitivity_run),
+    "search": Command(search.HELP, search.search_arguments, search.search_run),
 }
 
 

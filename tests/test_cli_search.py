@@ -1,0 +1,63 @@
+"""``qsim-hooks search``, in process: the tables, the JSON (the same result as the library call), bad input."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+import qsim_hooks as qh
+from qsim_hooks import cli
+
+MODEL_FILE = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    _gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 16, generator=_gen) for _ in range(2)]
+''')
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cli_search") / "two.py"
+    p.write_text(MODEL_FILE)
+    return p
+
+
+def test_search_json_is_the_library_result(model_file, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    assert cli.main(["search", "--model", str(model_file), "--candidates", "fp16,int8,mxfp4", "--budget", "6",
+                     "--json", "--out", str(out)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == data
+    ns: dict = {}
+    exec(MODEL_FILE, ns)  # the same model and batches, seeded
+    ref = qh.search(ns["model"], ns["batches"], candidates=["fp16", "int8", "mxfp4"], budget=6)
+    assert data["chosen"]["choice"] == {k or "<model>": v for k, v in ref.choice.items()}
+    assert data["chosen"]["cost_exact"] == str(ref.best.cost)
+
+
+def test_search_tables(model_file, capsys):
+    assert cli.main(["search", "--model", str(model_file), "--candidates", "e4m3,int8/int4", "--budget", "7",
+                     "--cost", "bits"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted vs measured" in text and "int8/int4" in text
+
+
+@pytest.mark.parametrize("argv, code, needle", [
+    (["--candidates", "fp16,nosuch", "--budget", "6"], 2, "nosuch"),
+    (["--budget", "1"], 1, "feasible range"),
+    (["--budget", "nan"], 2, "finite"),
+    ([], 2, "--budget is required"),
+])
+def test_search_bad_input(model_file, capsys, argv, code, needle):
+    try:
+        rc = cli.main(["search", "--model", str(model_file), *argv])
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code
+    assert rc == code
+    assert needle in capsys.readouterr().err
