@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from ..config import QuantConfig
+from ..report_layout import Column, FittedTable
 from ..report_search import search_renderable
-from ..text import plain_table
 
 __all__ = ["Evaluated", "SearchResult"]
 
@@ -144,9 +145,17 @@ class SearchResult:
         ev = [{"config": e.source, "cost": f"{float(e.cost):.4g}", "predicted dB": _db(e.predicted_sqnr_db),
                "measured dB": _db(e.measured_sqnr_db)} for e in (*self.evaluated, *[
                    u for u in self.uniform if u.config is None])]
-        return "\n\n".join([self.summary(), plain_table(units, ["unit", "modules", "format", "sqnr_alone_db",
-                                                                "cost_share"]),
-                            plain_table(ev, ["config", "cost", "predicted dB", "measured dB"])])
+        return "\n\n".join([self.summary(), _plain(units, ["unit", "modules", "format", "sqnr_alone_db",
+                                                            "cost_share"]),
+                            _plain(ev, ["config", "cost", "predicted dB", "measured dB"])])
 
     def __rich__(self) -> Any:
         return search_renderable(self)
+
+
+def _plain(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """Plain columns of ``rows`` (text first, numbers right-aligned), laid out for the terminal's width."""
+    width = shutil.get_terminal_size((160, 24)).columns
+    cols = [Column(k, k, justify="left" if i == 0 or k in ("modules", "format") else "right")
+            for i, k in enumerate(keys)]
+    return FittedTable(rows, cols, header_rule=False).text(width).rstrip("\n")

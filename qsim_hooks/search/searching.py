@@ -26,7 +26,7 @@ from torch import nn
 
 from ..analysis import sensitivity
 from ..analysis.comparison import reference, simulate
-from ..analysis.feeding import Forward, Metric, OutputFn, batch_list, check_model_cfg, eval_no_grad
+from ..analysis.feeding import Forward, Metric, OutputFn, batch_list, check_model_cfg, eval_no_grad, make_feed
 from ..analysis.ranking import _depth, _exact_rule
 from ..batches import default_forward
 from ..config import QuantConfig, Rule
@@ -168,7 +168,7 @@ def search(model: nn.Module, batches: Iterable[Any], *, candidates: Sequence[Any
                          f"{float(hi / scale):.6g}] {cm.unit} (cost={cm.name!r}, candidates "
                          f"{[c.name for c in cands]})")
 
-    ref = reference(model, bl, forward, output, metric, None)
+    ref = reference(model, make_feed(None, bl, forward, None), output, metric, None)
 
     def evaluate(source: str, sol: Solution) -> Evaluated:
         chosen = {u: cands[j] for u, j in zip(names, sol.choice)}
