@@ -202,6 +202,10 @@ class QuantConfig:
             attention modules; only leaves count (a BertAttention holding a
             BertSelfAttention is not one). ``None`` turns recognition off (rules
             with ``attention=True`` still work).
+        require_coverage: a GEMM that ran with an operand the config asks to
+            quantize and no point covered is an error when the session detaches
+            (``qsim_hooks.CoverageError``, after the model is restored) instead
+            of a warning.
     """
 
     input: Any = None
@@ -212,6 +216,7 @@ class QuantConfig:
     strict: bool = True
     seed: int | None = None
     attention: str | None = DEFAULT_ATTENTION_PATTERN
+    require_coverage: bool = False
 
     def __post_init__(self) -> None:
         if self.attention is not None:
@@ -240,15 +245,16 @@ class QuantConfig:
                 raise TypeError(f"QuantConfig.layers keys must be nn.Module types, got {t!r}")
             layers[t] = _as_spec(spec, f"QuantConfig.layers[{t.__name__}]")
         object.__setattr__(self, "layers", layers)
-        if not isinstance(self.strict, bool):
-            raise TypeError("QuantConfig.strict must be a bool")
+        for name in ("strict", "require_coverage"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"QuantConfig.{name} must be a bool, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
         """Build from plain data (a parsed TOML/JSON file). Unknown keys are errors."""
         if not isinstance(d, Mapping):
             raise TypeError(f"QuantConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        allowed = {"input", "weight", "output", "rules", "strict", "seed", "attention"}
+        allowed = {"input", "weight", "output", "rules", "strict", "seed", "attention", "require_coverage"}
         unknown = set(d) - allowed
         if unknown:
             raise ValueError(f"QuantConfig: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
