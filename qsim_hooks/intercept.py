@@ -28,6 +28,15 @@ Then, by what the operands are, not by class names:
 * attention matmuls are the attention scope's: they count as covered when its
   points produced the operands.
 
+Every intercepted GEMM goes through one method, :meth:`Interception.gemm` (the
+mode's route for every function of :data:`qsim_hooks.gemms.GEMM_FUNCS`), and its
+product is computed in one place, :meth:`Interception.run_gemm`, with the operands
+as simulated: that is where a simulation of the GEMM's reduction (accumulator
+format, chunking) belongs. Attention matmuls reach it too (the attention scope's
+mode sits above this one and passes its quantized operands down); SDPA and MHA
+calls outside attention modules do not (:meth:`Interception.attention_call`
+counts them, as not simulated).
+
 Every call is recorded (:mod:`qsim_hooks.coverage`). The mode costs one Python
 call per torch function while the model runs (measured in ``tools/bench_overhead.py``).
 """
@@ -151,9 +160,13 @@ class Interception:
 
     # -- the calls ---------------------------------------------------------------------
     def gemm(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """The interception of one GEMM-like call: its operands quantized by the points that own them, the
+        product computed by :meth:`run_gemm`, the call recorded for :meth:`Session.coverage`."""
         g = gemms.read(func, args, kwargs)
-        if g is None or self.lent:
+        if g is None:
             return func(*args, **kwargs)
+        if self.lent:  # observers lent at full precision (calibration): the model's own operands, no record
+            return self.run_gemm(g, g.a, g.b)
         module = self.current_module()
         marks = (self._mark(g.a), self._mark(g.b))
         srcs = tuple(None if m is not None else self.tracker.source(t) for m, t in zip(marks, (g.a, g.b)))
@@ -162,6 +175,10 @@ class Interception:
         if wi is None:
             return self._activations(g, module, marks)
         return self._weighted(g, module, wi, marks[wi], srcs[wi], marks[1 - wi])
+
+    def run_gemm(self, g: gemms.Gemm, a: Tensor, b: Tensor) -> Any:
+        """The product of ``g`` on the simulated operands ``a`` and ``b`` (every intercepted GEMM runs here)."""
+        return g.call(a, b)
 
     def _weighted(self, g: gemms.Gemm, module: str, wi: int, wmark: QuantPoint | None, src: Source | None,
                   xmark: QuantPoint | None) -> Any:
@@ -202,7 +219,7 @@ class Interception:
             else:
                 x_op = Operand("activation", None, *_off(self.entries.get((layer, "input", "input")), self.asked[0],
                                                          "no point"))
-        out = g.call(ops[0], ops[1])
+        out = self.run_gemm(g, ops[0], ops[1])
         if out_p is not None:
             out = out_p(out)
         self.recorder.add(module, g.op, (x_op, w_op) if wi == 1 else (w_op, x_op))
@@ -214,7 +231,7 @@ class Interception:
             self.recorder.add(module, g.op, tuple(Operand("activation", m.describe() if m else None, False,
                                                           None if m else "a buffer (a constant) is an operand")
                                                   for m in marks))
-            return g.call(g.a, g.b)
+            return self.run_gemm(g, g.a, g.b)
         in_key = (module, "input", "input")
         in_p = out_p = None
         if module not in self.attention and module not in self.layers:
@@ -231,7 +248,7 @@ class Interception:
             else:
                 why = "activation x activation GEMM inside a layer" if module in self.layers else "no point"
                 records.append(Operand("activation", None, *_off(self.entries.get(in_key), self.asked[0], why)))
-        out = g.call(ops[0], ops[1])
+        out = self.run_gemm(g, ops[0], ops[1])
         if out_p is not None:
             out = out_p(out)
         self.recorder.add(module, g.op, tuple(records))
