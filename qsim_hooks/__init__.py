@@ -15,10 +15,10 @@ from .calibration import Calibration, calibrate
 from .config import LayerSpec, QuantConfig, Rule, register_layer
 from .formats import FloatFormat, Format, GradSpec, IntFormat, Rounding, Scaling
 from .planning import Plan
-from .session import Session, attach, detach, plan, quantized
+from .session import CoverageError, Session, attach, detach, plan, quantized
 
 __version__ = "0.1.0"
 __all__ = ["quantized", "attach", "detach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
            "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
            "GradSpec", "compare", "Comparison", "sensitivity", "sweep", "capture", "Captured",
-           "calibrate", "Calibration", "__version__"]
+           "calibrate", "Calibration", "CoverageError", "__version__"]
