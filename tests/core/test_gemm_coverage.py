@@ -99,7 +99,7 @@ def _hand_quantized_weights(model: nn.Module, fmt) -> nn.Module:
         for m in ref.modules():
             if isinstance(m, nn.Embedding):
                 continue
-            for name, p in m.named_parameters(recurse=False):
+            for p in m.parameters(recurse=False):
                 if p.dim() == 2:
                     p.copy_(fmt(p))
                 elif p.dim() == 3:
