@@ -256,11 +256,12 @@ class Interception:
 
     def _attention_asked(self, module: str, other: QuantPoint | None) -> bool:
         """An uncovered operand of an attention module's matmul was asked for if its partner's point (q for k,
-        probs for v, ...) is on, or, when neither operand was covered (a matmul the scope did not take), if any
-        operand point of the module is on."""
-        names = [other.entry.point] if other is not None and other.entry.module == module else []
-        partners = [_PARTNER[n] for n in names if n in _PARTNER] if names else list(_PARTNER)
-        return any(self.points.get((module, p, p)) is not None for p in partners)
+        probs for v, ...) is on. When neither operand was covered, the call may be a product whose two points are
+        both off (P·V with only q and k configured) or one the scope left alone (DeBERTa's c2p): asked only if
+        every operand point of the module is on, so that either reading is against the config."""
+        if other is not None and other.entry.module == module and other.entry.point in _PARTNER:
+            return self.points.get((module, _PARTNER[other.entry.point], _PARTNER[other.entry.point])) is not None
+        return all(self.points.get((module, p, p)) is not None for p in _PARTNER)
 
     def attention_call(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """SDPA / MHA outside an attention scope: run as is; counted as their GEMMs, none simulated."""

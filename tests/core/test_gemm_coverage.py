@@ -271,3 +271,23 @@ def test_a_configured_point_that_never_ran_is_named():
     with pytest.warns(RuntimeWarning, match=r"never ran: head\.weight"):
         with torch.no_grad(), qh.quantized(model, qh.QuantConfig(rules=[qh.Rule("head", weight="e4m3")])):
             model.mix(x)
+
+
+def test_attention_products_whose_points_are_off_are_not_against_the_config():
+    from tests.core.test_attention import ToyAttention
+
+    torch.manual_seed(0)
+    m, x = ToyAttention().eval(), torch.randn(2, 5, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only q and k configured: P·V at full precision is what was asked
+        with torch.no_grad(), qh.quantized(m, qh.QuantConfig(rules=[qh.Rule(types=ToyAttention, q="e2m1",
+                                                                              k="e2m1")])) as qs:
+            m(x)
+    rows = [r for r in qs.coverage().rows if r["module"] == "" and r["op"] == "matmul"]
+    assert sorted(r["status"] for r in rows) == ["not simulated", "simulated"]  # Q·Kᵀ, then P·V
+    assert [o["point"] for o in rows[0]["operands"]] == ["<model>[q]", "<model>[k]"]
+    assert qs.coverage().summary.against_config == 0
+    # everything asked: the same module is fully simulated
+    with torch.no_grad(), qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")) as qs:
+        m(x)
+    assert qs.coverage().summary.fraction == 1.0
