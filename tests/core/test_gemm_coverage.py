@@ -291,3 +291,27 @@ def test_attention_products_whose_points_are_off_are_not_against_the_config():
     with torch.no_grad(), qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")) as qs:
         m(x)
     assert qs.coverage().summary.fraction == 1.0
+
+
+class _Gathered(nn.Module):
+    """Expert-like stack whose GEMM operand is gathered along its reduction axis: no weight layout to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 8, 8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.bmm(x, self.w.index_select(1, torch.tensor([7, 6, 5, 4, 3, 2, 1, 0])))
+
+
+def test_an_expert_layout_that_cannot_be_read_is_named_not_skipped():
+    torch.manual_seed(0)
+    m, x = _Gathered(), torch.randn(4, 3, 8)
+    with torch.no_grad():
+        plain = m(x)
+        with pytest.warns(RuntimeWarning, match=r"functional layer '' \(_Gathered\).*'w' in bmm.*not recognised"):
+            with qh.quantized(m, qh.QuantConfig(weight="int4")) as qs:
+                got = m(x)
+    assert torch.equal(got, plain)  # the weight ran at full precision, and the warning says so
+    (row,) = [r for r in qs.coverage().rows if r["op"] == "bmm"]
+    assert row["operands"][1]["point"] is None and "not recognised" in row["operands"][1]["reason"]
