@@ -26,11 +26,11 @@ from .config import LayerSpec, QuantConfig, Rule, register_layer
 from .formats import FloatFormat, Format, GradSpec, IntFormat, Rounding, Scaling
 from .planning import Plan
 from .search import SearchResult, search
-from .session import Session, attach, detach, plan, quantized
+from .session import CoverageError, Session, attach, detach, plan, quantized
 
 __version__ = "0.1.0"
 __all__ = ["quantized", "attach", "detach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
            "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
            "GradSpec", "compare", "Comparison", "sensitivity", "SensitivityResult", "sweep", "SweepResult",
            "capture", "Captured", "Captures", "calibrate", "Calibration", "search", "SearchResult",
-           "__version__"]
+           "CoverageError", "__version__"]

@@ -258,6 +258,10 @@ class QuantConfig:
 
     Named recipes: ``QuantConfig.preset("w8a8-int")`` (:mod:`qsim_hooks.presets`). Files:
     :meth:`save` / :meth:`load` (TOML or JSON; :meth:`to_dict` / :meth:`from_dict` for the data).
+        require_coverage: a GEMM that ran with an operand the config asks to
+            quantize and no point covered is an error when the session detaches
+            (``qsim_hooks.CoverageError``, after the model is restored) instead
+            of a warning.
     """
 
     input: Any = None
@@ -271,6 +275,7 @@ class QuantConfig:
     input_scaling: Any = None
     weight_scaling: Any = None
     output_scaling: Any = None
+    require_coverage: bool = False
 
     def __post_init__(self) -> None:
         if self.attention is not None:
@@ -299,8 +304,9 @@ class QuantConfig:
                 raise TypeError(f"QuantConfig.layers keys must be nn.Module types, got {t!r}")
             layers[t] = _as_spec(spec, f"QuantConfig.layers[{t.__name__}]")
         object.__setattr__(self, "layers", layers)
-        if not isinstance(self.strict, bool):
-            raise TypeError("QuantConfig.strict must be a bool")
+        for name in ("strict", "require_coverage"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"QuantConfig.{name} must be a bool, got {getattr(self, name)!r}")
         self._set_scalings()
 
     def _set_scalings(self) -> None:
@@ -315,8 +321,8 @@ class QuantConfig:
         Keys: ``input``, ``weight``, ``output`` (a format name, ``"none"`` or a format table),
         ``input_scaling`` / ``weight_scaling`` / ``output_scaling``, ``rules`` (tables of :class:`Rule`'s
         fields; ``types`` as import paths), ``layers`` (``{import path: weight names or LayerSpec fields}``),
-        ``strict``, ``seed``, ``attention`` (``false``: off) and ``preset`` (a named recipe the other keys
-        go on top of; its rules come first).
+        ``strict``, ``seed``, ``require_coverage``, ``attention`` (``false``: off) and ``preset`` (a named
+        recipe the other keys go on top of; its rules come first).
         """
         return cls(**configdata.config_kwargs(d, ROLES, Rule.from_dict))
 

@@ -20,7 +20,7 @@ __all__ = ["field_to_data", "field_from_data", "config_kwargs", "config_to_data"
 
 #: the keys of a config file (``QuantConfig.from_dict``)
 FILE_KEYS = frozenset({"input", "weight", "output", "input_scaling", "weight_scaling", "output_scaling", "rules",
-                       "layers", "strict", "seed", "attention", "preset"})
+                       "layers", "strict", "seed", "attention", "require_coverage", "preset"})
 
 
 def field_to_data(name: str, v: Any, who: str) -> Any:
@@ -78,7 +78,7 @@ def config_kwargs(d: Mapping[str, Any], roles: Sequence[str],
                     for t, v in layers.items()}
     if "attention" in d:
         kw["attention"] = None if d["attention"] is False else d["attention"]
-    for k in ("strict", "seed"):
+    for k in ("strict", "seed", "require_coverage"):
         if k in d:
             kw[k] = d[k]
     return kw
@@ -94,6 +94,8 @@ def config_to_data(cfg: Any, roles: Sequence[str], default_attention: str) -> di
         out["strict"] = False
     if cfg.seed is not None:
         out["seed"] = cfg.seed
+    if cfg.require_coverage:
+        out["require_coverage"] = True
     if cfg.attention != default_attention:
         out["attention"] = False if cfg.attention is None else cfg.attention
     if cfg.layers:

@@ -9,10 +9,15 @@ exactly across calls: SQNR is ``sum(x^2) / sum((x - q)^2)`` over everything seen
 
 :class:`StaticScales` is what a session accepts as ``calibration=``: anything
 that answers ``amax_for(entry)`` (a :class:`qsim_hooks.Calibration` does).
+
+A point marks what it returns (:mod:`qsim_hooks.marks`) and counts its calls
+(``fired``), so a session can say which point covered each GEMM operand and
+which configured points never ran.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 
 from .formats import Format
 from .formats.base import check_tensor
+from .marks import mark
 from .planning import PlanEntry
 from .stats import sqnr_db_from_sums
 
@@ -97,8 +103,10 @@ class QuantPoint:
         self.generator = generator
         self.observer: ObserverFn | None = None
         self.version = 0  # bumped whenever the amax changes (invalidates weight caches)
+        self.fired = 0  # calls, with or without statistics
         self._amax: Tensor | None = None
         self._by_axis: dict[int, tuple[Format, Format]] = {}
+        self._rows: tuple[Format, Format] | None = None
         if amax is not None:
             self.set_amax(amax)
 
@@ -137,19 +145,47 @@ class QuantPoint:
             self._by_axis[axis] = cached
         return cached[1]
 
+    def rows_format(self, fmt: Format) -> Format:
+        """``fmt`` with a per-tensor scale made one scale per row (axis 0): a stack of weight matrices laid out
+        as one row per matrix gets one scale per matrix. Other formats are returned as they are."""
+        sc = getattr(fmt, "scaling", None)
+        if sc is None or sc.granularity != "tensor":
+            return fmt
+        cached = self._rows
+        if cached is None or cached[0] is not fmt:
+            cached = (fmt, dataclasses.replace(fmt, scaling=dataclasses.replace(sc, granularity="channel", axis=0)))
+            self._rows = cached
+        return cached[1]
+
     def _quantize(self, fmt: Format, x: Tensor, amax: Tensor | None) -> Tensor:
         if type(fmt).__call__ is not Format.__call__:  # a format with its own calling rules (compat)
             return fmt(x, amax=amax, generator=self.generator)
         check_tensor(x, f"format {fmt.name}")
         return fmt._quantize_checked(x, amax, self.generator)  # amax was checked once, by set_amax
 
-    def __call__(self, x: Tensor, axis: int | None = None) -> Tensor:
-        """Quantize ``x``; ``axis`` fills an open scaling axis (attention operands)."""
+    def __call__(self, x: Tensor, axis: int | None = None, *, rows: bool = False) -> Tensor:
+        """Quantize ``x``; ``axis`` fills an open scaling axis (attention operands); ``rows`` gives each row of a
+        2-D ``x`` its own scale where the format has one per tensor (:meth:`rows_format`)."""
+        traced = torch.compiler.is_compiling()  # no bookkeeping inside a traced region (guards, weakrefs)
+        if not traced:
+            self.fired += 1
         if self.observer is not None:
             self.observer(x)
         fmt = self.format if axis is None else self.format_for_axis(axis)
         if fmt is None or not isinstance(x, Tensor) or not x.is_floating_point():
             return x
+        if rows:
+            fmt = self.rows_format(fmt)
+        if traced:
+            return self._apply(fmt, x)
+        # the format's own torch calls are no model code: no torch-function mode sees them (the session's
+        # interception would only pass them on, and a fused kernel compiled under a mode would recompile)
+        with torch._C.DisableTorchFunction():
+            y = self._apply(fmt, x)
+        mark(y, self)
+        return y
+
+    def _apply(self, fmt: Format, x: Tensor) -> Tensor:
         amax = self._amax
         if amax is not None and amax.device != x.device:
             amax = self._amax = amax.to(x.device)

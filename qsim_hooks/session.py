@@ -12,6 +12,14 @@ and :meth:`Session.observe` (calibration, capture) lends a point an observer
 on a child of the same stack. After detach the model is exactly what it was:
 no hooks, no parametrizations, original classes, the same Parameter objects.
 
+While attached, a model-wide interception (:mod:`qsim_hooks.intercept`) sees
+every GEMM the model runs: it applies the points of functional layers (stacked
+experts, routers, a layer's weight used from outside it) and accounts for every
+call (``qs.coverage()``). Detaching warns about configured points that never ran
+and GEMMs that ran with an operand the config asked for and no point covered
+(``QuantConfig(require_coverage=True)``: an error, raised after the model is
+restored).
+
 Nesting: a module that an attached session instruments carries a record of
 the session in its ``__dict__`` (pushed onto the same stack), and attaching
 another session to it raises RuntimeError; sessions on disjoint sub-modules
@@ -34,23 +42,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import activations, attention, distributed, offload, report, weights
+from . import activations, attention, coverage, distributed, offload, report, report_coverage, weights
 from .config import QuantConfig
-from .planning import POINT_KINDS, Plan, resolve
+from .functional import resolve_functional
+from .intercept import Interception, attach_interception
+from .planning import POINT_KINDS, Plan, PlanEntry
 from .points import CheckedScales, ObserverFn, QuantPoint, StaticScales
+from .records import claim, record_of
 from .rows import select_stats
 from .undo import Removable, UndoStack
 
-__all__ = ["Session", "quantized", "attach", "detach", "plan", "ATTACHERS", "PointKind", "Site"]
+__all__ = ["Session", "quantized", "attach", "detach", "plan", "ATTACHERS", "PointKind", "Site", "CoverageError"]
+
+CoverageError = coverage.CoverageError
 
 Key = tuple[str, str, str]
-_RECORD = "_qsim_hooks_session"  # the attribute an instrumented module carries while attached
 _lock = threading.Lock()  # checking and marking modules is one step
 
 
 def plan(model: nn.Module, cfg: QuantConfig) -> Plan:
-    """Dry run: which format each tensor would get, and which rule decided."""
-    return resolve(model, cfg)
+    """Dry run: which format each tensor would get, and which rule decided.
+
+    Functional candidates (bare parameters and activation × activation GEMMs of modules that are no layer) are
+    not listed: they get their module's formats where they run, and ``qs.coverage()`` shows them.
+    """
+    return resolve_functional(model, cfg)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -121,61 +137,6 @@ assert tuple(ATTACHERS) == POINT_KINDS
 
 
 # ---------------------------------------------------------------------------
-# the active-session record on the model's modules
-# ---------------------------------------------------------------------------
-class _Record:
-    """What an instrumented module carries: its session. A copy of the module (deepcopy, pickle) carries a
-    record without one: the copy's hooks are the original session's and only that session removes them."""
-
-    __slots__ = ("session",)
-
-    def __init__(self, session: Session | None) -> None:
-        self.session = session
-
-    def __deepcopy__(self, memo: dict) -> _Record:
-        return _Record(None)
-
-    def __reduce__(self) -> tuple:
-        return (_Record, (None,))
-
-
-def _record_of(m: nn.Module) -> _Record | None:
-    r = m.__dict__.get(_RECORD)
-    return r if isinstance(r, _Record) else None
-
-
-def _claim(modules: Mapping[str, nn.Module], session: Session, undo: UndoStack) -> None:
-    """Refuse modules another session instruments, then mark every one of them for ``session``."""
-    for name, m in modules.items():
-        label = name or "<model>"
-        r = _record_of(m)
-        if r is not None and r.session is not None:
-            raise RuntimeError(
-                f"module {label!r} is already instrumented by an attached qsim_hooks session; leave its "
-                "with-block or call .detach() on it (qsim_hooks.detach(model) finds it if the session "
-                "object was not kept) before attaching another")
-        if r is not None or _has_our_parametrization(m):
-            raise RuntimeError(f"module {label!r} carries qsim_hooks instrumentation copied from another "
-                               "session (a copy of an instrumented model?); copy the model outside the with-block")
-    for m in modules.values():
-        record = _Record(session)
-        m.__dict__[_RECORD] = record
-        undo.callback(_unmark, m, record)
-
-
-def _unmark(m: nn.Module, record: _Record) -> None:
-    if m.__dict__.get(_RECORD) is record:
-        del m.__dict__[_RECORD]
-
-
-def _has_our_parametrization(m: nn.Module) -> bool:
-    plists = getattr(m, "parametrizations", None)
-    if plists is None:
-        return False
-    return any(isinstance(p, weights.WeightQuantizer) for pl in plists.values() for p in pl)
-
-
-# ---------------------------------------------------------------------------
 # the session
 # ---------------------------------------------------------------------------
 class Session:
@@ -198,12 +159,15 @@ class Session:
         if cfg.seed is not None:
             self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self._undo = UndoStack()
+        self._gemms: Interception | None = None
+        self._configured: tuple[Key, ...] = ()
+        self._reported = True
 
     # -- lifecycle --------------------------------------------------------
     def attach(self) -> Session:
         if self.attached:
             raise RuntimeError("this session is already attached")
-        p = resolve(self.model, self.cfg)
+        p, candidates = resolve_functional(self.model, self.cfg)
         cal = self.calibration
         if cal is not None:
             if not isinstance(cal, StaticScales):
@@ -215,22 +179,35 @@ class Session:
         modules = {e.module: named[e.module] for e in p.entries}
         with self._undo.all_or_nothing():
             with _lock:
-                _claim(modules, self, self._undo)
+                claim(modules, self, self._undo)
             self.plan = p
-            self._attach_plan(p, named, modules)
+            self._attach_plan(p, candidates, named, modules)
         self.attached = True
+        self._reported = False
         return self
 
-    def _attach_plan(self, p: Plan, named: Mapping[str, nn.Module], modules: Mapping[str, nn.Module]) -> None:
-        cal = self.calibration
+    def _point(self, e: PlanEntry) -> QuantPoint:
+        amax = self.calibration.amax_for(e) if self.calibration is not None else None
+        return QuantPoint(e, stats=self.collect_stats, amax=amax, generator=self.generator)
+
+    def _attach_plan(self, p: Plan, candidates: Iterable[PlanEntry], named: Mapping[str, nn.Module],
+                     modules: Mapping[str, nn.Module]) -> None:
+        functional = {n for n, m in modules.items() if getattr(self.cfg.layer_spec(m), "functional", False)}
+        layers = {e.module for e in p.entries if e.kind != "attention"} - functional
+        attention_modules = {e.module for e in p.entries if e.kind == "attention"}
+        entries = {e.key: e for e in (*p.entries, *candidates)}
+        cfg = self.cfg
+        # before any parametrization: the interception learns each parameter's owner from the model as it is
+        self._gemms = Interception(named, self.points, entries, layers, attention_modules,
+                                   self._point, (cfg.input is not None, cfg.weight is not None))
         sites: dict[str, dict[str, dict[str, QuantPoint]]] = {kind: {} for kind in ATTACHERS}
         for e in p.active():
-            amax = cal.amax_for(e) if cal is not None else None
-            point = QuantPoint(e, stats=self.collect_stats, amax=amax, generator=self.generator)
-            self.points[point.key] = point
-            sites[e.kind].setdefault(e.module, {})[e.tensor] = point
+            point = self.points[e.key] = self._point(e)
+            if e.module not in functional:  # functional layers' points are applied by the interception
+                sites[e.kind].setdefault(e.module, {})[e.tensor] = point
         for msg in distributed.sharded_activation_warnings(self.points, named):
             warnings.warn(msg, stacklevel=4)
+        self._configured = tuple(self.points)
         for kind, how in ATTACHERS.items():
             by_module = sites[kind]
             if how.also is not None:
@@ -240,13 +217,27 @@ class Session:
                 self._undo.push(how.attach(Site(name, named[name], pts, self.points)))
             if how.after is not None and by_module:
                 self._undo.push(how.after(self.model))
+        self._undo.push(attach_interception(self.model, self._gemms, [named[n] for n in functional]))
 
     def detach(self) -> None:
-        """Undo everything (reverse order, past errors, the first one re-raised); safe to call twice."""
+        """Undo everything (reverse order, past errors, the first one re-raised); safe to call twice.
+
+        Then warn (once) about configured points that never ran and GEMMs that ran against the config;
+        with ``QuantConfig(require_coverage=True)`` the latter raise :class:`CoverageError`.
+        """
+        self._detach(check=True)
+
+    def _detach(self, check: bool) -> None:
+        """``check=False`` (the with-block raised): the run is incomplete, say nothing about coverage."""
         try:
             self._undo.close()
         finally:
             self.attached = False
+        if not self._reported:
+            self._reported = True
+            if check:  # warnings, or CoverageError with require_coverage
+                coverage.at_detach(self.coverage(), self._gemms, self.cfg.require_coverage,
+                                   any(p.fired for p in self.points.values()))
 
     def observe(self, observers: Mapping[Key, ObserverFn], *, full_precision: bool = False) -> UndoStack:
         """Give each point of ``observers`` (``{point key: observer}``) that observer until the handle is removed.
@@ -265,6 +256,8 @@ class Session:
                              f"session; its points are keyed (module, point, tensor), e.g. {known}")
         lent = self._undo.child()
         with lent.all_or_nothing():
+            if full_precision and self._gemms is not None:
+                lent.setattr(self._gemms, "lent", True)
             for key, obs in observers.items():
                 qp = self.points[key]
                 lent.setattr(qp, "observer", obs)
@@ -277,7 +270,7 @@ class Session:
         return self if self.attached else self.attach()
 
     def __exit__(self, *exc: Any) -> None:
-        self.detach()
+        self._detach(check=exc[0] is None)  # never mask the block's own exception
 
     # -- results ----------------------------------------------------------
     def stats(self, sort: str = "model", top: int | None = None, **select: Any) -> list[dict[str, Any]]:
@@ -298,9 +291,24 @@ class Session:
             rows.append(row)
         return [dict(r) for r in select_stats(rows, sort=sort, top=top, **select)]  # type: ignore[arg-type]
 
-    def report(self, **kwargs: Any) -> None:
-        """Print the per-point table (see :func:`qsim_hooks.report.render_stats`); returns nothing."""
+    def coverage(self) -> coverage.Coverage:
+        """Every GEMM-like call seen while attached, and which point covered each operand.
+
+        Returns ``(rows, summary)``: one plain row per distinct (module, operation, operands) with
+        ``calls``, ``status`` (``"simulated"``, ``"partial"``, ``"not simulated"``), ``reason`` and
+        ``against_config``, and a :class:`~qsim_hooks.coverage.CoverageSummary`.
+        """
+        rec = self._gemms.recorder if self._gemms is not None else coverage.Recorder({})
+        table = coverage.rows(rec)
+        never = [self.points[k].describe() for k in self._configured if k in self.points and
+                 not self.points[k].fired]
+        return coverage.Coverage(table, coverage.summarize(table, never))
+
+    def report(self, *, coverage: bool = False, **kwargs: Any) -> None:
+        """Render the per-point table (see :func:`qsim_hooks.report.render_stats`) and the coverage summary
+        line; ``coverage=True`` adds the coverage table. Returns nothing."""
         report.render_stats(self.stats(), **kwargs)
+        report_coverage.render_coverage(self.coverage(), kwargs.get("console"), table=coverage)
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
@@ -350,7 +358,7 @@ def detach(model: nn.Module) -> int:
     sessions: list[Session] = []
     copied: list[str] = []
     for name, m in model.named_modules(remove_duplicate=False):
-        r = _record_of(m)
+        r = record_of(m)
         if r is None:
             continue
         if r.session is None:

@@ -369,11 +369,16 @@ def test_half_precision_models(dtype):
     verify_unchanged(m, snap)
 
 
-def test_no_active_points_attaches_nothing():
+def test_no_active_points_attaches_nothing_but_the_accounting():
     model, x = _models()["mlp"]
     with qh.quantized(model, qh.QuantConfig()) as qs:
         assert qs.points == {}
-        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+        # the coverage accounting's entry hooks on the model (its only container), nothing on the layers
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules() if m is not model)
+        assert len(model._forward_pre_hooks) == len(model._forward_hooks) == 1
+        model(x)
+    summary = qs.coverage().summary
+    assert (summary.gemms, summary.simulated, summary.against_config) == (2, 0, 0)
 
 
 def test_quantized_accepts_keyword_config_and_rejects_both():
