@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .report import Column, Rows, _wide_console, build_table, fmt_module, fmt_text, print_table
+from .report import Column, Rows, build_table, fmt_module, fmt_text, print_table, wide_console
 
 __all__ = ["coverage_line", "COVERAGE_COLUMNS", "coverage_table", "render_coverage"]
 
@@ -57,7 +57,7 @@ def coverage_table(rows: Rows, *, title: str | None = "GEMM coverage", caption: 
 def render_coverage(cov: Any, console: Console | None = None, *, table: bool = False) -> None:
     """Print the coverage summary line of ``Session.coverage()`` and, with ``table``, the table."""
     rows, summary = cov
-    console = _wide_console(console)
+    console = wide_console(console)
     console.print(f"coverage: {coverage_line(summary)}", markup=False, highlight=False)
     if table and rows:
         print_table(coverage_table(rows), console)
