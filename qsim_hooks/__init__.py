@@ -9,7 +9,8 @@ repository's ``examples/``); ``import qsim_hooks`` imports none of its optional
 dependencies (qtorch, torchvision, matplotlib) nor any model library.
 """
 
-from . import formats
+from . import accumulate, formats
+from .accumulate import Accumulator, accumulate_matmul, hopper_fp8
 from .analysis import Captured, Comparison, capture, compare, sensitivity, sweep
 from .calibration import Calibration, calibrate
 from .config import LayerSpec, QuantConfig, Rule, register_layer
@@ -21,4 +22,5 @@ __version__ = "0.1.0"
 __all__ = ["quantized", "attach", "detach", "plan", "Session", "QuantConfig", "Rule", "LayerSpec", "Plan",
            "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
            "GradSpec", "compare", "Comparison", "sensitivity", "sweep", "capture", "Captured",
-           "calibrate", "Calibration", "__version__"]
+           "calibrate", "Calibration", "accumulate", "Accumulator", "accumulate_matmul", "hopper_fp8",
+           "__version__"]

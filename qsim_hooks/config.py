@@ -31,6 +31,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .accumulate import as_accumulator
 from .formats import Scaling, as_format
 from .layers import LayerSpec, lookup, register_layer
 
@@ -136,6 +137,9 @@ class Rule:
             points take the global input/output formats unless set here, and
             their matmuls are intercepted), ``False`` stops the class-name
             pattern from doing so.
+        accumulator: how matched layers' GEMMs add their products (an
+            :class:`~qsim_hooks.accumulate.Accumulator`, a format or preset name;
+            ``None``: exact fp32 sums).
         enabled: ``False`` switches matched layers off entirely.
         name: a label shown by ``plan()`` (defaults to ``rule[i]``).
 
@@ -157,6 +161,7 @@ class Rule:
     v: Any = UNSET
     context: Any = UNSET
     attention: bool | None = None
+    accumulator: Any = UNSET
     enabled: bool | None = None
     name: str | None = None
 
@@ -169,6 +174,8 @@ class Rule:
                                _as_scaling(getattr(self, f"{role}_scaling"), f"Rule.{role}_scaling"))
         for pt in ATTENTION_POINTS:
             object.__setattr__(self, pt, _fmt(getattr(self, pt), f"Rule.{pt}"))
+        if self.accumulator is not UNSET:
+            object.__setattr__(self, "accumulator", as_accumulator(self.accumulator, "Rule.accumulator"))
         if self.enabled is not None and not isinstance(self.enabled, bool):
             raise TypeError(f"Rule.enabled must be a bool or None, got {type(self.enabled).__name__}")
         if self.attention is not None and not isinstance(self.attention, bool):
@@ -207,6 +214,9 @@ class QuantConfig:
             classes; only leaves count (a BertAttention holding a
             BertSelfAttention is not one). ``None`` turns recognition off (rules
             with ``attention=True`` still work).
+        accumulator: how every registered layer's GEMM adds its products (an
+            :class:`~qsim_hooks.accumulate.Accumulator`, a format name such as
+            ``"fp16"`` or a preset such as ``"hopper_fp8"``); ``None``: exact.
     """
 
     input: Any = None
@@ -217,8 +227,10 @@ class QuantConfig:
     strict: bool = True
     seed: int | None = None
     attention: str | None = DEFAULT_ATTENTION_PATTERN
+    accumulator: Any = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "accumulator", as_accumulator(self.accumulator, "QuantConfig.accumulator"))
         if self.attention is not None:
             if not isinstance(self.attention, str):
                 raise TypeError("QuantConfig.attention must be a class-name regular expression or None")
@@ -253,7 +265,7 @@ class QuantConfig:
         """Build from plain data (a parsed TOML/JSON file). Unknown keys are errors."""
         if not isinstance(d, Mapping):
             raise TypeError(f"QuantConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        allowed = {"input", "weight", "output", "rules", "strict", "seed", "attention"}
+        allowed = {"input", "weight", "output", "rules", "strict", "seed", "attention", "accumulator"}
         unknown = set(d) - allowed
         if unknown:
             raise ValueError(f"QuantConfig: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -266,9 +278,9 @@ class QuantConfig:
             bad = set(r) - rule_fields
             if bad:
                 raise ValueError(f"rules[{i}]: unknown keys {sorted(bad)}; allowed: {sorted(rule_fields)}")
-            rules.append(Rule(**{k: (None if v == "none" and k in ROLES + ATTENTION_POINTS else v)
+            rules.append(Rule(**{k: (None if v == "none" and k in ROLES + ATTENTION_POINTS + ("accumulator",) else v)
                                  for k, v in r.items()}))
-        for role in ROLES:
+        for role in ROLES + ("accumulator",):
             if d.get(role) == "none":
                 d[role] = None
         return cls(rules=tuple(rules), **d)

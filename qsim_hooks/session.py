@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import activations, attention, offload, report, weights
+from . import activations, attention, offload, report, report_accumulators, weights
+from .accumulate import wiring as accumulate_wiring
 from .config import QuantConfig
-from .planning import POINT_KINDS, Plan, resolve
+from .planning import POINT_KINDS, Plan, accumulators, resolve
 from .points import CheckedScales, ObserverFn, QuantPoint, StaticScales
 from .undo import Removable, UndoStack
 
@@ -187,6 +188,7 @@ class Session:
         if cfg.seed is not None:
             self.generator = torch.Generator().manual_seed(int(cfg.seed))
         self._undo = UndoStack()
+        self.accumulator_stats: dict[str, accumulate_wiring.AccumulatorStats] = {}
 
     # -- lifecycle --------------------------------------------------------
     def attach(self) -> Session:
@@ -227,6 +229,17 @@ class Session:
                 self._undo.push(how.attach(Site(name, named[name], pts, self.points)))
             if how.after is not None and by_module:
                 self._undo.push(how.after(self.model))
+        self._attach_accumulators(p, modules)
+
+    def _attach_accumulators(self, p: Plan, modules: Mapping[str, nn.Module]) -> None:
+        """Layers with an accumulator compute their GEMM through :mod:`qsim_hooks.accumulate` (its wiring)."""
+        targets = accumulators(self.model, self.cfg, p)
+        for name, (_, acc) in targets.items():
+            accumulate_wiring.check_operands(name, acc, {e.point: e.format for e in p.for_module(name)
+                                                         if e.format is not None and e.point in ("input", "weight")})
+        handles, self.accumulator_stats = accumulate_wiring.attach(targets, stats=self.collect_stats)
+        for h in handles:
+            self._undo.push(h)
 
     def detach(self) -> None:
         """Undo everything (reverse order, past errors, the first one re-raised); safe to call twice."""
@@ -284,9 +297,18 @@ class Session:
             rows.append(row)
         return rows
 
+    def accumulator_rows(self) -> list[dict[str, Any]]:
+        """Per-layer accumulator statistics (needs ``stats=True`` and an accumulator): SQNR of the simulated
+        sums against the exact fp32 GEMM of the same operands, largest relative error, overflows."""
+        return [st.as_dict() for st in self.accumulator_stats.values()]
+
     def report(self, **kwargs: Any) -> Any:
-        """Render the per-point table (see :func:`qsim_hooks.report.render_stats`)."""
-        return report.render_stats(self.stats(), **kwargs)
+        """Render the per-point table (see :func:`qsim_hooks.report.render_stats`), then the accumulator table
+        when layers ran through an accumulator."""
+        table = report.render_stats(self.stats(), **kwargs)
+        if self.accumulator_stats:
+            report_accumulators.render_accumulators(self.accumulator_rows(), kwargs.get("console"))
+        return table
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"

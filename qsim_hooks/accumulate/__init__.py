@@ -10,6 +10,7 @@ route other GEMMs (functional calls, attention) through :func:`accumulate_matmul
 """
 
 from .engine import accumulate_matmul, matmul_with_overflow
-from .spec import Accumulator, IntAccumulation, hopper_fp8
+from .spec import Accumulator, IntAccumulation, as_accumulator, hopper_fp8
 
-__all__ = ["Accumulator", "IntAccumulation", "hopper_fp8", "accumulate_matmul", "matmul_with_overflow"]
+__all__ = ["Accumulator", "IntAccumulation", "hopper_fp8", "as_accumulator", "accumulate_matmul",
+           "matmul_with_overflow"]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from ..formats import FloatFormat, IntFormat, as_format
 
-__all__ = ["Accumulator", "IntAccumulation", "hopper_fp8", "ORDERS"]
+__all__ = ["Accumulator", "IntAccumulation", "hopper_fp8", "as_accumulator", "ORDERS", "PRESETS"]
 
 ORDERS = ("sequential", "pairwise", "chunked")
 Order = Literal["sequential", "pairwise", "chunked"]
@@ -159,3 +159,20 @@ def hopper_fp8(promote_every: int | None = 128, align_bits: int = 14, group: int
     chunk = promote_every
     return Accumulator("fp32", chunk=chunk, promote="fp32", align_bits=align_bits, group=group,
                        name=f"hopper-fp8{'' if chunk is None else f'-promote{chunk}'}")
+
+
+#: names :func:`as_accumulator` reads as presets
+PRESETS = {"hopper_fp8": hopper_fp8, "hopper_fp8_nopromote": lambda: hopper_fp8(promote_every=None)}
+
+
+def as_accumulator(v: Any, who: str) -> Accumulator | None:
+    """``None``, an :class:`Accumulator`, a preset name (``"hopper_fp8"``) or a format (``"fp16"``,
+    ``FloatFormat(8, 13)``, ``"int24"``: that accumulator with the defaults)."""
+    if v is None or isinstance(v, Accumulator):
+        return v
+    if isinstance(v, str) and v in PRESETS:
+        return PRESETS[v]()
+    try:
+        return Accumulator(v)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{who}: {exc} (or a preset: {sorted(PRESETS)})") from None
