@@ -27,6 +27,13 @@ def rounder(fmt: FloatFormat | None) -> Round | None:
     if fmt is None or (fmt.exp_bits == 8 and fmt.man_bits == 23 and fmt.subnormals and fmt.bias == 127
                        and fmt.overflow == "special" and fmt.rounding.mode_id == FloatFormat(8, 23).rounding.mode_id):
         return None
+    native = fmt._native_dtype()
+    if native is not None:  # fp16 / bf16: torch's own cast, as FloatFormat.cast does on small tensors (never
+        # its fused kernel, whose compiled graph a loop of ever-new shapes would keep recompiling)
+        mx = fmt.max
+        if fmt.saturates:
+            return lambda x: x.clamp(-mx, mx).to(native).to(torch.float32)
+        return lambda x: x.to(native).to(torch.float32)
     return fmt.cast
 
 
