@@ -61,7 +61,8 @@ def unsupported(module: nn.Module) -> str | None:
         return f"padding_mode={module.padding_mode!r} (only 'zeros' is rebuilt)"
     if isinstance(module, SUPPORTED):
         return None
-    return f"{type(module).__name__} has no GEMM the accumulator engine rebuilds (Linear, Conv1d, Conv2d)"
+    return (f"{type(module).__name__}: its own products (attention matmuls, a custom op) are not rebuilt; "
+            "only Linear, Conv1d and Conv2d are")
 
 
 def _conv_padding(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
