@@ -9,7 +9,8 @@ repository's ``examples/``); ``import qsim_hooks`` imports none of its optional
 dependencies (qtorch, torchvision, matplotlib) nor any model library.
 """
 
-from . import formats
+from . import accumulate, formats
+from .accumulate import Accumulator, accumulate_matmul, hopper_fp8
 from .analysis import (
     Captured,
     Captures,
@@ -33,4 +34,5 @@ __all__ = ["quantized", "attach", "detach", "plan", "Session", "QuantConfig", "R
            "register_layer", "formats", "Format", "FloatFormat", "IntFormat", "Scaling", "Rounding",
            "GradSpec", "compare", "Comparison", "sensitivity", "SensitivityResult", "sweep", "SweepResult",
            "capture", "Captured", "Captures", "calibrate", "Calibration", "search", "SearchResult",
-           "CoverageError", "__version__"]
+           "CoverageError", "accumulate", "Accumulator", "accumulate_matmul", "hopper_fp8",
+           "__version__"]

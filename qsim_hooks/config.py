@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import configdata, configfile
+from .accumulate import as_accumulator
 from .formats import Scaling, as_format
 from .layers import LayerSpec, lookup, register_layer
 
@@ -141,6 +142,9 @@ class Rule:
             points take the global input/output formats unless set here, and
             their matmuls are intercepted), ``False`` stops the class-name
             pattern from doing so.
+        accumulator: how matched layers' GEMMs add their products (an
+            :class:`~qsim_hooks.accumulate.Accumulator`, a format or preset name;
+            ``None``: exact fp32 sums).
         enabled: ``False`` switches matched layers off entirely.
         name: a label shown by ``plan()`` (defaults to ``rule[i]``).
 
@@ -162,6 +166,7 @@ class Rule:
     v: Any = UNSET
     context: Any = UNSET
     attention: bool | None = None
+    accumulator: Any = UNSET
     enabled: bool | None = None
     name: str | None = None
 
@@ -174,6 +179,8 @@ class Rule:
                                _as_scaling(getattr(self, f"{role}_scaling"), f"Rule.{role}_scaling"))
         for pt in ATTENTION_POINTS:
             object.__setattr__(self, pt, _fmt(getattr(self, pt), f"Rule.{pt}"))
+        if self.accumulator is not UNSET:
+            object.__setattr__(self, "accumulator", as_accumulator(self.accumulator, "Rule.accumulator"))
         if self.enabled is not None and not isinstance(self.enabled, bool):
             raise TypeError(f"Rule.enabled must be a bool or None, got {type(self.enabled).__name__}")
         if self.attention is not None and not isinstance(self.attention, bool):
@@ -224,7 +231,7 @@ class Rule:
 
 
 _SCALINGS = tuple(f"{r}_scaling" for r in ROLES)
-_VALUE_FIELDS = frozenset(ROLES + ATTENTION_POINTS + _SCALINGS)  # None means something there
+_VALUE_FIELDS = frozenset(ROLES + ATTENTION_POINTS + _SCALINGS + ("accumulator",))  # None means something there
 
 
 def _name_matches(pattern: str, name: str) -> bool:
@@ -262,6 +269,9 @@ class QuantConfig:
             quantize and no point covered is an error when the session detaches
             (``qsim_hooks.CoverageError``, after the model is restored) instead
             of a warning.
+        accumulator: how every registered layer's GEMM adds its products (an
+            :class:`~qsim_hooks.accumulate.Accumulator`, a format name such as
+            ``"fp16"`` or a preset such as ``"hopper_fp8"``); ``None``: exact.
     """
 
     input: Any = None
@@ -276,8 +286,10 @@ class QuantConfig:
     weight_scaling: Any = None
     output_scaling: Any = None
     require_coverage: bool = False
+    accumulator: Any = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "accumulator", as_accumulator(self.accumulator, "QuantConfig.accumulator"))
         if self.attention is not None:
             if not isinstance(self.attention, str):
                 raise TypeError("QuantConfig.attention must be a class-name regular expression or None")
@@ -321,8 +333,8 @@ class QuantConfig:
         Keys: ``input``, ``weight``, ``output`` (a format name, ``"none"`` or a format table),
         ``input_scaling`` / ``weight_scaling`` / ``output_scaling``, ``rules`` (tables of :class:`Rule`'s
         fields; ``types`` as import paths), ``layers`` (``{import path: weight names or LayerSpec fields}``),
-        ``strict``, ``seed``, ``require_coverage``, ``attention`` (``false``: off) and ``preset`` (a named
-        recipe the other keys go on top of; its rules come first).
+        ``strict``, ``seed``, ``require_coverage``, ``accumulator`` (a name), ``attention`` (``false``: off)
+        and ``preset`` (a named recipe the other keys go on top of; its rules come first).
         """
         return cls(**configdata.config_kwargs(d, ROLES, Rule.from_dict))
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import configfile as cf
+from .accumulate import Accumulator, as_accumulator
+from .accumulate.spec import PRESETS as ACCUMULATOR_PRESETS
 from .formats import Format, Scaling
 from .layers import LayerSpec
 from .presets import get_preset
@@ -20,7 +22,20 @@ __all__ = ["field_to_data", "field_from_data", "config_kwargs", "config_to_data"
 
 #: the keys of a config file (``QuantConfig.from_dict``)
 FILE_KEYS = frozenset({"input", "weight", "output", "input_scaling", "weight_scaling", "output_scaling", "rules",
-                       "layers", "strict", "seed", "attention", "require_coverage", "preset"})
+                       "layers", "strict", "seed", "attention", "require_coverage", "accumulator",
+                       "preset"})
+
+
+def accumulator_to_data(acc: Accumulator, who: str) -> str:
+    """An accumulator as its name, when the name reads back to the same accumulator (a preset or a format)."""
+    for name in (acc.name, *ACCUMULATOR_PRESETS):
+        try:
+            if as_accumulator(name, who) == acc:
+                return name
+        except (ValueError, TypeError):
+            continue
+    raise ValueError(f"{who}={acc.name!r} cannot be written to a config file: only accumulators a name reads back "
+                     "to (a format such as 'fp16', or a preset such as 'hopper_fp8') can")
 
 
 def field_to_data(name: str, v: Any, who: str) -> Any:
@@ -31,6 +46,8 @@ def field_to_data(name: str, v: Any, who: str) -> Any:
         return [cf.type_to_data(t, f"{who}.types") for t in v]
     if isinstance(v, Scaling):
         return cf.scaling_to_data(v)
+    if isinstance(v, Accumulator):
+        return accumulator_to_data(v, f"{who}.{name}")
     if v is None or isinstance(v, Format):
         return cf.format_to_data(v, f"{who}.{name}")
     return v
@@ -42,6 +59,8 @@ def field_from_data(name: str, v: Any, who: str, formats_: Sequence[str], scalin
         return tuple(cf.type_from_data(t, f"{who}.types") for t in ([v] if isinstance(v, str) else v))
     if name in formats_:
         return cf.format_from_data(v, f"{who}.{name}")
+    if name == "accumulator":
+        return None if v == "none" else v
     if name in scalings:
         return cf.scaling_from_data(v, f"{who}.{name}")
     return v
@@ -78,6 +97,8 @@ def config_kwargs(d: Mapping[str, Any], roles: Sequence[str],
                     for t, v in layers.items()}
     if "attention" in d:
         kw["attention"] = None if d["attention"] is False else d["attention"]
+    if "accumulator" in d:
+        kw["accumulator"] = None if d["accumulator"] == "none" else d["accumulator"]
     for k in ("strict", "seed", "require_coverage"):
         if k in d:
             kw[k] = d[k]
@@ -96,6 +117,8 @@ def config_to_data(cfg: Any, roles: Sequence[str], default_attention: str) -> di
         out["seed"] = cfg.seed
     if cfg.require_coverage:
         out["require_coverage"] = True
+    if cfg.accumulator is not None:
+        out["accumulator"] = accumulator_to_data(cfg.accumulator, "QuantConfig.accumulator")
     if cfg.attention != default_attention:
         out["attention"] = False if cfg.attention is None else cfg.attention
     if cfg.layers:

@@ -25,11 +25,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import report
+from .accumulate import Accumulator
 from .config import ATTENTION_DEFAULTS, ATTENTION_POINTS, ROLES, UNSET, QuantConfig, Rule
 from .formats import Format, Scaling
 from .layers import LayerSpec
 
-__all__ = ["Decision", "PlanEntry", "Plan", "resolve", "POINT_KINDS", "PLAN_COLUMNS"]
+__all__ = ["Decision", "PlanEntry", "Plan", "resolve", "accumulators", "POINT_KINDS", "PLAN_COLUMNS"]
 
 #: how the points of a plan attach: weights by parametrization, inputs/outputs by hooks, the six attention
 #: points together by one scope per module (see qsim_hooks.session.ATTACHERS)
@@ -282,3 +283,19 @@ def _check_used(cfg: QuantConfig, used: list[bool]) -> None:
         if cfg.strict:
             raise ValueError(msg + "; fix the pattern or pass strict=False to only warn")
         warnings.warn(msg, UserWarning, stacklevel=4)
+
+
+def accumulators(model: nn.Module, cfg: QuantConfig, plan: Plan) -> dict[str, tuple[nn.Module, Accumulator]]:
+    """Each plan module's accumulator: ``cfg.accumulator``, then the last matching rule that sets one; none for
+    a module a rule switches off (``enabled=False``)."""
+    named = dict(model.named_modules(remove_duplicate=False))
+    out = {}
+    for name in dict.fromkeys(e.module for e in plan.entries):
+        m, acc, on = named[name], cfg.accumulator, True
+        for r in cfg.rules:
+            if r.matches(name, m):
+                acc = acc if r.accumulator is UNSET else r.accumulator
+                on = on if r.enabled is None else r.enabled
+        if acc is not None and on:
+            out[name] = (m, acc)
+    return out

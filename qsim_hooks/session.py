@@ -35,28 +35,34 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import activations, attention, coverage, distributed, offload, report, report_coverage, weights
+from . import (
+    coverage,
+    distributed,
+    report,
+    report_accumulators,
+    report_coverage,
+)
+from .accumulate import wiring as accumulate_wiring
+from .attachers import ATTACHERS, Key, PointKind, Site
 from .config import QuantConfig
 from .functional import resolve_functional
 from .intercept import Interception, attach_interception
-from .planning import POINT_KINDS, Plan, PlanEntry
+from .planning import Plan, PlanEntry, accumulators
 from .points import CheckedScales, ObserverFn, QuantPoint, StaticScales
 from .records import claim, record_of
 from .rows import select_stats
-from .undo import Removable, UndoStack
+from .undo import UndoStack
 
 __all__ = ["Session", "quantized", "attach", "detach", "plan", "ATTACHERS", "PointKind", "Site", "CoverageError"]
 
 CoverageError = coverage.CoverageError
 
-Key = tuple[str, str, str]
 _lock = threading.Lock()  # checking and marking modules is one step
 
 
@@ -67,73 +73,6 @@ def plan(model: nn.Module, cfg: QuantConfig) -> Plan:
     not listed: they get their module's formats where they run, and ``qs.coverage()`` shows them.
     """
     return resolve_functional(model, cfg)[0]
-
-
-# ---------------------------------------------------------------------------
-# attach dispatch: one row per point kind
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Site:
-    """Where one kind of point attaches: one module, its points of that kind, and all the session's points.
-
-    ``points`` is keyed by the weight's name (weights), the role (input, output)
-    or the point's name (attention).
-    """
-
-    name: str
-    module: nn.Module
-    points: Mapping[str, QuantPoint]
-    session_points: Mapping[Key, QuantPoint]
-
-
-@dataclass(frozen=True)
-class PointKind:
-    """How the points of one kind attach.
-
-    Attributes:
-        attach: installs one site's points and returns what removes them.
-        also: names of plan modules that need a site of this kind although they
-            have no points of it (a module applying a child layer functionally).
-        after: run once on the model after every site of this kind (and undone with them).
-    """
-
-    attach: Callable[[Site], Removable]
-    also: Callable[[Mapping[str, nn.Module], Mapping[Key, QuantPoint]], Iterable[str]] | None = None
-    after: Callable[[nn.Module], Removable] | None = None
-
-
-def _attach_weights(site: Site) -> UndoStack:
-    stack = UndoStack()
-    with stack.all_or_nothing():
-        for tensor, point in site.points.items():
-            stack.push(weights.attach_weight(site.module, tensor, point))
-    return stack
-
-
-def _after_weights(model: nn.Module) -> UndoStack:
-    """Once all weights are parametrized: accelerate's offload maps and FSDP2's records learn the new names."""
-    stack = UndoStack()
-    with stack.all_or_nothing():
-        stack.push(offload.wrap_offload_maps(model))
-        stack.push(distributed.follow_fsdp(model))
-    return stack
-
-
-def _attach_attention(site: Site) -> UndoStack:
-    borrowed = attention.borrowed_points(site.module, site.name, site.session_points)
-    return attention.attach_attention(site.module, site.name, site.points, borrowed)
-
-
-#: point kind -> how it attaches; the one place a new kind of point is added. Sites attach kind by kind in
-#: this order (per module: input hook, output hook, then the attention scope's hooks, as before).
-ATTACHERS: dict[str, PointKind] = {
-    # offloading hooks and FSDP2 look weights up by name: they learn the parametrized names once all are attached
-    "weight": PointKind(_attach_weights, after=_after_weights),
-    "input": PointKind(lambda s: activations.attach_input(s.module, s.points["input"])),
-    "output": PointKind(lambda s: activations.attach_output(s.module, s.points["output"])),
-    "attention": PointKind(_attach_attention, also=attention.borrowing_modules),
-}
-assert tuple(ATTACHERS) == POINT_KINDS
 
 
 # ---------------------------------------------------------------------------
@@ -162,6 +101,7 @@ class Session:
         self._gemms: Interception | None = None
         self._configured: tuple[Key, ...] = ()
         self._reported = True
+        self.accumulator_stats: dict[str, accumulate_wiring.AccumulatorStats] = {}
 
     # -- lifecycle --------------------------------------------------------
     def attach(self) -> Session:
@@ -218,6 +158,12 @@ class Session:
             if how.after is not None and by_module:
                 self._undo.push(how.after(self.model))
         self._undo.push(attach_interception(self.model, self._gemms, [named[n] for n in functional]))
+        targets = accumulators(self.model, self.cfg, p)  # layers whose GEMM runs through qsim_hooks.accumulate
+        operands = {n: {e.point: e.format for e in p.for_module(n) if e.point in ("input", "weight") and e.format}
+                    for n in targets}
+        handles, self.accumulator_stats = accumulate_wiring.attach(targets, operands, stats=self.collect_stats)
+        for h in handles:
+            self._undo.push(h)
 
     def detach(self) -> None:
         """Undo everything (reverse order, past errors, the first one re-raised); safe to call twice.
@@ -306,9 +252,18 @@ class Session:
 
     def report(self, *, coverage: bool = False, **kwargs: Any) -> None:
         """Render the per-point table (see :func:`qsim_hooks.report.render_stats`) and the coverage summary
-        line; ``coverage=True`` adds the coverage table. Returns nothing."""
+        line (and the accumulator table when layers ran through one); ``coverage=True`` adds the coverage
+        table. Returns nothing."""
         report.render_stats(self.stats(), **kwargs)
+        if self.accumulator_stats:
+            report_accumulators.render_accumulators(self.accumulator_rows(), kwargs.get("console"))
         report_coverage.render_coverage(self.coverage(), kwargs.get("console"), table=coverage)
+
+    def accumulator_rows(self) -> list[dict[str, Any]]:
+        """Per-layer accumulator statistics (needs ``stats=True`` and an accumulator): SQNR of the simulated
+        sums against the exact fp32 GEMM of the same operands, largest relative error, overflows."""
+        return [st.as_dict() for st in self.accumulator_stats.values()]
+
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"

@@ -1,0 +1,156 @@
+"""Layers compute their GEMM through the engine inside a session: against the float64 loop reference on
+Linear and Conv2d (groups, stride, padding, dilation), rules, warnings, errors, exact removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import qsim_hooks as qh
+from qsim_hooks.accumulate import Accumulator
+from qsim_hooks.formats import FloatFormat
+
+from . import reference as ref
+
+FP16 = ref.rounder((5, 10))
+
+
+def _reduce(order, chunk):
+    return lambda ps: ref.reduce_products(ps, FP16, order, chunk, ref.f32)
+
+
+@pytest.mark.parametrize("order,chunk", [("sequential", None), ("pairwise", 4), ("sequential", 3)])
+def test_linear_against_the_loop(order, chunk):
+    torch.manual_seed(0)
+    lin = nn.Linear(11, 4)
+    x = torch.randn(2, 3, 11) * 8
+    with qh.quantized(lin, qh.QuantConfig(accumulator=Accumulator("fp16", chunk=chunk, order=order))):
+        got = lin(x).detach()
+    w, b = lin.weight.detach(), lin.bias.detach().numpy()
+    want = ref.matmul(x.reshape(6, 11), w.t(), _reduce(order, chunk))
+    want = np.vectorize(ref.f32)(want + b)  # bias added once, in fp32 (the promote format)
+    np.testing.assert_array_equal(got.reshape(6, 4).double().numpy(), want)
+
+
+def _conv_reference(x, w, b, stride, padding, dilation, groups, reduce):
+    xp = np.pad(x.numpy().astype(np.float32), ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2))
+    wn = w.numpy().astype(np.float32)
+    n, _, hp, wp = xp.shape
+    o, cg, kh, kw = wn.shape
+    oh = (hp - dilation * (kh - 1) - 1) // stride + 1
+    ow = (wp - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((n, o, oh, ow))
+    for bi in range(n):
+        for oc in range(o):
+            g = oc // (o // groups)
+            for yy in range(oh):
+                for xx in range(ow):
+                    y0, x0 = yy * stride, xx * stride
+                    ps = [float(xp[bi, g * cg + c, y0 + i * dilation, x0 + j * dilation] * wn[oc, c, i, j])
+                          for c in range(cg) for i in range(kh) for j in range(kw)]  # im2col order
+                    out[bi, oc, yy, xx] = ref.f32(reduce(ps) + float(b[oc]))
+    return out
+
+
+@pytest.mark.parametrize("order", ["sequential", "pairwise"])
+def test_conv2d_groups_stride_padding_dilation_against_the_loop(order):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2)
+    x = torch.randn(2, 4, 7, 7) * 4
+    with qh.quantized(conv, qh.QuantConfig(accumulator=Accumulator("fp16", chunk=5, order=order))):
+        got = conv(x).detach()
+    want = _conv_reference(x, conv.weight.detach(), conv.bias.detach(), 2, 2, 2, 2, _reduce(order, 5))
+    np.testing.assert_array_equal(got.double().numpy(), want)
+
+
+def test_operands_are_the_quantized_ones_and_detach_restores():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(5, 16)
+    before = m(x).detach()
+    acc = Accumulator("bf16", chunk=4)
+    with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3")):
+        operands_only = m(x).detach()
+        h0 = m[0](qh.formats.E4M3.cast(x))  # the input point's value, by hand
+    with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3", accumulator=acc)):
+        got = m(x).detach()
+        w0 = m[0].weight.detach()
+    from qsim_hooks.accumulate.layers import linear
+    y0 = linear(qh.formats.E4M3.cast(x), w0, m[0].bias.detach(), acc)[0]
+    torch.testing.assert_close(y0, h0.detach(), rtol=0.05, atol=0.05)  # close to the exact sums, not equal
+    assert not torch.equal(got, operands_only)
+    assert torch.equal(m(x).detach(), before)
+    assert all(not mod._forward_hooks for mod in m.modules())
+
+
+def test_rules_set_and_clear_the_accumulator_per_layer():
+    m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    cfg = qh.QuantConfig(accumulator="fp16", rules=[qh.Rule(match="1", accumulator="bf16"),
+                                                   qh.Rule(match="2", accumulator=None)])
+    with qh.quantized(m, cfg, stats=True) as qs:
+        m(torch.randn(3, 4))
+        rows = {r["module"]: r for r in qs.accumulator_rows()}
+    assert {k: r["accumulator"] for k, r in rows.items()} == {"0": "fp16", "1": "bf16"}
+    assert rows["0"]["calls"] == 1 and rows["0"]["sqnr_db"] > 20
+    off = qh.QuantConfig(accumulator="fp16", rules=[qh.Rule(match="0", enabled=False)])
+    with qh.quantized(m, off, stats=True) as qs:
+        assert set(qs.accumulator_stats) == {"1", "2"}
+
+
+def test_unsupported_layer_warns_naming_it():
+    m = nn.Sequential(nn.Conv3d(2, 2, 1), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match=r"not simulated.*0 \(Conv3d"):
+        with qh.quantized(m, qh.QuantConfig(accumulator="fp16")):
+            m(torch.randn(1, 2, 2, 2, 1))
+
+
+def test_integer_accumulator_on_a_layer_is_refused_and_nothing_is_left():
+    m = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="module '': accumulator 'int24-wrap'"):
+        qh.attach(m, qh.QuantConfig(accumulator="int24"))
+    assert not m._forward_hooks and not m._forward_pre_hooks and not hasattr(m, "parametrizations")
+
+
+def test_coarser_accumulator_than_an_operand_warns():
+    with pytest.warns(UserWarning, match=r"'e5m2' keeps 2 mantissa bits, fewer than its input format 'fp16'"):
+        with qh.quantized(nn.Linear(3, 2), qh.QuantConfig(input="fp16", accumulator=FloatFormat(5, 2, name="e5m2"))):
+            pass
+
+
+def test_gradient_is_the_exact_gemms():
+    torch.manual_seed(3)
+    lin = nn.Linear(6, 3)
+    x = torch.randn(4, 6)
+    lin(x).square().sum().backward()
+    exact = lin.weight.grad.clone()
+    lin.weight.grad = None
+    with qh.quantized(lin, qh.QuantConfig(accumulator="fp32")):  # fp32 sequential: output ~ exact, same grad
+        lin(x).square().sum().backward()
+    torch.testing.assert_close(lin.weight.grad, exact)
+
+
+def test_config_fields():
+    assert qh.QuantConfig(accumulator="hopper_fp8").accumulator == qh.hopper_fp8()
+    assert qh.QuantConfig.from_dict({"accumulator": "fp16", "rules": [{"match": "x", "accumulator": "none"}]}) \
+        .rules[0].accumulator is None
+    with pytest.raises(ValueError, match="QuantConfig.accumulator"):
+        qh.QuantConfig(accumulator="fp17")
+    with pytest.raises(ValueError, match="Rule.accumulator"):
+        qh.Rule(accumulator=Accumulator.__name__)
+
+
+def test_accumulator_round_trips_through_a_config_file(tmp_path):
+    import pytest as _pytest
+
+    import qsim_hooks as qh
+    rules = [qh.Rule(match="fc*", accumulator="hopper_fp8"), qh.Rule(match="head", accumulator=None)]
+    cfg = qh.QuantConfig(weight="e4m3", accumulator="fp16", rules=rules)
+    for suffix in (".toml", ".json"):
+        back = qh.QuantConfig.load(cfg.save(tmp_path / f"c{suffix}"))
+        assert back == cfg and back.rules[1].accumulator is None
+        assert back.rules[0].accumulator == qh.hopper_fp8() and back.accumulator == qh.Accumulator(format="fp16")
+    custom = qh.QuantConfig(accumulator=qh.Accumulator(format="fp16", chunk=7, name="mine"))
+    with _pytest.raises(ValueError, match="cannot be written to a config file"):
+        custom.to_dict()
