@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,20 @@ def _fmt(v: Any, who: str) -> Any:
     if v is UNSET:
         return UNSET
     return as_format(v, field=who)
+
+
+#: what torch.Generator.manual_seed takes without wrapping
+SEED_MAX = 2**64 - 1
+
+
+def _seed(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"QuantConfig.seed must be an int in [0, 2**64 - 1] or None, got {v!r} ({type(v).__name__})")
+    if not 0 <= int(v) <= SEED_MAX:
+        raise ValueError(f"QuantConfig.seed={int(v)} is out of range; allowed: an int in [0, 2**64 - 1] or None")
+    return int(v)
 
 
 def _types(v: Any, who: str) -> tuple[type, ...]:
@@ -242,6 +257,7 @@ class QuantConfig:
         object.__setattr__(self, "layers", layers)
         if not isinstance(self.strict, bool):
             raise TypeError("QuantConfig.strict must be a bool")
+        object.__setattr__(self, "seed", _seed(self.seed))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:

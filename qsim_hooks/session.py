@@ -113,16 +113,22 @@ assert tuple(ATTACHERS) == POINT_KINDS
 # the active-session record on the model's modules
 # ---------------------------------------------------------------------------
 class _Record:
-    """What an instrumented module carries: its session. A copy of the module (deepcopy, pickle) carries a
-    record without one: the copy's hooks are the original session's and only that session removes them."""
+    """What an instrumented module carries: its session (and its name in the session's model).
 
-    __slots__ = ("session",)
+    ``copy.deepcopy`` of an instrumented module is refused: the copy would share the session's hooks and
+    the parametrized class, and break when the session removes them. A pickled copy carries a record
+    without a session: the copy's hooks are the original session's and only that session removes them."""
 
-    def __init__(self, session: Session | None) -> None:
+    __slots__ = ("session", "label")
+
+    def __init__(self, session: Session | None, label: str = "?") -> None:
         self.session = session
+        self.label = label
 
     def __deepcopy__(self, memo: dict) -> _Record:
-        return _Record(None)
+        raise RuntimeError(f"copy.deepcopy: module {self.label!r} is instrumented by an attached qsim_hooks "
+                           "session; a copy would share its hooks and parametrized class and break when the session "
+                           "exits. Copy the model before attaching or after the with-block (or .detach() first)")
 
     def __reduce__(self) -> tuple:
         return (_Record, (None,))
@@ -146,8 +152,8 @@ def _claim(modules: Mapping[str, nn.Module], session: Session, undo: UndoStack) 
         if r is not None or _has_our_parametrization(m):
             raise RuntimeError(f"module {label!r} carries qsim_hooks instrumentation copied from another "
                                "session (a copy of an instrumented model?); copy the model outside the with-block")
-    for m in modules.values():
-        record = _Record(session)
+    for name, m in modules.items():
+        record = _Record(session, name or "<model>")
         m.__dict__[_RECORD] = record
         undo.callback(_unmark, m, record)
 
