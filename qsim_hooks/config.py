@@ -43,7 +43,9 @@ ATTENTION_POINTS = ("q", "k", "scores", "probs", "v", "context")
 #: default attention point -> the role whose format it takes (INT-FP-QSim's choice)
 ATTENTION_DEFAULTS = {"q": "input", "k": "input", "scores": "output", "probs": "input", "v": "input",
                       "context": "output"}
-DEFAULT_ATTENTION_PATTERN = r".*Attention"
+#: class names of attention modules, matched whole against a module's class and its base classes (so a
+#: subclass of a matching class counts); a version suffix is allowed (``ShiftedWindowAttentionV2``)
+DEFAULT_ATTENTION_PATTERN = r".*Attention(V?\d+)?"
 
 
 class _Unset:
@@ -145,8 +147,10 @@ class Rule:
         q, k, scores, probs, v, context: formats of an attention module's internal
             points (default: q, k, probs, v take the module's input format, scores
             and context its output format).
-        attention: ``True`` makes matched modules attention modules (their matmuls
-            are intercepted), ``False`` stops the class-name pattern from doing so.
+        attention: ``True`` makes matched modules attention modules (their six
+            points take the global input/output formats unless set here, and
+            their matmuls are intercepted), ``False`` stops the class-name
+            pattern from doing so.
         enabled: ``False`` switches matched layers off entirely.
         name: a label shown by ``plan()`` (defaults to ``rule[i]``).
 
@@ -214,7 +218,8 @@ class QuantConfig:
         strict: a rule that matches nothing is an error (``True``) or a warning.
         seed: seed of the generator used by stochastic rounding.
         attention: class names (regular expression, whole name) recognised as
-            attention modules; only leaves count (a BertAttention holding a
+            attention modules, matched against the module's class and its base
+            classes; only leaves count (a BertAttention holding a
             BertSelfAttention is not one). ``None`` turns recognition off (rules
             with ``attention=True`` still work).
     """

@@ -7,7 +7,8 @@ causal masking, grouped-query heads, dropout; for MHA packed or separate
 in-projections, ``bias_k``/``bias_v``, ``add_zero_attn``, padding masks,
 averaged weights), so identity formats reproduce the fused call to float
 rounding. :class:`AttentionPoints` is what they apply: the six points of one
-module and the children it applies through ``F.linear`` (:class:`Borrowed`).
+module and the children it applies through ``F.linear`` (:class:`Borrowed`,
+:data:`FUNCTIONAL_CHILDREN`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import ATTENTION_POINTS
 from .points import QuantPoint
 
-__all__ = ["AttentionPoints", "Borrowed", "sdpa_decomposed", "mha_decomposed", "is_float"]
+__all__ = ["AttentionPoints", "Borrowed", "sdpa_decomposed", "mha_decomposed", "is_float", "FUNCTIONAL_CHILDREN",
+           "borrowed_points", "borrowing_modules"]
+
+Key = tuple[str, str, str]
+
+#: module type -> its child layers that the module applies itself through ``F.linear`` (their weight passed
+#: to a functional call), so the children's own hooks never fire: the decomposition applies their points.
+FUNCTIONAL_CHILDREN: dict[type, tuple[str, ...]] = {nn.MultiheadAttention: ("out_proj",)}
 
 
 def is_float(t: Any) -> bool:
@@ -63,6 +71,27 @@ class AttentionPoints:
         if b is not None and b.output is not None:
             y = b.output(y)
         return y
+
+
+def _child(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def borrowed_points(module: nn.Module, name: str, points: Mapping[Key, QuantPoint]) -> dict[str, Borrowed]:
+    """``module``'s functionally applied children (:data:`FUNCTIONAL_CHILDREN`) that have an input/output point."""
+    out = {}
+    for base in type(module).__mro__:
+        for child in FUNCTIONAL_CHILDREN.get(base, ()):
+            full = _child(name, child)
+            b = Borrowed(points.get((full, "input", "input")), points.get((full, "output", "output")))
+            if b.input is not None or b.output is not None:
+                out[child] = b
+    return out
+
+
+def borrowing_modules(modules: Mapping[str, nn.Module], points: Mapping[Key, QuantPoint]) -> list[str]:
+    """The names of ``modules`` that need a scope for their borrowed children's points alone."""
+    return [n for n, m in modules.items() if borrowed_points(m, n, points)]
 
 
 def _safe_softmax(s: Tensor) -> Tensor:

@@ -1,9 +1,9 @@
 """The plan: ``resolve(model, cfg) -> Plan``, what format every tensor of a model gets and which rule decided.
 
 Resolution is pure: it walks the model, finds the candidate modules (layer
-types from :mod:`.layers`, attention modules by class name or rule, types a
-rule lists), folds the rules over each one field by field (the last matching
-rule that sets a field wins) and writes one :class:`PlanEntry` per
+types from :mod:`.layers`, attention modules by class or base-class name or
+by rule, types a rule lists), folds the rules over each one field by field
+(the last matching rule that sets a field wins) and writes one :class:`PlanEntry` per
 quantization point. Every decision travels as a :class:`Decision` (a value
 and who decided it), so the plan can say which rule chose each format.
 Nothing is attached here; :mod:`.session` attaches a Plan. ``str(plan)`` is a
@@ -151,12 +151,14 @@ def _with_scaling(fmt: Format | None, sc: Scaling | None, who: str) -> Format | 
 
 
 def _attention_modules(model: nn.Module, cfg: QuantConfig) -> set[int]:
-    """ids of the modules whose class name matches ``cfg.attention`` and that hold no other such module."""
+    """ids of the modules whose class, or a base class, has a name matching ``cfg.attention`` and that hold no
+    other such module (``ShiftedWindowAttentionV2`` is found through its base ``ShiftedWindowAttention``)."""
     if cfg.attention is None:
         return set()
     pat = re.compile(cfg.attention)
     named = [m for _, m in model.named_modules()]
-    hits = {id(m) for m in named if pat.fullmatch(parametrize.type_before_parametrizations(m).__name__)}
+    hits = {id(m) for m in named if any(pat.fullmatch(c.__name__)
+                                        for c in parametrize.type_before_parametrizations(m).__mro__)}
     return {id(m) for m in named if id(m) in hits and not any(id(c) in hits for c in m.modules() if c is not m)}
 
 
@@ -181,8 +183,12 @@ def resolve(model: nn.Module, cfg: QuantConfig) -> Plan:
                 and not (rule_types and issubclass(mtype, rule_types)):
             continue
         seen.add(id(m))
-        d = _Decided(attention=Decision(id(m) in by_pattern, "cfg"))
-        if spec is not None or d.attention.value:
+        attention = Decision(id(m) in by_pattern, "cfg")
+        for i, r in matching:  # the last rule that says, else the pattern (as the fold below decides it)
+            if r.attention is not None:
+                attention = Decision(r.attention, r.name or f"rule[{i}]")
+        d = _Decided(attention=attention)
+        if spec is not None or attention.value:  # a layer's, or an attention module's, points start global
             d.roles = {role: Decision(getattr(cfg, role), "cfg") for role in ROLES}
         for i, r in matching:
             used[i] = True

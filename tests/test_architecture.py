@@ -17,6 +17,7 @@ a checker that sees nothing cannot pass for a clean package.
 from __future__ import annotations
 
 import ast
+import re
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -254,3 +255,31 @@ def test_module_size(name):
 def test_no_module_sets_the_environment(name):
     where, path = MODULES[name].sets_environment, MODULES[name].path.relative_to(ROOT.parent)
     assert not where, f"{path} sets os.environ at lines {where}: a library reads the environment, it does not set it"
+
+
+# ---------------------------------------------------------------------------
+# docs/ARCHITECTURE.md names every module a reader meets first
+# ---------------------------------------------------------------------------
+ARCHITECTURE = (ROOT.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+
+
+def _named_in_architecture(rel: str) -> bool:
+    """``rel`` (``x.py`` or ``x/``) appears in the map as a word, or a ``prefix*.py`` pattern there covers it."""
+    if re.search(r"(?<![\w./])" + re.escape(rel) + r"(?!\w)", ARCHITECTURE):
+        return True
+    patterns = re.findall(r"([\w.]*)\*\.py", ARCHITECTURE)
+    return rel.endswith(".py") and any(pat and rel.startswith(pat) for pat in patterns)
+
+
+def _map_entry(mod: Module) -> str:
+    return f"{mod.path.parent.name}/" if mod.is_package else mod.path.name
+
+
+#: the top level of the package (modules and sub-packages) and every module of ``formats/``
+_MAPPED = sorted(_map_entry(m) for m in MODULES.values()
+                 if m.name.count(".") == 1 or m.name.startswith(f"{ROOT.name}.formats."))
+
+
+@pytest.mark.parametrize("rel", _MAPPED)
+def test_every_module_is_on_the_architecture_map(rel):
+    assert _named_in_architecture(rel), f"docs/ARCHITECTURE.md does not name {rel}: say what it owns"

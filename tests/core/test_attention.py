@@ -1,5 +1,6 @@
 """The attention scope: decompositions against PyTorch's fused calls, hand references with
-formats on, nothing left patched, thread isolation, warnings."""
+formats on, nothing left patched, other threads outside attention modules, warnings
+(tests/attention/test_pairing.py: which product is which, on modules written like real ones)."""
 
 import threading
 import warnings
@@ -271,7 +272,7 @@ def test_nothing_left_patched_after_exit_or_exception():
     verify_unchanged(m, snap)
 
 
-def test_other_thread_outside_the_context_is_unaffected():
+def test_another_thread_outside_attention_modules_is_not_intercepted():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 16)
 

