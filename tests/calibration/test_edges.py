@@ -129,7 +129,7 @@ def test_histogram_methods_scale_exactly_up_to_float32_max_and_down_to_1e_30(met
         assert got == ref * s, (what, got / s, ref)
 
 
-@pytest.mark.filterwarnings("ignore:calibration: entropy compares distributions")
+@pytest.mark.filterwarnings("ignore:calibration. entropy compares distributions")
 def test_values_near_float32_max_calibrate_with_every_method():
     x = torch.tensor([[3e38, 1e38, -2e38, 1.0] * 16])
     for method in ("max", "percentile", "mse", "entropy"):
