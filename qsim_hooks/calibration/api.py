@@ -20,8 +20,8 @@ leaves it attached with its formats restored.
 
 from __future__ import annotations
 
+import itertools
 import math
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,13 +29,13 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
 from ..batches import default_forward  # noqa: F401  (re-exported: part of this module's API)
 from ..config import QuantConfig
 from ..formats import Format
 from ..points import QuantPoint
+from ..progress import track
 from ..session import Session
 from ..undo import UndoStack
 from .calibration import Calibration, CalibrationTarget, PointCalibration, calibration_target, point_label
@@ -137,14 +137,6 @@ def _observe_weights(session: Session, observed: Observed) -> None:
             getattr(named[module], tensor)
 
 
-def _progress(enabled: bool | None) -> Progress | None:
-    show = sys.stdout.isatty() if enabled is None else bool(enabled)
-    if not show:
-        return None
-    return Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=True)
-
-
 def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: ForwardFn,
                  progress: bool | None) -> int:
     if isinstance(data, (Tensor, Mapping)):
@@ -165,23 +157,13 @@ def _run_batches(model: nn.Module, data: Any, num_batches: int | None, forward: 
             total = min(total, len(data))
         except TypeError:
             pass
-    prog = _progress(progress)
     n = 0
-    with torch.no_grad():
-        if prog is not None:
-            prog.start()
-            task = prog.add_task("batches", total=total)
-        try:
-            for batch in it:
-                forward(model, batch)
-                n += 1
-                if prog is not None:
-                    prog.advance(task)
-                if num_batches is not None and n >= num_batches:
-                    break
-        finally:
-            if prog is not None:
-                prog.stop()
+    if num_batches is not None:
+        it = itertools.islice(it, num_batches)  # ends without asking for one more: the bar sees each batch done
+    with torch.no_grad(), track(it, "calibrating", total=total, enabled=progress) as batches:
+        for batch in batches:
+            forward(model, batch)
+            n += 1
     return n
 
 
@@ -331,7 +313,7 @@ def calibrate(model: nn.Module, cfg: QuantConfig, data: Iterable[Any], num_batch
         forward: ``forward(model, batch)`` feeds a batch (INT-FP-QSim's
             ``batch_process_func``); default :func:`default_forward`.
         progress: a rich progress bar over the batches: ``None`` shows it when
-            stdout is a terminal, ``False`` never, ``True`` always.
+            stderr is a terminal or a notebook (:func:`qsim_hooks.progress.track`), ``False`` never, ``True`` always.
         bins: histogram bins (histogram methods; per-channel histograms get
             ``bins // 8``).
 

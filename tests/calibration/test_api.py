@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import qsim_hooks as qh
-from qsim_hooks.calibration import Calibration, PointCalibration, api
+from qsim_hooks import progress as progress_mod
+from qsim_hooks.calibration import Calibration, PointCalibration
 from qsim_hooks.formats import FloatFormat, Scaling
 
 from ..core.model_check import snapshot, verify_unchanged
@@ -282,7 +283,7 @@ def test_merged_and_lookup():
 def test_progress_bar_off_or_forced_prints_nothing_to_stdout(capsys, monkeypatch):
     bars = []
 
-    class Recording(api.Progress):
+    class Recording(progress_mod.Progress):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.log = []
@@ -300,7 +301,7 @@ def test_progress_bar_off_or_forced_prints_nothing_to_stdout(capsys, monkeypatch
             self.log.append("stop")
             super().stop()
 
-    monkeypatch.setattr(api, "Progress", Recording)
+    monkeypatch.setattr(progress_mod, "Progress", Recording)  # the one progress helper calibrate uses
     model = _net()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

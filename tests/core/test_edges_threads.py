@@ -68,7 +68,8 @@ def test_a_second_thread_gets_the_quantized_model_attention_included():
         with qh.quantized(model, CFG, stats=True) as qs:
             main = model(x)
             other = _in_thread(model, x)
-            attn_calls = {r["point"]: r["calls"] for r in qs.stats() if r["module"] == "attn" and r["point"] != "weight"}
+            attn_calls = {r["point"]: r["calls"] for r in qs.stats()
+                          if r["module"] == "attn" and r["point"] != "weight"}
         after = _in_thread(model, x)
     assert not torch.equal(main, full)
     assert torch.equal(other, main)
