@@ -149,9 +149,9 @@ def _from_file(path: Path) -> ModelSource:
         spec.loader.exec_module(mod)
         model = _get(mod, path, "model", "build_model")
         batches = _get(mod, path, "batches", "get_batches")
-    except SourceError:
+    except (SourceError, KeyboardInterrupt, SystemExit):
         raise
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - a file's own BaseException subclass is its error too
         raise ModelFileError(f"{path}: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.modules.pop(name, None)
