@@ -1,4 +1,4 @@
-"""A model file that raises a BaseException subclass is one error naming the file (issue 12), not a traceback."""
+"""CLI input edges (issue 12): a model file raising a BaseException subclass, a misspelt --point."""
 
 import pytest
 
@@ -17,3 +17,13 @@ def test_keyboard_interrupt_in_a_model_file_still_interrupts(tmp_path):
     f.write_text("raise KeyboardInterrupt\n")
     with pytest.raises(KeyboardInterrupt):
         load_model(str(f))
+
+
+def test_a_misspelt_point_is_a_usage_error_naming_what_is_allowed(capsys):
+    from qsim_hooks import cli
+
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error, before any model is built
+        cli.main(["report", "--model", "resnet18", "--point", "bogus"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and "input, weight, output" in err and "context" in err

@@ -16,7 +16,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from .. import formats
-from ..config import ROLES
+from ..config import ATTENTION_POINTS, ROLES
 
 __all__ = ["PROG", "one_line", "Parser", "CommandError", "UsageError", "positive_int", "comma_list",
            "format_names", "format_or_none", "roles", "points", "console"]
@@ -78,8 +78,9 @@ def comma_list(what: str, *, choices: Sequence[str] | None = None,
 format_names = comma_list("format names", check=formats.get)
 #: roles of a layer (``input,weight``)
 roles = comma_list("roles", choices=ROLES)
-#: point kinds (``input,weight``); any names: a point a model does not have selects nothing
-points = comma_list("points")
+#: point names (``input,weight``, or an attention point): a misspelt one is a usage error (exit 2), not an
+#: empty table; a real point a model does not have still selects nothing
+points = comma_list("points", choices=(*ROLES, *ATTENTION_POINTS))
 
 
 def format_or_none(text: str) -> str:
