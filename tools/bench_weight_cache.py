@@ -11,6 +11,9 @@ several rounds (every configuration once per round), each configuration's minimu
   write, numpy views included, and doubles the weight memory).
 
     .venv/bin/python tools/bench_weight_cache.py [--rounds 5] [--batches 1,2] [--format e4m3]
+
+(``PYTHONPATH=.`` when the environment's installed qsim_hooks is another checkout: a script's
+``sys.path`` starts at ``tools/``, not the working directory; the table's title names the one timed.)
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def main() -> None:
             for b, way in configs:
                 best[(b, way)] = min(best[(b, way)], _once(model, xs[b], args.format, way, args.calls))
     table = Table(title=f"resnet50, 224x224, CPU, {torch.get_num_threads()} threads, no_grad, weights {args.format} "
-                        f"(min of {args.rounds} rounds x {args.calls} calls)")
+                        f"(min of {args.rounds} rounds x {args.calls} calls; {qh.__file__})")
     for col in ("batch", "weight access", "ms / forward", "x plain", "x version cache"):
         table.add_column(col)
     for (b, way), t in best.items():
