@@ -104,7 +104,7 @@ class QuantPoint:
         self.stats = PointStats() if stats else None
         self.generator = generator
         self.observer: ObserverFn | None = None
-        self.version = 0  # bumped whenever the amax changes (invalidates weight caches)
+        self.version = 0  # bumped whenever the amax changes (for anything caching a result of this point)
         self._amax: Tensor | None = None
         self._by_axis: dict[int, tuple[Format, Format]] = {}
         self._flush_check = True  # until the first call with data (guards.check_flushed)

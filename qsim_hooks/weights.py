@@ -10,9 +10,10 @@ session has ``parametrizations.<name>.original``) loads inside a session.
 The weight is quantized at every access, with or without autograd: there is
 no cache. A cache keyed on the version counter served a stale weight after
 writes that bump none (``p.data.mul_``, an EMA through ``.data``, numpy
-views, writes into the returned weight); comparing the weight's bytes with a
-copy costs about what quantizing it does and doubles its memory (measured on
-resnet50: see the README's Benchmarks).
+views, writes into the returned weight). A cache that compares the weight with
+a copy would see every write but keeps two extra copies of each weight; the
+cost of having none is measured by ``tools/bench_weight_cache.py`` (README,
+Benchmarks).
 
 Weights qsim-hooks cannot instrument are refused at attach with the module's
 name and the cause: complex weights, and weights that are a plain attribute
