@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import html
+import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -95,6 +96,20 @@ def _fmt(v: Any, who: str) -> Any:
     if v is UNSET:
         return UNSET
     return as_format(v, field=who)
+
+
+#: what torch.Generator.manual_seed takes without wrapping
+SEED_MAX = 2**64 - 1
+
+
+def _seed(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"QuantConfig.seed must be an int in [0, 2**64 - 1] or None, got {v!r} ({type(v).__name__})")
+    if not 0 <= int(v) <= SEED_MAX:
+        raise ValueError(f"QuantConfig.seed={int(v)} is out of range; allowed: an int in [0, 2**64 - 1] or None")
+    return int(v)
 
 
 def _types(v: Any, who: str) -> tuple[type, ...]:
@@ -319,6 +334,7 @@ class QuantConfig:
         for name in ("strict", "require_coverage"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"QuantConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        object.__setattr__(self, "seed", _seed(self.seed))
         self._set_scalings()
 
     def _set_scalings(self) -> None:

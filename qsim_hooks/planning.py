@@ -258,6 +258,10 @@ def _layer_entries(name: str, m: nn.Module, tname: str, spec: LayerSpec | None,
             continue
         for w in spec.weights:
             t = getattr(m, w, None)
+            if t is None and not hasattr(m, w):  # registered as None (bias=False, MHA's packed q/k/v) is absent
+                raise ValueError(f"module {name!r} ({tname}) has no tensor {w!r}, which its layer spec names as a "
+                                 f"weight (QuantConfig.layers / register_layer); its tensors: "
+                                 f"{sorted([*m._parameters, *m._buffers])}")
             if not isinstance(t, torch.Tensor):
                 if fmt is not None and t is not None:
                     raise ValueError(f"module {name!r} ({tname}): {w!r} is not a tensor")

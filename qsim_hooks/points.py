@@ -18,12 +18,14 @@ which configured points never ran.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from . import guards
 from .formats import Format
 from .formats.base import check_tensor
 from .marks import mark
@@ -53,13 +55,18 @@ class CheckedScales(StaticScales, Protocol):
 class PointStats:
     """Running sums for one point; read them with :meth:`as_dict`."""
 
-    __slots__ = ("calls", "_t")
+    __slots__ = ("calls", "_t", "_lock")
 
     def __init__(self) -> None:
         self.calls = 0
+        self._lock = threading.Lock()  # threads running the model at once (nn.DataParallel) merge one by one
         self._t: Tensor | None = None  # [numel, finite, sum_x2, sum_err2, saturated, flushed, amax]
 
     def update(self, x: Tensor, y: Tensor, mask: Tensor | None) -> None:
+        if x.is_meta:  # no values: a call, no data
+            with self._lock:
+                self.calls += 1
+            return
         with torch.no_grad():
             x = x.detach().float()
             y = y.detach().float()
@@ -75,11 +82,12 @@ class PointStats:
             row = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device),
                                fin.sum().double(), (xf.double() ** 2).sum(), (err.double() ** 2).sum(),
                                sat.double(), flushed.double(), amax.double()])
-            if self._t is None:
-                self._t = row
-            else:
-                self._t = torch.cat([self._t[:6] + row[:6], torch.maximum(self._t[6:], row[6:])])
-        self.calls += 1
+            with self._lock:
+                if self._t is None:
+                    self._t = row
+                else:
+                    self._t = torch.cat([self._t[:6] + row[:6], torch.maximum(self._t[6:], row[6:])])
+                self.calls += 1
 
     def as_dict(self) -> dict[str, Any]:
         if self._t is None:
@@ -102,11 +110,12 @@ class QuantPoint:
         self.stats = PointStats() if stats else None
         self.generator = generator
         self.observer: ObserverFn | None = None
-        self.version = 0  # bumped whenever the amax changes (invalidates weight caches)
+        self.version = 0  # bumped whenever the amax changes (for anything caching a result of this point)
         self.fired = 0  # calls, with or without statistics
         self._amax: Tensor | None = None
         self._by_axis: dict[int, tuple[Format, Format]] = {}
         self._rows: tuple[Format, Format] | None = None
+        self._flush_check = True  # until the first call with data (guards.check_flushed)
         if amax is not None:
             self.set_amax(amax)
 
@@ -173,6 +182,8 @@ class QuantPoint:
             self.observer(x)
         fmt = self.format if axis is None else self.format_for_axis(axis)
         if fmt is None or not isinstance(x, Tensor) or not x.is_floating_point():
+            if fmt is not None and isinstance(x, Tensor):
+                guards.refuse_complex(self.describe(), fmt.name, x)
             return x
         if rows:
             fmt = self.rows_format(fmt)
@@ -190,7 +201,10 @@ class QuantPoint:
         if amax is not None and amax.device != x.device:
             amax = self._amax = amax.to(x.device)
         if self.stats is None:
-            return self._quantize(fmt, x, amax)
+            y = self._quantize(fmt, x, amax)
+            if self._flush_check:
+                self._flush_check = guards.check_flushed(self.describe(), fmt, x, y)
+            return y
         if torch.is_grad_enabled() and x.requires_grad:
             y = self._quantize(fmt, x, amax)
             with torch.no_grad():
@@ -201,4 +215,6 @@ class QuantPoint:
             y32, mask = fmt._forward(x.detach().float(), amax, self.generator, True)
             y = y32.to(x.dtype)
         self.stats.update(x, y, mask)
+        if self._flush_check:
+            self._flush_check = guards.check_flushed(self.describe(), fmt, x, y)
         return y

@@ -2,9 +2,10 @@
 
 A module an attached session instruments carries a record of that session in its ``__dict__`` (pushed onto
 the session's undo stack), so attaching a second session to it can be refused even when the first
-session's object was dropped: the record lives on the model. A copy of the module (deepcopy, pickle)
-carries a record without a session: the copy's hooks are the original session's, and only that session
-removes them.
+session's object was dropped: the record lives on the model. ``copy.deepcopy`` of an instrumented module
+is refused (the copy would share the session's hooks and parametrized class, and break when the session
+removes them); a pickled copy carries a record without a session: the copy's hooks are the original
+session's, and only that session removes them.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ RECORD = "_qsim_hooks_session"  # the attribute an instrumented module carries w
 
 
 class _Record:
-    """What an instrumented module carries: its session. A copy of the module (deepcopy, pickle) carries a
-    record without one: the copy's hooks are the original session's and only that session removes them."""
+    """What an instrumented module carries: its session (and its name in the session's model)."""
 
-    __slots__ = ("session",)
+    __slots__ = ("session", "label")
 
-    def __init__(self, session: Any | None) -> None:
+    def __init__(self, session: Any | None, label: str = "?") -> None:
         self.session = session
+        self.label = label
 
     def __deepcopy__(self, memo: dict) -> _Record:
-        return _Record(None)
+        raise RuntimeError(f"copy.deepcopy: module {self.label!r} is instrumented by an attached qsim_hooks "
+                           "session; a copy would share its hooks and parametrized class and break when the session "
+                           "exits. Copy the model before attaching or after the with-block (or .detach() first)")
 
     def __reduce__(self) -> tuple:
         return (_Record, (None,))
@@ -56,8 +59,8 @@ def claim(modules: Mapping[str, nn.Module], session: Any, undo: UndoStack) -> No
         if r is not None or _has_our_parametrization(m):
             raise RuntimeError(f"module {label!r} carries qsim_hooks instrumentation copied from another "
                                "session (a copy of an instrumented model?); copy the model outside the with-block")
-    for m in modules.values():
-        record = _Record(session)
+    for name, m in modules.items():
+        record = _Record(session, name or "<model>")
         m.__dict__[RECORD] = record
         undo.callback(_unmark, m, record)
 

@@ -27,7 +27,6 @@ given. Nothing is stored on the user's modules.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import warnings
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from ..formats import Format, Scaling
 from ..formats.block import BlockFormat
+from .entries import check_amax_values, check_entry, read_entries
 
 __all__ = ["Calibration", "PointCalibration", "CalibrationTarget", "calibration_target", "point_label",
            "FORMAT_MAGIC", "SCHEMA_VERSION"]
@@ -144,8 +144,9 @@ class PointCalibration:
 
     def __post_init__(self) -> None:
         vals = self.amax if isinstance(self.amax, tuple) else (self.amax,)
-        if not vals or any(not (math.isfinite(v) and v > 0) for v in vals):
-            raise ValueError(f"{point_label(self.key)}: amax must be finite and > 0, got {list(vals)[:4]}")
+        if check_amax_values(vals) is not None:  # in float32, where the session uses it
+            raise ValueError(f"{point_label(self.key)}: amax must be finite and > 0 in float32, got "
+                             f"{list(vals)[:4]}")
         if self.granularity not in ("tensor", "channel"):
             raise ValueError(f"{point_label(self.key)}: granularity={self.granularity!r}; use 'tensor' or "
                              "'channel'")
@@ -176,13 +177,8 @@ class PointCalibration:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PointCalibration:
-        a = d["amax"]
-        amax = tuple(float(v) for v in a) if isinstance(a, list) else float(a)
-        shape = d.get("shape")
-        return cls(str(d["module"]), str(d["point"]), str(d["tensor"]), amax, str(d.get("format", "?")),
-                   str(d.get("method", "?")), d.get("granularity", "channel" if isinstance(a, list) else "tensor"),
-                   d.get("axis"), None if shape is None else tuple(int(v) for v in shape),
-                   int(d.get("numel", 0)), int(d.get("nonfinite", 0)))
+        """One entry as :meth:`to_dict` writes it (checked: ValueError naming what is wrong)."""
+        return cls(**check_entry(d, "calibration entry"))
 
 
 @dataclass
@@ -333,12 +329,8 @@ class Calibration:
         schema = d.get("schema")
         if schema != SCHEMA_VERSION:
             raise ValueError(f"{source}: calibration schema {schema!r} is not supported (expected {SCHEMA_VERSION})")
-        try:
-            points = [PointCalibration.from_dict(p) for p in d.get("points", [])]
-            skipped = {(str(s["module"]), str(s["point"]), str(s["tensor"])): str(s.get("reason", ""))
-                       for s in d.get("skipped", [])}
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: malformed calibration entry ({type(exc).__name__}: {exc})") from None
+        entries, skipped = read_entries(d, source)
+        points = [PointCalibration(**e) for e in entries]
         return cls({p.key: p for p in points}, skipped, d.get("method", "?"), d.get("percentile"),
                    d.get("bins"), int(d.get("num_batches", 0)), str(d.get("qsim_hooks_version", "unknown")))
 

@@ -128,6 +128,18 @@ def quantize_rows(fmt: Format, x: Tensor, amax: Tensor, row_fmt: Format | None =
     return torch.stack([fmt(x[r], amax=amax[r].float(), generator=gen) for r in range(x.shape[0])])
 
 
+def _unit_centres(bins: int) -> Tensor:
+    """Bin centres in units of the bin width, ``0.5, 1.5, ...`` (float32, exact).
+
+    Candidates are scored in these units: the width is a power of two, and a scaled format's result
+    scales exactly with its input and amax by a power of two, so the errors (mse) and the groups of bins
+    that quantize alike (entropy) are those of the real range, without its float32 overflow (a range
+    up to ``bins * 2**117`` holds values near float32's max) or underflow (squared errors of data
+    near 1e-30).
+    """
+    return torch.arange(bins, dtype=torch.float32) + 0.5
+
+
 def _pairs(counts: Tensor, bins: int, *, edges: bool) -> tuple[Tensor, Tensor, Tensor]:
     """The (channel, candidate) pairs to score: ``(rows_c, rows_i, cand)``.
 
@@ -183,19 +195,19 @@ def _mse(obs: Observer, fmt: Format | None, percentile: float) -> Tensor:
     width = h.width.cpu()
     C, B = counts.shape
     rows_c, rows_i, _ = _pairs(counts, B, edges=False)  # candidates are bin centres (TensorRT)
-    centres = ((torch.arange(B, dtype=torch.float64) + 0.5)[None, :] * width[:, None]).float()  # [C, B]
     w32 = counts.float()
+    unit = _unit_centres(B)
     row_fmt = _row_format(fmt)
     per = max(1, _ROW_BUDGET // B)
     errs = []
     for s in range(0, rows_c.numel(), per):
         rc, ri = rows_c[s:s + per], rows_i[s:s + per]
-        x = centres[rc] if C > 1 else centres.expand(rc.numel(), B)
-        d = quantize_rows(fmt, x.contiguous(), centres[rc, ri], row_fmt) - x
+        x = unit.expand(rc.numel(), B)
+        d = quantize_rows(fmt, x.contiguous(), unit[ri], row_fmt) - x
         d.mul_(d)
         errs.append((d @ w32[0] if C == 1 else (d * w32[rc]).sum(dim=1)).double())
     err = torch.cat(errs)
-    amax, _ = _pick(rows_c, err, centres[rows_c, rows_i].double(), C, last=False)
+    amax, _ = _pick(rows_c, err, unit[rows_i].double() * width[rows_c], C, last=False)
     return torch.minimum(amax, h.amax.cpu().double())  # type: ignore[union-attr]
 
 
@@ -222,15 +234,15 @@ def _entropy(obs: Observer, fmt: Format | None, percentile: float) -> Tensor:
     clogc = torch.where(counts > 0, counts * torch.log(torch.where(counts > 0, counts, 1.0)), 0.0)
     pl = torch.cat([zero, clogc.cumsum(1)], dim=1)
     total = pc[:, B]
-    centres = ((torch.arange(B, dtype=torch.float64) + 0.5)[None, :] * width[:, None]).float()
+    unit = _unit_centres(B)
     row_fmt = _row_format(fmt)
     per = max(1, _ROW_BUDGET // B)
     kls = []
     for s in range(0, rows_c.numel(), per):
         rc, ri = rows_c[s:s + per], rows_i[s:s + per]
         n = rc.numel()
-        x = centres[rc] if C > 1 else centres.expand(n, B)
-        q = quantize_rows(fmt, x.contiguous(), (ri.double() * width[rc]).float(), row_fmt)
+        x = unit.expand(n, B)
+        q = quantize_rows(fmt, x.contiguous(), ri.float(), row_fmt)
         gid = torch.zeros(n, B, dtype=torch.int64)
         torch.cumsum(q[:, 1:] != q[:, :-1], dim=1, out=gid[:, 1:])
         G = int(gid[torch.arange(n), ri - 1].max()) + 1  # groups that reach inside [0, i)

@@ -27,8 +27,12 @@ power of two (2048 is) every bin index is computed exactly, so a histogram
 does not depend on how the data was split into batches or ranks (tested).
 
 A Parameter (a weight reached through its parametrization) is observed once
-per value: seen again with the same version counter, it is skipped, so
-weights cost a calibration pass nothing after their first forward.
+per value: seen again holding the same bits (compared with a copy kept for the
+length of the calibration: a version counter misses writes through ``.data``
+or numpy), it is skipped, so weights are counted once, not once per batch.
+Meta tensors have no values: they are counted (``meta_calls``) and skipped.
+Calls are taken one at a time (a lock), so threads running the model at once
+(``nn.DataParallel``) count every value once.
 
 :meth:`Observer.all_reduce` merges the state over the ranks of a
 ``torch.distributed`` process group (max: all-reduce MAX; histograms: MAX of
@@ -39,6 +43,7 @@ same scales.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
@@ -50,6 +55,11 @@ __all__ = ["Observer", "MaxObserver", "HistogramObserver", "K_MIN"]
 #: The smallest bin-width exponent: ranges below ``bins * 2**K_MIN`` (about 1e-31 for
 #: 2048 bins) are not resolved; such values (and all-zero data) fall into bin 0.
 K_MIN = -115
+_F32_MAX = 3.4028234663852886e38  # the largest float32
+
+
+#: the integer dtype with a float dtype's element size: bits compared exactly (NaN, -0.0 included)
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _width_exponent(m: float, bins: int) -> int:
@@ -92,29 +102,36 @@ class Observer:
         self.channels: int | None = None  # 1 per tensor; C per channel (known after the first data)
         self.shape: tuple[int, ...] | None = None  # how a per-channel amax broadcasts against the tensor
         self.amax: Tensor | None = None  # [channels], finite max |x|
-        self._seen: dict[int, tuple] = {}
+        self.meta_calls = 0  # calls with a meta tensor (no values)
+        self._seen: dict[int, tuple[tuple, Tensor]] = {}
+        self._lock = threading.Lock()
 
     # -- calling ------------------------------------------------------------
     def __call__(self, x: Any) -> None:
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.is_meta:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
             return
-        if isinstance(x, nn.Parameter) and self._seen_before(x):
-            return
-        self.calls += 1
-        if x.numel() == 0:
-            return
-        with torch.no_grad():
-            rows = self._rows(x.detach())
-            self._observe(rows)
+        with self._lock:
+            if x.is_meta:
+                self.meta_calls += 1
+                return
+            if isinstance(x, nn.Parameter) and self._seen_before(x):
+                return
+            self.calls += 1
+            if x.numel() == 0:
+                return
+            with torch.no_grad():
+                rows = self._rows(x.detach())
+                self._observe(rows)
 
     def _seen_before(self, p: Tensor) -> bool:
-        try:
-            key = (p._version, p.data_ptr(), p.dtype, p.device, tuple(p.shape))
-        except RuntimeError:  # inference tensors have no version counter
-            return False
-        if self._seen.get(id(p)) == key:
-            return True
-        self._seen[id(p)] = key
+        """Whether ``p`` holds exactly the bits it held when last observed (then remember them)."""
+        key = (p.dtype, p.device, tuple(p.shape), p.stride())
+        with torch.no_grad():
+            bits = p.detach().view(_SAME_SIZE_INT[p.element_size()])
+            last = self._seen.get(id(p))
+            if last is not None and last[0] == key and torch.equal(last[1], bits):
+                return True
+            self._seen[id(p)] = (key, bits.clone())
         return False
 
     def _rows(self, x: Tensor) -> Tensor:
@@ -282,8 +299,12 @@ class HistogramObserver(Observer):
             k = _width_exponent(mf, bins)
             if k > int(self.k[0]):
                 self._rebin(torch.tensor([k], dtype=torch.int64, device=self.k.device))
-            hi = math.ldexp(bins, int(self.k[0]))
-            h = torch.histc(a, bins=bins, min=0.0, max=hi)  # Inf / NaN are outside [0, hi]: ignored
+            k0 = int(self.k[0])
+            hi = math.ldexp(bins, k0)
+            if hi * bins <= _F32_MAX:
+                h = torch.histc(a, bins=bins, min=0.0, max=hi)  # Inf / NaN are outside [0, hi]: ignored
+            else:  # histc's x * bins would overflow float32: count in units of the width (a power of two: exact)
+                h = torch.histc(a * math.ldexp(1.0, -k0), bins=bins, min=0.0, max=float(bins))
             self.counts[0] += h.to(self.counts)
             self.amax = torch.maximum(self.amax, m.reshape(1).to(self.amax))
             self.numel += n
