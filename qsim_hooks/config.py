@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import html
-import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from rich.text import Text
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import configdata, configfile
+from . import configdata, configfile, guards
 from .accumulate import as_accumulator
 from .formats import Scaling, as_format
 from .layers import LayerSpec, lookup, register_layer
@@ -96,20 +95,6 @@ def _fmt(v: Any, who: str) -> Any:
     if v is UNSET:
         return UNSET
     return as_format(v, field=who)
-
-
-#: what torch.Generator.manual_seed takes without wrapping
-SEED_MAX = 2**64 - 1
-
-
-def _seed(v: Any) -> int | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"QuantConfig.seed must be an int in [0, 2**64 - 1] or None, got {v!r} ({type(v).__name__})")
-    if not 0 <= int(v) <= SEED_MAX:
-        raise ValueError(f"QuantConfig.seed={int(v)} is out of range; allowed: an int in [0, 2**64 - 1] or None")
-    return int(v)
 
 
 def _types(v: Any, who: str) -> tuple[type, ...]:
@@ -334,7 +319,7 @@ class QuantConfig:
         for name in ("strict", "require_coverage"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"QuantConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        object.__setattr__(self, "seed", _seed(self.seed))
+        object.__setattr__(self, "seed", guards.check_seed(self.seed))
         self._set_scalings()
 
     def _set_scalings(self) -> None:

@@ -12,12 +12,14 @@ attribute test per call), so it costs nothing measurable with statistics off.
 
 from __future__ import annotations
 
+import numbers
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["refuse_complex", "check_flushed", "FLUSH_WARN_FRACTION"]
+__all__ = ["refuse_complex", "check_flushed", "check_seed", "FLUSH_WARN_FRACTION", "SEED_MAX"]
 
 #: more than this fraction of a point's finite non-zero values quantized to zero gives a warning
 FLUSH_WARN_FRACTION = 0.5
@@ -64,3 +66,18 @@ def check_flushed(label: str, fmt: object, x: Tensor, y: Tensor) -> bool:
                       f"values to zero ({f} of {n} on its first call); {_advice(fmt)}", RuntimeWarning,
                       stacklevel=3)
     return False
+
+
+#: what torch.Generator.manual_seed takes without wrapping
+SEED_MAX = 2**64 - 1
+
+
+def check_seed(v: Any) -> int | None:
+    """``QuantConfig.seed`` checked: ``None`` or an int ``torch.Generator.manual_seed`` takes as it is."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"QuantConfig.seed must be an int in [0, 2**64 - 1] or None, got {v!r} ({type(v).__name__})")
+    if not 0 <= int(v) <= SEED_MAX:
+        raise ValueError(f"QuantConfig.seed={int(v)} is out of range; allowed: an int in [0, 2**64 - 1] or None")
+    return int(v)
