@@ -187,7 +187,7 @@ def _finish(inst: Observed, method: str | dict[str, str], percentile: float, bin
             obs.all_reduce()
         label = point_label(key)
         if not obs.seen_data:
-            why = "saw no data" if obs.calls == 0 else (
+            why = ("saw only meta tensors (no values)" if obs.meta_calls else "saw no data") if obs.calls == 0 else (
                 "saw only Inf/NaN" if obs.nonfinite else "saw only empty tensors")
             skipped[key] = why
             no_data.append(label if why == "saw no data" else f"{label} ({why})")
@@ -218,8 +218,11 @@ def _finish(inst: Observed, method: str | dict[str, str], percentile: float, bin
             pc = PointCalibration(*key, vals[0], fname, used, "tensor", None, None, obs.numel, obs.nonfinite)
         points[key] = pc
     if inst.observers and not points and no_data and len(no_data) == len(inst.observers):
-        raise ValueError(f"calibration: none of the {len(no_data)} points saw finite data ({_few(no_data)}); does "
-                         "`forward` run the model on the batches?")
+        meta = any(o.observer.meta_calls for o in inst.observers.values())
+        raise ValueError(f"calibration: none of the {len(no_data)} points saw finite data ({_few(no_data)}); " + (
+            "the model or its batches are on the meta device, which holds no values: materialize the model "
+            "(to_empty + load_state_dict) and calibrate on real data" if meta else
+            "does `forward` run the model on the batches?"))
     if no_data:
         warnings.warn(f"calibration: {len(no_data)} point(s) saw no data and keep their dynamic scale: "
                       f"{_few(no_data)}", UserWarning, stacklevel=3)
