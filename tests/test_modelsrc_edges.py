@@ -27,3 +27,16 @@ def test_a_misspelt_point_is_a_usage_error_naming_what_is_allowed(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "bogus" in err and "input, weight, output" in err and "context" in err
+
+
+def test_a_config_rule_that_matches_nothing_exits_2_naming_the_rule(tmp_path, capsys):
+    from pathlib import Path
+
+    from qsim_hooks import cli
+
+    small_cnn = str(Path(__file__).resolve().parents[1] / "examples" / "small_cnn.py")
+    cfg = tmp_path / "typo.toml"
+    cfg.write_text('input = "e4m3"\n\n[[rules]]\nmatch = "no_such_layer*"\nweight = "int4"\n')
+    assert cli.main(["report", "--model", small_cnn, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_layer*" in err and "typo.toml" in err and "Traceback" not in err
