@@ -65,7 +65,9 @@ def test_probe_sees_quantized_weights_and_the_roles_of_attention_points():
         m(x)
     gemms = [e for e in probe.events if e["kind"] == "gemm"]
     assert [s for s in gemms[0]["sources"] if s] == [("quant", ("lin.weight",))]
-    assert [s for s in gemms[1]["sources"] if s] == [("raw", ("experts",))]
+    # the bare 3-D parameter's slice is a functional candidate: the interception quantizes it before the GEMM
+    # (under DisableTorchFunction, so the probe sees a fresh tensor), where the raw parameter reached it before
+    assert ("raw", ("experts",)) not in gemms[1]["sources"]
     assert (gemms[2]["roles"], gemms[2]["result"]) == (["q", "k"], "scores")
     assert (gemms[3]["roles"], gemms[3]["result"]) == (["probs", "v"], "context")
     assert sequences(probe.events, {"attn"}, probe.types) == {
