@@ -36,7 +36,7 @@ from examples.digits_cnn import digits  # noqa: E402
 from examples.efficientnet_lite import evaluate as effnet  # noqa: E402
 from examples.sentence_embeddings import sentences  # noqa: E402
 from examples.tiny_lm import evaluate as tiny_lm  # noqa: E402
-from qsim_hooks import report, stats  # noqa: E402
+from qsim_hooks import formats, report, stats  # noqa: E402
 
 __all__ = ["EVALUATIONS", "main"]
 
@@ -101,7 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"qsim-hooks {qsim_hooks.__version__}: the named number formats",
         [f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
          "Each format fake-quantizes N(0,1) data (quantize, then dequantize); higher SQNR, less noise."], console)
-    rows = stats.format_rows(samples=args.samples, seed=args.seed)
+    backend = formats.get_backend()
+    formats.set_backend("eager")  # 34 formats on 64 k samples: compiling a kernel per format costs more than it saves
+    try:
+        rows = stats.format_rows(samples=args.samples, seed=args.seed)
+    finally:
+        formats.set_backend(backend)
     report.render_formats_table(rows, console, caption=report.formats_caption(args.samples, args.seed))
     if not args.no_model:
         console.print("(the library's per-point flush-to-zero warnings are left out here: each evaluation's report "
