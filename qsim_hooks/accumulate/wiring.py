@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from .layers import module_gemm, unsupported
@@ -82,18 +83,31 @@ def check_operands(name: str, acc: Accumulator, formats: Mapping[str, Any]) -> N
                           UserWarning, stacklevel=4)
 
 
-def _hook(acc: Accumulator, stats: AccumulatorStats | None):
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if not isinstance(output, Tensor) or not args or not isinstance(args[0], Tensor):
-            return None
-        with torch.no_grad():
-            sim, over = module_gemm(module, args[0], acc)
-            sim = sim.to(output.dtype)
-            if stats is not None:
-                stats.update(sim, output, over)
-        return output + (sim - output).detach()  # the simulated value; the exact GEMM's gradient
+def _hooks(acc: Accumulator, stats: AccumulatorStats | None):
+    """A pre-hook and a post-hook: the forward runs under ``parametrize.cached()``, so the post-hook's GEMM reads
+    the very weight the layer used (one quantization per forward, the same stochastic-rounding draw)."""
+    open_caches: list[Any] = []
 
-    return hook
+    def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+        ctx = parametrize.cached()
+        ctx.__enter__()
+        open_caches.append(ctx)
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        try:
+            if not isinstance(output, Tensor) or not args or not isinstance(args[0], Tensor):
+                return None
+            with torch.no_grad():
+                sim, over = module_gemm(module, args[0], acc)
+                sim = sim.to(output.dtype)
+                if stats is not None:
+                    stats.update(sim, output, over)
+            return output + (sim - output).detach()  # the simulated value; the exact GEMM's gradient
+        finally:
+            if open_caches:
+                open_caches.pop().__exit__(None, None, None)
+
+    return pre, hook
 
 
 def attach(targets: Mapping[str, tuple[nn.Module, Accumulator]],
@@ -116,7 +130,10 @@ def attach(targets: Mapping[str, tuple[nn.Module, Accumulator]],
             st = AccumulatorStats(name, acc.name) if stats else None
             if st is not None:
                 out[name] = st
-            handles.append(module.register_forward_hook(_hook(acc, st), prepend=True))
+            pre, hook = _hooks(acc, st)
+            handles.append(module.register_forward_pre_hook(pre))  # last: after the input point's pre-hook
+            # first among the forward hooks (before the output point), and also when the forward raised
+            handles.append(module.register_forward_hook(hook, prepend=True, always_call=True))
     except BaseException:
         for h in handles:
             h.remove()

@@ -154,3 +154,19 @@ def test_accumulator_round_trips_through_a_config_file(tmp_path):
     custom = qh.QuantConfig(accumulator=qh.Accumulator(format="fp16", chunk=7, name="mine"))
     with _pytest.raises(ValueError, match="cannot be written to a config file"):
         custom.to_dict()
+
+
+def test_the_accumulated_gemm_reads_the_weight_the_layer_used_once_per_forward():
+    import qsim_hooks as qh
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    x = torch.randn(4, 16, requires_grad=True)
+    cfg = qh.QuantConfig(weight="e4m3", accumulator="fp16")
+    with qh.quantized(m, cfg, stats=True) as qs:
+        with torch.no_grad():
+            m(x)
+        m(x).sum().backward()  # with autograd too
+        calls = {r["point"]: r["calls"] for r in qs.stats()}
+    assert calls["weight"] == 2  # one quantization per forward, not one more for the accumulator's GEMM
+    assert torch.nn.utils.parametrize._cache_enabled == 0  # the forward's weight cache is closed again
