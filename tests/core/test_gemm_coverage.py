@@ -314,10 +314,57 @@ def test_an_expert_layout_that_cannot_be_read_is_named_not_skipped():
             warnings.simplefilter("always")
             with qh.quantized(m, qh.QuantConfig(weight="int4")) as qs:
                 got = m(x)
-    texts = [str(w.message) for w in caught]
-    assert any(re.search(r"functional layer '' \(_Gathered\).*'w' in bmm.*not recognised", t) for t in texts)
-    assert any("<model> bmm (weight: layout of 'w' in bmm not recognised) x1" in t for t in texts)
-    assert any("never ran: <model>.w" in t for t in texts) and len(texts) == 3
+    # one warning for one cause: not again as a point that never ran, nor as a GEMM against the config
+    (text,) = [str(w.message) for w in caught]
+    assert re.search(r"functional layer '' \(_Gathered\).*'w' in bmm.*not recognised", text)
     assert torch.equal(got, plain)  # the weight ran at full precision, and the warning says so
-    (row,) = [r for r in qs.coverage().rows if r["op"] == "bmm"]
+    rows, summary = qs.coverage()
+    (row,) = [r for r in rows if r["op"] == "bmm"]
     assert row["operands"][1]["point"] is None and "not recognised" in row["operands"][1]["reason"]
+    assert summary.against_config == 1 and summary.never_fired == ("<model>.w",)  # the account still says it
+    # require_coverage: still an error
+    with pytest.raises(qh.CoverageError, match=r"<model> bmm \(weight: layout of 'w' in bmm not recognised\)"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad(), qh.quantized(m, qh.QuantConfig(weight="int4", require_coverage=True)):
+                m(x)
+
+
+def test_an_unrecognised_layout_does_not_hide_other_causes():
+    """A second module whose point never ran and a GEMM against the config are still named, each once."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"g": _Gathered(), "net": _Net()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad(), qh.quantized(model, qh.QuantConfig(input="e4m3", weight="int4")):
+            model["g"](torch.randn(4, 3, 8))
+            model["net"].mix(torch.randn(2, 3, 8))
+    texts = [str(w.message) for w in caught if "qsim_hooks" in str(w.message)]
+    assert len(texts) == 3, texts
+    never, layout, against = sorted(texts, key=lambda t: ("never ran" not in t, "functional layer" not in t))
+    assert "never ran: net.head[input], net.head.weight;" in never and "g.w" not in never
+    assert "functional layer 'g'" in layout
+    assert "net.mix scaled_dot_product_attention:QK" in against and "layout of" not in against
+
+
+@pytest.mark.parametrize("name,folded", [("model.layers.3.mlp", "model.layers.*.mlp"), ("0", "0"),
+                                         ("0.attn.1", "0.attn.*"), ("h.10", "h.*"), ("", "<model>"),
+                                         ("blocks.0.layers.0.x2", "blocks.*.layers.*.x2")])
+def test_folded_names_keep_a_top_level_numeric_module(name, folded):
+    from qsim_hooks.coverage import fold, fold_point
+
+    assert fold(name) == folded
+    assert fold_point(f"{name or '<model>'}[input]") == f"{folded}[input]"
+
+
+def test_a_sequential_model_is_named_by_its_layers_in_the_summary():
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    cfg = qh.QuantConfig(input="e4m3", weight="e4m3", rules=[qh.Rule("2", enabled=False)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), qh.quantized(seq, cfg) as qs:
+            seq(torch.randn(3, 4))
+    summary = qs.coverage().summary
+    assert [m for m, _, _ in summary.missing] == ["2"]
+    assert coverage_line(summary).startswith("2 GEMMs: 1 fully simulated, 1 not: 2 (")
