@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from .. import report
 from ..batches import ForwardLoop
 from ..config import QuantConfig
+from ..coverage import CoverageSummary
 from ..session import Session
 from ..stats import power_sums, sqnr_db_from_sums
 from .feeding import (
@@ -53,6 +54,8 @@ class Comparison:
             full-precision and on the simulated model (``None`` without one).
         stats: the session's per-point rows (``Session.stats()``; empty with
             ``stats=False``).
+        coverage: the session's GEMM coverage summary (``Session.coverage().summary``; rendered by
+            :func:`qsim_hooks.report_coverage.coverage_line`).
     """
 
     output_sqnr_db: float
@@ -66,10 +69,13 @@ class Comparison:
     metric_full: float | None = None
     metric_sim: float | None = None
     stats: list[dict[str, Any]] = field(default_factory=list)
+    coverage: CoverageSummary | None = None
 
     def as_dict(self, *, stats: bool = True) -> dict[str, Any]:
         """Plain data (``stats=False`` leaves out the per-point rows)."""
         d = dataclasses.asdict(self)
+        if self.coverage is not None:
+            d["coverage"]["fraction"] = self.coverage.fraction
         if not stats:
             del d["stats"]
         return d
@@ -156,6 +162,7 @@ def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats
         with Session(model, cfg, stats=stats, calibration=calibration) as qs:
             sims = model_outputs(model, ref.feed, ref.output, progress=progress, label="simulated")
         rows = qs.stats() if stats else []
+        covered = qs.coverage().summary
         msim = None
         if ref.metric is not None:  # a session of its own: the metric's runs stay out of the statistics
             with Session(model, cfg, calibration=calibration):
@@ -164,7 +171,7 @@ def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats
         raise ValueError(f"the model ran {len(sims)} times simulated and {len(ref.outputs)} times in full precision: "
                          "forward_loop must run the same data every time it is called")
     return Comparison(**_figures(ref.outputs, sims, ref.top1), metric_full=ref.metric_full, metric_sim=msim,
-                      stats=rows)
+                      stats=rows, coverage=covered)
 
 
 def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: Iterable[Any] | None = None,

@@ -15,6 +15,7 @@ from .. import analysis, report
 from ..config import ATTENTION_POINTS, ROLES
 from ..modelsrc import ModelSource
 from ..plots import sweep_plot
+from ..report_coverage import coverage_line
 from ..rows import select_points
 from ..session import plan
 from .base import UsageError, comma_list, console, format_names, positive_int, roles
@@ -117,6 +118,8 @@ def report_run(args: argparse.Namespace) -> int:
         lines = [src.description, f"simulation: {describe_config(cfg)}", *_calibration_line(args, cal)]
         report.render_heading(f"qsim-hooks report: {src.name}", lines, con)
         report.render_compare(res, con, **options)
+        if res.coverage is not None:
+            con.print(f"coverage: {coverage_line(res.coverage)}", markup=False, highlight=False)
         for path in pngs:
             con.print(f"histogram written to {path}", markup=False, highlight=False)
     return 0
