@@ -368,3 +368,67 @@ def test_a_sequential_model_is_named_by_its_layers_in_the_summary():
     summary = qs.coverage().summary
     assert [m for m, _, _ in summary.missing] == ["2"]
     assert coverage_line(summary).startswith("2 GEMMs: 1 fully simulated, 1 not: 2 (")
+
+
+# ---------------------------------------------------------------------------
+# operands indexed out of a parameter: W[idx, :, :, 0], W[idx, :, 0]
+# ---------------------------------------------------------------------------
+class _Packed(nn.Module):
+    """Expert matrices (E, out, in) packed two to a stack along a last axis; a GEMM on ``w[idx, :, :, 0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 6, 32, 2))
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        return torch.bmm(self.w[idx, :, :, 0], x.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "int8"])
+def test_an_operand_indexed_out_of_a_parameter_gets_the_weight_format(fmt):
+    torch.manual_seed(0)
+    m, x, idx = _Packed(), torch.randn(5, 32), torch.tensor([3, 0, 3, 1, 2])
+    f = registry.get(fmt)
+    with torch.no_grad():  # each (out, in) matrix w[e, :, :, c] quantized as a Linear weight, on its own
+        wq = torch.stack([torch.stack([f(m.w[e, :, :, c]) for c in range(2)], -1) for e in range(4)])
+        expected = torch.bmm(wq[idx, :, :, 0], x.unsqueeze(-1)).squeeze(-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with qh.quantized(m, qh.QuantConfig(weight=f)) as qs:
+                got = m(x, idx)
+    assert torch.equal(got, expected) and not torch.equal(got, m(x, idx))
+    (row,) = qs.coverage().rows
+    assert row["operands"][0] == {"role": "weight", "point": "<model>.w", "asked": True, "reason": None}
+    assert not row["against_config"] and qs.points[("", "weight", "w")].fired
+
+
+class _Gather2D(nn.Module):
+    """``F.linear(x, w[idx, :, 0])``: the weight's output axis is made by gathering (no weight layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 8, 3))
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        return F.linear(x, self.w[idx, :, 0])
+
+
+def test_an_indexed_operand_with_no_weight_layout_is_named_not_taken_for_an_activation():
+    torch.manual_seed(0)
+    m = nn.Sequential()
+    m.add_module("mix", _Gather2D())
+    x, idx = torch.randn(2, 8), torch.tensor([1, 1, 0])
+    with torch.no_grad():
+        plain = m.mix(x, idx)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="int4")) as qs:
+                got = m.mix(x, idx)
+    (text,) = [str(w.message) for w in caught]
+    assert "functional layer 'mix' (_Gather2D)" in text and "'w' in linear" in text
+    (row,) = qs.coverage().rows
+    x_op, w_op = row["operands"]
+    assert w_op["role"] == "weight" and w_op["point"] is None and "not recognised" in w_op["reason"]
+    assert x_op["point"] == "mix[input]"  # the activation is still the module's input
+    assert torch.equal(got, F.linear(registry.get("e4m3")(x), m.mix.w[idx, :, 0]))
+    assert not torch.equal(got, plain)
