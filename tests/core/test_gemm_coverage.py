@@ -432,3 +432,18 @@ def test_an_indexed_operand_with_no_weight_layout_is_named_not_taken_for_an_acti
     assert x_op["point"] == "mix[input]"  # the activation is still the module's input
     assert torch.equal(got, F.linear(registry.get("e4m3")(x), m.mix.w[idx, :, 0]))
     assert not torch.equal(got, plain)
+
+
+def test_the_readme_coverage_line_is_what_the_zoo_llama_gives():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (line,) = [ln[len("coverage: "):] for ln in readme.splitlines() if ln.startswith("coverage: 19 GEMMs")]
+    case = _CASES["llama"]
+    model = case.build("eager")
+    cfg = qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3", rules=[qh.Rule("lm_head", enabled=False)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), qh.quantized(model, cfg) as qs:
+            _run(case, model)
+    assert coverage_line(qs.coverage().summary) == line
