@@ -60,3 +60,19 @@ def test_report_json_carries_the_coverage_summary(files, capsys):
     cov = json.loads(capsys.readouterr().out)["summary"]["coverage"]
     assert (cov["gemms"], cov["simulated"], cov["not_simulated"], cov["against_config"]) == (6, 6, 0, 0)
     assert cov["fraction"] == 1.0 and cov["missing"] == [] and cov["never_fired"] == []
+
+
+def test_report_coverage_table_on_request(files, capsys):
+    argv = ["report", "--model", str(files / "three.py"), "--config", str(files / "cfg.toml")]
+    assert cli.main(argv) == 0
+    assert "GEMM coverage" not in capsys.readouterr().out
+    assert cli.main([*argv, "--coverage"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("GEMM coverage"):]
+    lines = {ln.split()[0]: ln for ln in table.splitlines()[1:] if ln.startswith("fc")}
+    assert sorted(lines) == ["fc1", "fc2", "fc3"] and "not simulated" in lines["fc3"]
+    assert "fc1[input]" in lines["fc1"] and "fc1.weight" in lines["fc1"]
+    assert cli.main([*argv, "--coverage", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["coverage"]
+    assert [(r["module"], r["calls"], r["status"]) for r in rows] == [
+        ("fc1", 2, "simulated"), ("fc2", 2, "simulated"), ("fc3", 2, "not simulated")]

@@ -56,6 +56,7 @@ class Comparison:
             ``stats=False``).
         coverage: the session's GEMM coverage summary (``Session.coverage().summary``; rendered by
             :func:`qsim_hooks.report_coverage.coverage_line`).
+        coverage_rows: its rows (``Session.coverage().rows``; left out with ``stats``).
     """
 
     output_sqnr_db: float
@@ -70,6 +71,7 @@ class Comparison:
     metric_sim: float | None = None
     stats: list[dict[str, Any]] = field(default_factory=list)
     coverage: CoverageSummary | None = None
+    coverage_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self, *, stats: bool = True) -> dict[str, Any]:
         """Plain data (``stats=False`` leaves out the per-point rows)."""
@@ -77,7 +79,7 @@ class Comparison:
         if self.coverage is not None:
             d["coverage"]["fraction"] = self.coverage.fraction
         if not stats:
-            del d["stats"]
+            del d["stats"], d["coverage_rows"]
         return d
 
     def render(self, console: Any = None, **stats_options: Any) -> None:
@@ -162,7 +164,7 @@ def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats
         with Session(model, cfg, stats=stats, calibration=calibration) as qs:
             sims = model_outputs(model, ref.feed, ref.output, progress=progress, label="simulated")
         rows = qs.stats() if stats else []
-        covered = qs.coverage().summary
+        covered = qs.coverage()
         msim = None
         if ref.metric is not None:  # a session of its own: the metric's runs stay out of the statistics
             with Session(model, cfg, calibration=calibration):
@@ -171,7 +173,7 @@ def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats
         raise ValueError(f"the model ran {len(sims)} times simulated and {len(ref.outputs)} times in full precision: "
                          "forward_loop must run the same data every time it is called")
     return Comparison(**_figures(ref.outputs, sims, ref.top1), metric_full=ref.metric_full, metric_sim=msim,
-                      stats=rows, coverage=covered)
+                      stats=rows, coverage=covered.summary, coverage_rows=covered.rows)
 
 
 def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: Iterable[Any] | None = None,

@@ -13,9 +13,10 @@ from typing import Any
 
 from .. import analysis, report
 from ..config import ATTENTION_POINTS, ROLES
+from ..coverage import Coverage
 from ..modelsrc import ModelSource
 from ..plots import sweep_plot
-from ..report_coverage import coverage_line
+from ..report_coverage import render_coverage
 from ..rows import select_points
 from ..session import plan
 from .base import UsageError, comma_list, console, format_names, positive_int, roles
@@ -77,6 +78,9 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
                         "SQNR from the summed powers")
     g.add_argument("--point", type=points, default=None, metavar="P,Q",
                    help=f"only these point kinds ({', '.join(POINT_KINDS)})")
+    g.add_argument("--coverage", action="store_true",
+                   help="also the GEMM coverage table: every distinct GEMM call, the point that covered each operand "
+                        "(the coverage line is always printed; --json: the rows under \"coverage\")")
     h = p.add_argument_group("histograms")
     h.add_argument("--histogram", action="append", default=None, metavar="MODULE[:POINT]",
                    help="also draw the |x| distribution this point saw (or every point of this module), with "
@@ -113,13 +117,15 @@ def report_run(args: argparse.Namespace) -> int:
         keys = [k for k in keys if k != "decided_by"] + ["points"]
     data = {"calibration": args.calibration or args.calibrate, "summary": res.as_dict(stats=False),
             "points": rows, "histograms": pngs}
+    if args.coverage:
+        data["coverage"] = res.coverage_rows
     if not _write(args, src, cfg, data, rows, keys):
         con = console()
         lines = [src.description, f"simulation: {describe_config(cfg)}", *_calibration_line(args, cal)]
         report.render_heading(f"qsim-hooks report: {src.name}", lines, con)
         report.render_compare(res, con, **options)
         if res.coverage is not None:
-            con.print(f"coverage: {coverage_line(res.coverage)}", markup=False, highlight=False)
+            render_coverage(Coverage(res.coverage_rows, res.coverage), con, table=args.coverage)
         for path in pngs:
             con.print(f"histogram written to {path}", markup=False, highlight=False)
     return 0
