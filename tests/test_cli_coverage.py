@@ -1,61 +1,36 @@
 """``qsim-hooks report`` prints the session's coverage line and puts the summary in its JSON (issue 11).
 
-The expected counts are worked out from the model file by hand: three Linears, two batches, so six GEMM
-calls; a rule turning ``fc3`` off leaves its two calls not simulated.
+The expected counts are worked out from the model file by hand (``tests/test_cli_report.py``'s Fragile
+model): three Linears, two batches, so six GEMM calls; its config's rule turning ``fc3`` off leaves its
+two calls not simulated.
 """
 
 import json
-import textwrap
 
 import pytest
 
 from qsim_hooks import cli, formats
-
-MODEL = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential()
-    model.add_module("fc1", nn.Linear(16, 32))
-    model.add_module("act", nn.ReLU())
-    model.add_module("fc2", nn.Linear(32, 32))
-    model.add_module("fc3", nn.Linear(32, 10))
-    model = model.eval()
-    _gen = torch.Generator().manual_seed(0)
-    batches = [torch.randn(8, 16, generator=_gen) for _ in range(2)]
-''')
-CONFIG = textwrap.dedent('''
-    input = "int8"
-    weight = "int8"
-
-    [[rules]]
-    match = "fc3"
-    enabled = false
-    name = "head"
-''')
+from tests.test_cli_report import files as report_files  # noqa: F401  (the model file and its config)
 
 
 @pytest.fixture
-def files(tmp_path):
-    (tmp_path / "three.py").write_text(MODEL)
-    (tmp_path / "cfg.toml").write_text(CONFIG)
+def files(report_files):  # noqa: F811
     before = formats.get_backend()
     formats.set_backend("eager")
-    yield tmp_path
+    yield {"model": str(report_files / "fragile.py"), "config": str(report_files / "cfg.toml")}
     formats.set_backend(before)
 
 
 def test_report_prints_the_coverage_line(files, capsys):
-    assert cli.main(["report", "--model", str(files / "three.py"), "--config", str(files / "cfg.toml")]) == 0
-    out = capsys.readouterr().out
-    (line,) = [ln for ln in out.splitlines() if ln.startswith("coverage: ")]
+    assert cli.main(["report", "--model", files["model"], "--config", files["config"]]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines at its width
+    line = out[out.index("coverage: "):]
     assert line.startswith("coverage: 6 GEMMs: 4 fully simulated, 2 not: fc3 (")
-    assert "weight: off by head" in line and "against the config" not in line
+    assert "weight: off by fc3-full-precision)" in line and "against the config" not in line
 
 
 def test_report_json_carries_the_coverage_summary(files, capsys):
-    argv = ["report", "--model", str(files / "three.py"), "--input", "int8", "--weight", "int8", "--json"]
+    argv = ["report", "--model", files["model"], "--input", "int8", "--weight", "int8", "--json"]
     assert cli.main(argv) == 0
     cov = json.loads(capsys.readouterr().out)["summary"]["coverage"]
     assert (cov["gemms"], cov["simulated"], cov["not_simulated"], cov["against_config"]) == (6, 6, 0, 0)
@@ -63,7 +38,7 @@ def test_report_json_carries_the_coverage_summary(files, capsys):
 
 
 def test_report_coverage_table_on_request(files, capsys):
-    argv = ["report", "--model", str(files / "three.py"), "--config", str(files / "cfg.toml")]
+    argv = ["report", "--model", files["model"], "--config", files["config"]]
     assert cli.main(argv) == 0
     assert "GEMM coverage" not in capsys.readouterr().out
     assert cli.main([*argv, "--coverage"]) == 0
