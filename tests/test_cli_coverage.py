@@ -51,3 +51,26 @@ def test_report_coverage_table_on_request(files, capsys):
     rows = json.loads(capsys.readouterr().out)["coverage"]
     assert [(r["module"], r["calls"], r["status"]) for r in rows] == [
         ("fc1", 2, "simulated"), ("fc2", 2, "simulated"), ("fc3", 2, "not simulated")]
+
+
+def test_a_comparison_renders_its_coverage_line_and_table_on_request():
+    import io
+
+    import torch
+    from rich.console import Console
+    from torch import nn
+
+    import qsim_hooks as qh
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    cfg = qh.QuantConfig(input="int8", weight="int8", rules=[qh.Rule("2", enabled=False)])
+    r = qh.compare(net, cfg, torch.randn(3, 4))
+    assert (r.coverage.gemms, r.coverage.simulated) == (2, 1) and len(r.coverage_rows) == 2
+    assert "coverage_rows" not in r.as_dict(stats=False) and r.as_dict()["coverage"]["fraction"] == 0.5
+    for table in (False, True):
+        buf = io.StringIO()
+        r.render(Console(file=buf, width=160), coverage=table)
+        text = buf.getvalue()
+        assert "coverage: 2 GEMMs: 1 fully simulated, 1 not: 2 (activation: off by rule[0]; weight: off by rule[0])" \
+            in text and ("GEMM coverage" in text) == table

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from .. import report
 from ..batches import ForwardLoop
 from ..config import QuantConfig
-from ..coverage import CoverageSummary
+from ..coverage import Coverage, CoverageSummary
+from ..report_coverage import render_coverage
 from ..session import Session
 from ..stats import power_sums, sqnr_db_from_sums
 from .feeding import (
@@ -82,9 +83,13 @@ class Comparison:
             del d["stats"], d["coverage_rows"]
         return d
 
-    def render(self, console: Any = None, **stats_options: Any) -> None:
-        """Print the summary line and the per-point table (options as :func:`qsim_hooks.report.stats_table`)."""
+    def render(self, console: Any = None, *, coverage: bool = False, **stats_options: Any) -> None:
+        """Print the summary line, the per-point table (options as :func:`qsim_hooks.report.stats_table`) and
+        the coverage line (``coverage=True``: the coverage table too)."""
+        console = report.wide_console(console)
         report.render_compare(self, console, **stats_options)
+        if self.coverage is not None:
+            render_coverage(Coverage(self.coverage_rows, self.coverage), console, table=coverage)
 
     def __repr__(self) -> str:
         return f"<qsim_hooks.Comparison: {report.compare_line(self)}; {len(self.stats)} points>"

@@ -13,10 +13,8 @@ from typing import Any
 
 from .. import analysis, report
 from ..config import ATTENTION_POINTS, ROLES
-from ..coverage import Coverage
 from ..modelsrc import ModelSource
 from ..plots import sweep_plot
-from ..report_coverage import render_coverage
 from ..rows import select_points
 from ..session import plan
 from .base import UsageError, comma_list, console, format_names, positive_int, roles
@@ -123,9 +121,7 @@ def report_run(args: argparse.Namespace) -> int:
         con = console()
         lines = [src.description, f"simulation: {describe_config(cfg)}", *_calibration_line(args, cal)]
         report.render_heading(f"qsim-hooks report: {src.name}", lines, con)
-        report.render_compare(res, con, **options)
-        if res.coverage is not None:
-            render_coverage(Coverage(res.coverage_rows, res.coverage), con, table=args.coverage)
+        res.render(con, coverage=args.coverage, **options)
         for path in pngs:
             con.print(f"histogram written to {path}", markup=False, highlight=False)
     return 0
