@@ -447,3 +447,37 @@ def test_the_readme_coverage_line_is_what_the_zoo_llama_gives():
         with torch.no_grad(), qh.quantized(model, cfg) as qs:
             _run(case, model)
     assert coverage_line(qs.coverage().summary) == line
+
+
+# ---------------------------------------------------------------------------
+# an attention module that is a functional layer too (3-D einsum weights, T5X style)
+# ---------------------------------------------------------------------------
+class _EinsumAttention(nn.Module):
+    """Attention whose projections are 3-D parameters used by ``einsum`` (no Linear children)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wq, self.wk, self.wv = (nn.Parameter(torch.randn(8, 2, 4)) for _ in range(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = (torch.einsum("btd,dnh->bnth", x, w) for w in (self.wq, self.wk, self.wv))
+        return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+
+def test_an_attention_module_with_functional_weights_keeps_its_six_points():
+    torch.manual_seed(0)
+    m, x = nn.Sequential(_EinsumAttention()).eval(), torch.randn(2, 5, 8)
+    f = registry.get("e4m3")
+    with torch.no_grad():  # by hand: projections on quantized x and weights, their outputs quantized, then the six
+        a = m[0]
+        q, k, v = (f(torch.einsum("btd,dnh->bnth", f(x), f(w))) for w in (a.wq, a.wk, a.wv))
+        expected = f(f(torch.softmax(f(f(q) @ f(k).transpose(-1, -2)), -1)) @ f(v))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")) as qs:
+                got = m(x)
+    assert torch.equal(got, expected)
+    assert not [w for w in caught if "never ran" in str(w.message) or "GEMM call" in str(w.message)]
+    assert all(qs.points[("0", p, p)].fired for p in ("q", "k", "scores", "probs", "v", "context"))
+    summary = qs.coverage().summary
+    assert (summary.gemms, summary.simulated, summary.against_config) == (5, 5, 0)
