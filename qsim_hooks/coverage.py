@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .config import ATTENTION_POINTS
+
 __all__ = ["Operand", "Recorder", "CoverageSummary", "CoverageError", "Coverage", "rows", "summarize",
            "never_fired_text", "uncovered_text", "unrecognised_text", "fold", "at_detach"]
 
@@ -191,6 +193,21 @@ def _weight_label(module: str, what: str) -> str:
     return f"{module or '<model>'}.{m.group(1) if m else what}"
 
 
+def _silent_attention(gemms: Any, table: Sequence[dict[str, Any]]) -> set[str]:
+    """The attention points of attention modules that ran (a GEMM of theirs or of a descendant was recorded)
+    while none of their attention points ran: the attention scope warned about such a forward itself (it
+    ran no product of two activations), so the points are not named a second time as never run."""
+    ran = {r["module"] for r in table}
+    points: Mapping[tuple[str, str, str], Any] = getattr(gemms, "points", {})
+    out: set[str] = set()
+    for mod in getattr(gemms, "attention", ()):
+        mine = [qp for (m, point, _), qp in points.items() if m == mod and point in ATTENTION_POINTS]
+        if mine and not any(qp.fired for qp in mine) and any(
+                not mod or m == mod or m.startswith(f"{mod}.") for m in ran):
+            out.update(qp.describe() for qp in mine)
+    return out
+
+
 def at_detach(cov: Coverage, gemms: Any, require: bool, fired: bool) -> None:
     """What a session says when it detaches after a run: warnings, or :class:`CoverageError` (``require``)
     for GEMMs that ran against the config. Nothing when the model ran neither a GEMM nor a point.
@@ -203,6 +220,7 @@ def at_detach(cov: Coverage, gemms: Any, require: bool, fired: bool) -> None:
         return
     unrecognised: Mapping[str, str] = getattr(gemms, "unrecognised", {})
     explained = {_weight_label(m, w) for m, w in unrecognised.items()}
+    explained |= _silent_attention(gemms, table)
     texts = [never_fired_text([p for p in summary.never_fired if p not in explained])]
     texts += [unrecognised_text(m, gemms.recorder.types.get(m, "?"), w) for m, w in unrecognised.items()]
     if not require:

@@ -481,3 +481,32 @@ def test_an_attention_module_with_functional_weights_keeps_its_six_points():
     assert all(qs.points[("0", p, p)].fired for p in ("q", "k", "scores", "probs", "v", "context"))
     summary = qs.coverage().summary
     assert (summary.gemms, summary.simulated, summary.against_config) == (5, 5, 0)
+
+
+class _NotAttention(nn.Module):
+    """Marked as attention by a rule, but it runs no product of two activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc(x))
+
+
+def test_an_attention_module_that_ran_no_product_is_named_once():
+    torch.manual_seed(0)
+    m = nn.Sequential(_NotAttention(), nn.Linear(4, 2), _NotAttention())
+    cfg = qh.QuantConfig(input="e4m3", weight="e4m3", rules=[qh.Rule(types=_NotAttention, attention=True)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad(), qh.quantized(m, cfg) as qs:
+            m[1](m[0](torch.randn(2, 4)))  # the second one never runs
+    texts = [str(w.message) for w in caught if "qsim_hooks" in str(w.message)]
+    assert len(texts) == 2, texts
+    ran_none, never = sorted(texts, key=lambda t: "never ran" in t)
+    assert "attention module '0' (_NotAttention) ran no product" in ran_none
+    # the module that ran is named by its scope; the one that did not run is named as never run (its points
+    # and its Linear's), and the first one's points are still in the account
+    assert "never ran: 2[q], 2[k], 2[probs], 2[v], 2.fc[input], 2.fc.weight;" in never and "0[q]" not in never
+    assert {"0[q]", "2[q]"} <= set(qs.coverage().summary.never_fired)
