@@ -213,7 +213,9 @@ def at_detach(cov: Coverage, gemms: Any, require: bool, fired: bool) -> None:
     for GEMMs that ran against the config. Nothing when the model ran neither a GEMM nor a point.
 
     One warning per cause: a weight whose layout was not recognised is named once (its own warning), not
-    again as a point that never ran or as a GEMM against the config; ``require`` still raises for it.
+    again as a point that never ran or as a GEMM against the config (``require`` still raises for it); an
+    attention module that ran no product is named by its scope's warning, not again here. Reads the
+    interception's ``recorder``, ``unrecognised``, ``attention`` and ``points``.
     """
     table, summary = cov
     if not (summary.gemms or fired):
