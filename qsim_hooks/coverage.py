@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .config import ATTENTION_POINTS
+
 __all__ = ["Operand", "Recorder", "CoverageSummary", "CoverageError", "Coverage", "rows", "summarize",
            "never_fired_text", "uncovered_text", "unrecognised_text", "fold", "at_detach"]
 
@@ -80,8 +82,9 @@ def rows(rec: Recorder) -> list[dict[str, Any]]:
 
 
 def fold(name: str) -> str:
-    """A module name with its layer indices folded: ``model.layers.*.mlp``."""
-    return re.sub(r"(?<![^.])\d+(?=\.|$)", "*", name) or "<model>"
+    """A module name with its layer indices folded: ``model.layers.*.mlp``. Only an index below another name
+    is folded: a top-level module called ``0`` (an ``nn.Sequential``'s first layer) keeps its name."""
+    return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name) or "<model>"
 
 
 @dataclass(frozen=True)
@@ -154,13 +157,20 @@ def fold_point(label: str) -> str:
     return f"{fold(mod)}.{tensor}" if mod else label
 
 
-def uncovered_text(table: Sequence[dict[str, Any]]) -> str | None:
-    """The against-the-config calls, one item per (folded module, operation, reason)."""
+def _unrecognised(o: Mapping[str, Any]) -> bool:
+    return bool(o["reason"]) and o["reason"].startswith("layout of ") and o["reason"].endswith(" not recognised")
+
+
+def uncovered_text(table: Sequence[dict[str, Any]], *, skip_unrecognised: bool = False) -> str | None:
+    """The against-the-config calls, one item per (folded module, operation, reason); ``skip_unrecognised``
+    leaves out the calls whose only uncovered operands are weights of an unrecognised layout (named apart)."""
     groups: dict[tuple[str, str, str], int] = {}
     for r in table:
         if r["against_config"]:
-            why = "; ".join(f"{o['role']}: {o['reason']}" for o in r["operands"]
-                            if o["asked"] and o["point"] is None)
+            missed = [o for o in r["operands"] if o["asked"] and o["point"] is None]
+            if skip_unrecognised and all(_unrecognised(o) for o in missed):
+                continue
+            why = "; ".join(f"{o['role']}: {o['reason']}" for o in missed)
             key = (fold(r["module"]), r["op"], why)
             groups[key] = groups.get(key, 0) + r["calls"]
     if not groups:
@@ -177,21 +187,49 @@ def unrecognised_text(module: str, kind: str, what: str) -> str:
             "(no reduction and output axis of a weight matrix); that GEMM ran with the weight in full precision")
 
 
+def _weight_label(module: str, what: str) -> str:
+    """The point label of the weight an unrecognised-layout record names (``"'w' in bmm"`` -> ``"<model>.w"``)."""
+    m = re.match(r"'([^']*)' in ", what)
+    return f"{module or '<model>'}.{m.group(1) if m else what}"
+
+
+def _silent_attention(gemms: Any, table: Sequence[dict[str, Any]]) -> set[str]:
+    """The attention points of attention modules that ran (a GEMM of theirs or of a descendant was recorded)
+    while none of their attention points ran: the attention scope warned about such a forward itself (it
+    ran no product of two activations), so the points are not named a second time as never run."""
+    ran = {r["module"] for r in table}
+    points: Mapping[tuple[str, str, str], Any] = getattr(gemms, "points", {})
+    out: set[str] = set()
+    for mod in getattr(gemms, "attention", ()):
+        mine = [qp for (m, point, _), qp in points.items() if m == mod and point in ATTENTION_POINTS]
+        if mine and not any(qp.fired for qp in mine) and any(
+                not mod or m == mod or m.startswith(f"{mod}.") for m in ran):
+            out.update(qp.describe() for qp in mine)
+    return out
+
+
 def at_detach(cov: Coverage, gemms: Any, require: bool, fired: bool) -> None:
     """What a session says when it detaches after a run: warnings, or :class:`CoverageError` (``require``)
-    for GEMMs that ran against the config. Nothing when the model ran neither a GEMM nor a point."""
+    for GEMMs that ran against the config. Nothing when the model ran neither a GEMM nor a point.
+
+    One warning per cause: a weight whose layout was not recognised is named once (its own warning), not
+    again as a point that never ran or as a GEMM against the config (``require`` still raises for it); an
+    attention module that ran no product is named by its scope's warning, not again here. Reads the
+    interception's ``recorder``, ``unrecognised``, ``attention`` and ``points``.
+    """
     table, summary = cov
     if not (summary.gemms or fired):
         return
     unrecognised: Mapping[str, str] = getattr(gemms, "unrecognised", {})
-    texts = [never_fired_text(summary.never_fired)]
+    explained = {_weight_label(m, w) for m, w in unrecognised.items()}
+    explained |= _silent_attention(gemms, table)
+    texts = [never_fired_text([p for p in summary.never_fired if p not in explained])]
     texts += [unrecognised_text(m, gemms.recorder.types.get(m, "?"), w) for m, w in unrecognised.items()]
+    if not require:
+        texts.append(uncovered_text(table, skip_unrecognised=True))
     for text in texts:
         if text:
             warnings.warn(text, RuntimeWarning, stacklevel=4)
-    uncovered = uncovered_text(table)
-    if uncovered is None:
-        return
-    if require:
+    uncovered = uncovered_text(table) if require else None
+    if uncovered is not None:
         raise CoverageError(uncovered.replace("qsim_hooks: ", "qsim_hooks (require_coverage=True): ", 1))
-    warnings.warn(uncovered, RuntimeWarning, stacklevel=4)

@@ -68,15 +68,49 @@ class Source(NamedTuple):
     steps: tuple[Step, ...]
 
 
+def _index_dims(idx: Any, ndim: int) -> tuple[int | None, ...] | None:
+    """The axis map of ``src[idx]`` for an index that gathers: integer tensors, with ints, slices, ``None``
+    and ``...`` around them (``W[expert_ids]``, ``W[idx, :, 0]``). PyTorch applies the ints and slices
+    first (a view), then the tensors: their broadcast axes (``None``: made by gathering) stand where the
+    first tensor stood if the tensors are adjacent there, else in front. ``None``: not followed (a bool
+    mask, a list, an index without a tensor, which makes a view)."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    tensors = [i for i in items if isinstance(i, Tensor)]
+    if not tensors or any(i.is_floating_point() or i.dtype == torch.bool for i in tensors):
+        return None
+    if not all(isinstance(i, (Tensor, int, slice)) or i is None or i is Ellipsis for i in items) or \
+            any(isinstance(i, bool) for i in items) or sum(i is Ellipsis for i in items) > 1:
+        return None
+    used = sum(isinstance(i, (Tensor, int, slice)) for i in items)
+    if used > ndim:
+        return None
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at:at + 1] = [slice(None)] * (ndim - used)
+    else:
+        items += [slice(None)] * (ndim - used)
+    kept: list[int | None | str] = []  # the view's axes: an input axis, None (a new axis) or "t" (a tensor's)
+    d = 0
+    for i in items:
+        if i is None:
+            kept.append(None)
+            continue
+        if not isinstance(i, int):
+            kept.append("t" if isinstance(i, Tensor) else d)
+        d += 1
+    gathered = (None,) * max(t.dim() for t in tensors)
+    at = [j for j, k in enumerate(kept) if k == "t"]
+    rest = tuple(k for k in kept if k != "t")
+    if at == list(range(at[0], at[0] + len(at))):  # adjacent: the gathered axes take their place
+        return rest[:at[0]] + gathered + rest[at[0]:]  # type: ignore[return-value]
+    return gathered + rest  # type: ignore[return-value]
+
+
 def _dims(func: Callable[..., Any], args: tuple, kwargs: dict, src: Tensor, out: Tensor) -> tuple | None:
     """How the output axes of one copy map to its input axes (``None``: not a copy this module follows)."""
     if func is Tensor.__getitem__:
-        idx = args[1] if len(args) > 1 else None
-        if isinstance(idx, tuple) and idx and all(isinstance(i, slice) and i == slice(None) for i in idx[1:]):
-            idx = idx[0]
-        if isinstance(idx, Tensor) and not idx.is_floating_point() and idx.dtype != torch.bool:
-            return (None,) * idx.dim() + tuple(range(1, src.dim()))
-        return None
+        dims = _index_dims(args[1] if len(args) > 1 else None, src.dim())
+        return dims if dims is not None and len(dims) == out.dim() else None
     if func in (Tensor.index_select, torch.index_select):
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         if not isinstance(dim, int):

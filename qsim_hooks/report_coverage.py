@@ -18,7 +18,8 @@ __all__ = ["coverage_line", "COVERAGE_COLUMNS", "coverage_table", "render_covera
 
 
 def coverage_line(summary: Any, limit: int = 4) -> str:
-    """``"412 GEMMs: 398 fully simulated, 14 not: lm_head (input: off by rule 'head'), ..."``."""
+    """``"412 GEMMs: 398 fully simulated, 14 not: lm_head (activation: off by rule[0]; weight: off by rule[0]),
+    ..."`` (the reasons of :mod:`qsim_hooks.coverage`, per folded module, most calls first)."""
     n, ok = summary.gemms, summary.simulated
     if n == 0:
         return "0 GEMMs: the model ran no GEMM while the session was attached"

@@ -143,7 +143,9 @@ class Session:
         sites: dict[str, dict[str, dict[str, QuantPoint]]] = {kind: {} for kind in ATTACHERS}
         for e in p.active():
             point = self.points[e.key] = self._point(e)
-            if e.module not in functional:  # functional layers' points are applied by the interception
+            # a functional layer's input/weight/output points are applied by the interception; its attention
+            # points (an attention module with 3-D einsum weights) by its scope, as any attention module's
+            if e.module not in functional or e.kind == "attention":
                 sites[e.kind].setdefault(e.module, {})[e.tensor] = point
         for msg in distributed.sharded_activation_warnings(self.points, named):
             warnings.warn(msg, stacklevel=4)

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from .. import report
 from ..batches import ForwardLoop
 from ..config import QuantConfig
+from ..coverage import Coverage, CoverageSummary
+from ..report_coverage import render_coverage
 from ..session import Session
 from ..stats import power_sums, sqnr_db_from_sums
 from .feeding import (
@@ -53,6 +55,9 @@ class Comparison:
             full-precision and on the simulated model (``None`` without one).
         stats: the session's per-point rows (``Session.stats()``; empty with
             ``stats=False``).
+        coverage: the session's GEMM coverage summary (``Session.coverage().summary``; rendered by
+            :func:`qsim_hooks.report_coverage.coverage_line`).
+        coverage_rows: its rows (``Session.coverage().rows``; left out with ``stats``).
     """
 
     output_sqnr_db: float
@@ -66,17 +71,25 @@ class Comparison:
     metric_full: float | None = None
     metric_sim: float | None = None
     stats: list[dict[str, Any]] = field(default_factory=list)
+    coverage: CoverageSummary | None = None
+    coverage_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self, *, stats: bool = True) -> dict[str, Any]:
         """Plain data (``stats=False`` leaves out the per-point rows)."""
         d = dataclasses.asdict(self)
+        if self.coverage is not None:
+            d["coverage"]["fraction"] = self.coverage.fraction
         if not stats:
-            del d["stats"]
+            del d["stats"], d["coverage_rows"]
         return d
 
-    def render(self, console: Any = None, **stats_options: Any) -> None:
-        """Print the summary line and the per-point table (options as :func:`qsim_hooks.report.stats_table`)."""
+    def render(self, console: Any = None, *, coverage: bool = False, **stats_options: Any) -> None:
+        """Print the summary line, the per-point table (options as :func:`qsim_hooks.report.stats_table`) and
+        the coverage line (``coverage=True``: the coverage table too)."""
+        console = report.wide_console(console)
         report.render_compare(self, console, **stats_options)
+        if self.coverage is not None:
+            render_coverage(Coverage(self.coverage_rows, self.coverage), console, table=coverage)
 
     def __repr__(self) -> str:
         return f"<qsim_hooks.Comparison: {report.compare_line(self)}; {len(self.stats)} points>"
@@ -156,6 +169,7 @@ def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats
         with Session(model, cfg, stats=stats, calibration=calibration) as qs:
             sims = model_outputs(model, ref.feed, ref.output, progress=progress, label="simulated")
         rows = qs.stats() if stats else []
+        covered = qs.coverage()
         msim = None
         if ref.metric is not None:  # a session of its own: the metric's runs stay out of the statistics
             with Session(model, cfg, calibration=calibration):
@@ -164,7 +178,7 @@ def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats
         raise ValueError(f"the model ran {len(sims)} times simulated and {len(ref.outputs)} times in full precision: "
                          "forward_loop must run the same data every time it is called")
     return Comparison(**_figures(ref.outputs, sims, ref.top1), metric_full=ref.metric_full, metric_sim=msim,
-                      stats=rows)
+                      stats=rows, coverage=covered.summary, coverage_rows=covered.rows)
 
 
 def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: Iterable[Any] | None = None,

@@ -76,6 +76,9 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
                         "SQNR from the summed powers")
     g.add_argument("--point", type=points, default=None, metavar="P,Q",
                    help=f"only these point kinds ({', '.join(POINT_KINDS)})")
+    g.add_argument("--coverage", action="store_true",
+                   help="also the GEMM coverage table: every distinct GEMM call, the point that covered each operand "
+                        "(the coverage line is always printed; --json: the rows under \"coverage\")")
     h = p.add_argument_group("histograms")
     h.add_argument("--histogram", action="append", default=None, metavar="MODULE[:POINT]",
                    help="also draw the |x| distribution this point saw (or every point of this module), with "
@@ -112,11 +115,13 @@ def report_run(args: argparse.Namespace) -> int:
         keys = [k for k in keys if k != "decided_by"] + ["points"]
     data = {"calibration": args.calibration or args.calibrate, "summary": res.as_dict(stats=False),
             "points": rows, "histograms": pngs}
+    if args.coverage:
+        data["coverage"] = res.coverage_rows
     if not _write(args, src, cfg, data, rows, keys):
         con = console()
         lines = [src.description, f"simulation: {describe_config(cfg)}", *_calibration_line(args, cal)]
         report.render_heading(f"qsim-hooks report: {src.name}", lines, con)
-        report.render_compare(res, con, **options)
+        res.render(con, coverage=args.coverage, **options)
         for path in pngs:
             con.print(f"histogram written to {path}", markup=False, highlight=False)
     return 0

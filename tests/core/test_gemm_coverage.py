@@ -314,10 +314,199 @@ def test_an_expert_layout_that_cannot_be_read_is_named_not_skipped():
             warnings.simplefilter("always")
             with qh.quantized(m, qh.QuantConfig(weight="int4")) as qs:
                 got = m(x)
-    texts = [str(w.message) for w in caught]
-    assert any(re.search(r"functional layer '' \(_Gathered\).*'w' in bmm.*not recognised", t) for t in texts)
-    assert any("<model> bmm (weight: layout of 'w' in bmm not recognised) x1" in t for t in texts)
-    assert any("never ran: <model>.w" in t for t in texts) and len(texts) == 3
+    # one warning for one cause: not again as a point that never ran, nor as a GEMM against the config
+    (text,) = [str(w.message) for w in caught]
+    assert re.search(r"functional layer '' \(_Gathered\).*'w' in bmm.*not recognised", text)
     assert torch.equal(got, plain)  # the weight ran at full precision, and the warning says so
-    (row,) = [r for r in qs.coverage().rows if r["op"] == "bmm"]
+    rows, summary = qs.coverage()
+    (row,) = [r for r in rows if r["op"] == "bmm"]
     assert row["operands"][1]["point"] is None and "not recognised" in row["operands"][1]["reason"]
+    assert summary.against_config == 1 and summary.never_fired == ("<model>.w",)  # the account still says it
+    # require_coverage: still an error
+    with pytest.raises(qh.CoverageError, match=r"<model> bmm \(weight: layout of 'w' in bmm not recognised\)"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad(), qh.quantized(m, qh.QuantConfig(weight="int4", require_coverage=True)):
+                m(x)
+
+
+def test_an_unrecognised_layout_does_not_hide_other_causes():
+    """A second module whose point never ran and a GEMM against the config are still named, each once."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"g": _Gathered(), "net": _Net()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad(), qh.quantized(model, qh.QuantConfig(input="e4m3", weight="int4")):
+            model["g"](torch.randn(4, 3, 8))
+            model["net"].mix(torch.randn(2, 3, 8))
+    texts = [str(w.message) for w in caught if "qsim_hooks" in str(w.message)]
+    assert len(texts) == 3, texts
+    never, layout, against = sorted(texts, key=lambda t: ("never ran" not in t, "functional layer" not in t))
+    assert "never ran: net.head[input], net.head.weight;" in never and "g.w" not in never
+    assert "functional layer 'g'" in layout
+    assert "net.mix scaled_dot_product_attention:QK" in against and "layout of" not in against
+
+
+@pytest.mark.parametrize("name,folded", [("model.layers.3.mlp", "model.layers.*.mlp"), ("0", "0"),
+                                         ("0.attn.1", "0.attn.*"), ("h.10", "h.*"), ("", "<model>"),
+                                         ("blocks.0.layers.0.x2", "blocks.*.layers.*.x2")])
+def test_folded_names_keep_a_top_level_numeric_module(name, folded):
+    from qsim_hooks.coverage import fold, fold_point
+
+    assert fold(name) == folded
+    assert fold_point(f"{name or '<model>'}[input]") == f"{folded}[input]"
+
+
+def test_a_sequential_model_is_named_by_its_layers_in_the_summary():
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    cfg = qh.QuantConfig(input="e4m3", weight="e4m3", rules=[qh.Rule("2", enabled=False)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), qh.quantized(seq, cfg) as qs:
+            seq(torch.randn(3, 4))
+    summary = qs.coverage().summary
+    assert [m for m, _, _ in summary.missing] == ["2"]
+    assert coverage_line(summary).startswith("2 GEMMs: 1 fully simulated, 1 not: 2 (")
+
+
+# ---------------------------------------------------------------------------
+# operands indexed out of a parameter: W[idx, :, :, 0], W[idx, :, 0]
+# ---------------------------------------------------------------------------
+class _Packed(nn.Module):
+    """Expert matrices (E, out, in) packed two to a stack along a last axis; a GEMM on ``w[idx, :, :, 0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 6, 32, 2))
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        return torch.bmm(self.w[idx, :, :, 0], x.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "int8"])
+def test_an_operand_indexed_out_of_a_parameter_gets_the_weight_format(fmt):
+    torch.manual_seed(0)
+    m, x, idx = _Packed(), torch.randn(5, 32), torch.tensor([3, 0, 3, 1, 2])
+    f = registry.get(fmt)
+    with torch.no_grad():  # each (out, in) matrix w[e, :, :, c] quantized as a Linear weight, on its own
+        wq = torch.stack([torch.stack([f(m.w[e, :, :, c]) for c in range(2)], -1) for e in range(4)])
+        expected = torch.bmm(wq[idx, :, :, 0], x.unsqueeze(-1)).squeeze(-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with qh.quantized(m, qh.QuantConfig(weight=f)) as qs:
+                got = m(x, idx)
+    assert torch.equal(got, expected) and not torch.equal(got, m(x, idx))
+    (row,) = qs.coverage().rows
+    assert row["operands"][0] == {"role": "weight", "point": "<model>.w", "asked": True, "reason": None}
+    assert not row["against_config"] and qs.points[("", "weight", "w")].fired
+
+
+class _Gather2D(nn.Module):
+    """``F.linear(x, w[idx, :, 0])``: the weight's output axis is made by gathering (no weight layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 8, 3))
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        return F.linear(x, self.w[idx, :, 0])
+
+
+def test_an_indexed_operand_with_no_weight_layout_is_named_not_taken_for_an_activation():
+    torch.manual_seed(0)
+    m = nn.Sequential()
+    m.add_module("mix", _Gather2D())
+    x, idx = torch.randn(2, 8), torch.tensor([1, 1, 0])
+    with torch.no_grad():
+        plain = m.mix(x, idx)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="int4")) as qs:
+                got = m.mix(x, idx)
+    (text,) = [str(w.message) for w in caught]
+    assert "functional layer 'mix' (_Gather2D)" in text and "'w' in linear" in text
+    (row,) = qs.coverage().rows
+    x_op, w_op = row["operands"]
+    assert w_op["role"] == "weight" and w_op["point"] is None and "not recognised" in w_op["reason"]
+    assert x_op["point"] == "mix[input]"  # the activation is still the module's input
+    assert torch.equal(got, F.linear(registry.get("e4m3")(x), m.mix.w[idx, :, 0]))
+    assert not torch.equal(got, plain)
+
+
+def test_the_readme_coverage_line_is_what_the_zoo_llama_gives():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (line,) = [ln[len("coverage: "):] for ln in readme.splitlines() if ln.startswith("coverage: 19 GEMMs")]
+    case = _CASES["llama"]
+    model = case.build("eager")
+    cfg = qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3", rules=[qh.Rule("lm_head", enabled=False)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad(), qh.quantized(model, cfg) as qs:
+            _run(case, model)
+    assert coverage_line(qs.coverage().summary) == line
+
+
+# ---------------------------------------------------------------------------
+# an attention module that is a functional layer too (3-D einsum weights, T5X style)
+# ---------------------------------------------------------------------------
+class _EinsumAttention(nn.Module):
+    """Attention whose projections are 3-D parameters used by ``einsum`` (no Linear children)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wq, self.wk, self.wv = (nn.Parameter(torch.randn(8, 2, 4)) for _ in range(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = (torch.einsum("btd,dnh->bnth", x, w) for w in (self.wq, self.wk, self.wv))
+        return torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+
+
+def test_an_attention_module_with_functional_weights_keeps_its_six_points():
+    torch.manual_seed(0)
+    m, x = nn.Sequential(_EinsumAttention()).eval(), torch.randn(2, 5, 8)
+    f = registry.get("e4m3")
+    with torch.no_grad():  # by hand: projections on quantized x and weights, their outputs quantized, then the six
+        a = m[0]
+        q, k, v = (f(torch.einsum("btd,dnh->bnth", f(x), f(w))) for w in (a.wq, a.wk, a.wv))
+        expected = f(f(torch.softmax(f(f(q) @ f(k).transpose(-1, -2)), -1)) @ f(v))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")) as qs:
+                got = m(x)
+    assert torch.equal(got, expected)
+    assert not [w for w in caught if "never ran" in str(w.message) or "GEMM call" in str(w.message)]
+    assert all(qs.points[("0", p, p)].fired for p in ("q", "k", "scores", "probs", "v", "context"))
+    summary = qs.coverage().summary
+    assert (summary.gemms, summary.simulated, summary.against_config) == (5, 5, 0)
+
+
+class _NotAttention(nn.Module):
+    """Marked as attention by a rule, but it runs no product of two activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.fc(x))
+
+
+def test_an_attention_module_that_ran_no_product_is_named_once():
+    torch.manual_seed(0)
+    m = nn.Sequential(_NotAttention(), nn.Linear(4, 2), _NotAttention())
+    cfg = qh.QuantConfig(input="e4m3", weight="e4m3", rules=[qh.Rule(types=_NotAttention, attention=True)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad(), qh.quantized(m, cfg) as qs:
+            m[1](m[0](torch.randn(2, 4)))  # the second one never runs
+    texts = [str(w.message) for w in caught if "qsim_hooks" in str(w.message)]
+    assert len(texts) == 2, texts
+    ran_none, never = sorted(texts, key=lambda t: "never ran" in t)
+    assert "attention module '0' (_NotAttention) ran no product" in ran_none
+    # the module that ran is named by its scope; the one that did not run is named as never run (its points
+    # and its Linear's), and the first one's points are still in the account
+    assert "never ran: 2[q], 2[k], 2[probs], 2[v], 2.fc[input], 2.fc.weight;" in never and "0[q]" not in never
+    assert {"0[q]", "2[q]"} <= set(qs.coverage().summary.never_fired)

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_mod
 from torch.overrides import TorchFunctionMode
@@ -78,8 +80,10 @@ def _fn_name(func: Any, args: tuple) -> str:
 class Probe(TorchDispatchMode):
     """The tool's own instrumentation of one model (see the module docstring); ``with probe: ...``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, grid: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__()
+        self.grid = grid  # a reference cast: each GEMM event then says which operands it leaves unchanged
+        self.scaled = WeakTensorKeyDictionary()  # tensors that are a number times an on-grid tensor (or views)
         self.names: dict[int, str] = {}
         self.types: dict[str, str] = {}
         for n, m in model.named_modules(remove_duplicate=False):
@@ -151,14 +155,39 @@ class Probe(TorchDispatchMode):
                   "shapes": [_shape(o) for o in ops], "sources": [self.source(o) for o in ops],
                   "roles": self.pending, "result": None, "float": all(
                       isinstance(o, Tensor) and o.is_floating_point() for o in ops[:2])}
+            if self.grid is not None:
+                ev["on_grid"] = [self._on_grid(o) for o in ops]
             self.pending = []
             self.events.append(ev)
         elif name in SOFTMAX:
             self.events.append({"kind": "softmax", "module": self.module(), "stack": self.chain(),
                                 "shape": _shape(args[0])})
         elif name in MOVES:
-            self._propagate([a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)], out)
+            ins = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)]
+            self._propagate(ins, out)
+            if self.grid is not None and ins and all(a in self.scaled for a in ins if a.is_floating_point()):
+                for o in tree_flatten(out)[0]:
+                    if isinstance(o, Tensor) and o.is_floating_point():
+                        self.scaled[o] = True
+        elif name in ("mul", "div") and self.grid is not None and isinstance(out, Tensor) and len(args) == 2:
+            x, c = args if name == "div" or isinstance(args[0], Tensor) and args[0].dim() else args[::-1]
+            number = isinstance(c, (int, float)) or (isinstance(c, Tensor) and c.numel() == 1)
+            if number and isinstance(x, Tensor) and x.dim() and (x in self.scaled or self._on_grid(x)):
+                self.scaled[out] = True
         return out
+
+    def _on_grid(self, t: Any) -> bool | str | None:
+        """Whether the reference cast leaves ``t``'s finite values unchanged: ``True``, ``"scaled"`` (a number
+        times a tensor it leaves unchanged: a point's output scaled before the GEMM), ``False``; ``None``: no
+        floating tensor."""
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            return None
+        if t in self.scaled:
+            return "scaled"
+        with torch.utils._python_dispatch._disable_current_modes():
+            x = t.detach()
+            fin = torch.isfinite(x)
+            return bool(torch.equal(self.grid(x)[fin], x[fin]))
 
     def module(self) -> str:
         return next((n for n in reversed(self.stack) if n is not None), "")
@@ -187,7 +216,8 @@ class Probe(TorchDispatchMode):
                 rs = xf.sum(-1)
                 live = rs != 0
                 ev.update(min=xf.min().item(), max=xf.max().item(), zero_rows=int((~live).sum()),
-                          rowsum_dev=(rs[live] - 1).abs().max().item() if live.any() else 0.0)
+                          rowsum_dev=(rs[live] - 1).abs().max().item() if live.any() else 0.0,
+                          rowsum_max=rs.max().item())
             self.events.append(ev)
             if point in ("scores", "context"):
                 last = next((e for e in reversed(self.events) if e["kind"] == "gemm"), None)
@@ -279,8 +309,12 @@ def sequences(events: list[dict[str, Any]], scopes: set[str], types: dict[str, s
     return out
 
 
-def point_checks(events: list[dict[str, Any]]) -> dict[str, Counter]:
-    """Per attention module: violations of what the six point names promise (message -> count)."""
+def point_checks(events: list[dict[str, Any]], sinks: bool = False) -> dict[str, Counter]:
+    """Per attention module: violations of what the six point names promise (message -> count).
+
+    ``sinks``: the attention has sinks (GPT-OSS: a softmax over the scores and a sink column, which is then
+    dropped), so a row of probabilities sums to at most 1 instead of exactly 1.
+    """
     last: dict[str, dict[str, list[int]]] = defaultdict(dict)
     bad: dict[str, Counter] = defaultdict(Counter)
     for e in events:
@@ -302,7 +336,9 @@ def point_checks(events: list[dict[str, Any]]) -> dict[str, Counter]:
         elif p == "probs":
             if e.get("min", 0.0) < -1e-6 or e.get("max", 0.0) > 1 + 1e-6:
                 bad[m][f"probs {s} outside [0, 1]: min {e['min']:.3g}, max {e['max']:.3g}"] += 1
-            elif e.get("rowsum_dev", 0.0) > 1e-3:
+            elif sinks and e.get("rowsum_max", 0.0) > 1 + 1e-3:
+                bad[m][f"probs {s} rows sum to more than 1 ({e['rowsum_max']:.3g})"] += 1
+            elif not sinks and e.get("rowsum_dev", 0.0) > 1e-3:
                 bad[m][f"probs {s} rows do not sum to 1 (max |sum-1| {e['rowsum_dev']:.3g})"] += 1
             if sc and (len(sc) < 2 or len(s) < 2 or sc[-2:] != s[-2:]):
                 bad[m][f"scores {sc} not shaped like probs {s}"] += 1

@@ -82,3 +82,21 @@ def test_point_checks_name_a_misplaced_pair():
                    "rowsum_dev": 0.0, "zero_rows": 0})
     bad = point_checks(events)["a"]
     assert any("outside [0, 1]" in k for k in bad) and any("not shaped like probs" in k for k in bad)
+
+
+def test_probe_sees_an_operand_no_point_quantized_off_the_grid():
+    """The coverage matrix's grid check can fail: a layer turned off feeds its GEMM a raw weight and an
+    activation off the e4m3 grid; a number times a quantized tensor counts as scaled, not as off the grid."""
+    m, x = _toy(), torch.randn(2, 3, 4)
+    cfg = qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3", rules=[qh.Rule("lin", enabled=False)])
+    probe = Probe(m, grid=lambda t: t.to(torch.float8_e4m3fn).to(t.dtype))
+    with torch.no_grad(), probe, qh.quantized(m, cfg) as qs:
+        m(x)
+        y = qs.points[("", "input", "input")](torch.randn(3, 4))  # a point's output, then scaled by a number
+        torch.mm(y * 0.3, y.T)
+    gemms = [e for e in probe.events if e["kind"] == "gemm"]
+    assert gemms[0]["module"] == "lin" and gemms[0]["on_grid"] == [False, False]
+    assert ("raw", ("lin.weight",)) in gemms[0]["sources"]
+    assert all(e["on_grid"] == [True, True] for e in gemms[1:3])  # the expert slice, q·kᵀ
+    assert gemms[-1]["on_grid"] == ["scaled", True]
+    assert qs.coverage().summary.not_simulated >= 1
