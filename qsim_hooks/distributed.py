@@ -20,17 +20,23 @@ holds the layer unsharded (or, for a DTensor, for the length of the forward that
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Iterator
+from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, Replicate
 from torch.nn.utils import parametrize
 
+from . import marks
+from .formats import Format, Rounding
 from .points import QuantPoint
-from .undo import Undo
+from .undo import UndoStack
 
-__all__ = ["is_dtensor", "local_tensor", "quantize_dtensor", "follow_fsdp", "remove_parametrization",
-           "fsdp_params", "sharded_activation_warnings"]
+__all__ = ["is_dtensor", "local_tensor", "quantize_dtensor", "follow_fsdp", "recompute_for_backward",
+           "remove_parametrization", "fsdp_params", "sharded_activation_warnings"]
 
 try:  # FSDP2's module base and its class cache (torch >= 2.6)
     from torch.distributed.fsdp import FSDPModule
@@ -126,14 +132,123 @@ def _to_owner(model: nn.Module) -> None:
                 _set(info, i, *owners[id(module)])
 
 
-def follow_fsdp(model: nn.Module) -> Undo:
-    """Point FSDP2 at the parametrized weights now; on undo, at their owners again.
+def follow_fsdp(model: nn.Module) -> UndoStack:
+    """Point FSDP2 at the parametrized weights now; on undo, at their owners again. And let no quantized
+    weight of an FSDP-managed layer outlive the layer's forward (:func:`recompute_for_backward`).
 
     The undo scans the model when it runs, so a model sharded *inside* the session (FSDP then recorded
     the ``original`` of our parametrizations) is put right as well as one sharded before it.
     """
-    _to_original(model)
-    return Undo(lambda: _to_owner(model))
+    stack = UndoStack()
+    with stack.all_or_nothing():
+        _to_original(model)
+        stack.callback(_to_owner, model)
+        stack.push(recompute_for_backward(model))
+    return stack
+
+
+# ---------------------------------------------------------------------------
+# memory: the GEMM's saved quantized weight is recomputed in backward, from FSDP's re-gathered weight
+# ---------------------------------------------------------------------------
+class _Requant(NamedTuple):
+    """What a saved quantized weight is packed into: how to make it again, not its values."""
+
+    point: QuantPoint
+    fmt: Format
+    amax: Tensor | None
+    original: Tensor  # FSDP's unsharded Parameter: its storage is freed after forward and refilled for backward
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int  # of the saved view, from the start of the quantized weight
+    label: str
+
+
+def _stochastic(fmt: Any) -> bool:
+    """Whether a format (or a format inside it) rounds stochastically: a second run would draw anew."""
+    if isinstance(fmt, Rounding):
+        return fmt == Rounding.STOCHASTIC
+    if dataclasses.is_dataclass(fmt) and not isinstance(fmt, type):
+        return any(_stochastic(getattr(fmt, f.name)) for f in dataclasses.fields(fmt))
+    return False
+
+
+def _our_weights(module: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    """id(point) -> (parametrization list, owner's label) for every weight of ``module`` qsim-hooks quantizes."""
+    plists = module.__dict__.get("_modules", {}).get("parametrizations")
+    out: dict[int, tuple[nn.Module, str]] = {}
+    for plist in (plists.values() if plists is not None else ()):
+        if _ours(plist):
+            for q in plist:
+                out[id(q.point)] = (plist, q.point.describe())
+    return out
+
+
+def _pack(weights: dict[int, tuple[nn.Module, str]], t: Tensor) -> Any:
+    """A saved tensor: our quantized weight (or a view of it) made from FSDP's unsharded weight -> a recipe."""
+    point = marks.marked_by(t)
+    hit = weights.get(id(point)) if point is not None else None
+    if hit is None or point.format is None or _stochastic(point.format):
+        return t
+    plist, label = hit
+    original = plist.original
+    base = t if t._base is None else t._base
+    if isinstance(original, DTensor) or base.numel() != original.numel() or base.dtype != original.dtype \
+            or not base.is_contiguous() or not original.is_contiguous():
+        return t  # not FSDP's gathered weight quantized as it is: keep the tensor
+    return _Requant(point, point.format, point.amax, original, tuple(t.size()), tuple(t.stride()),
+                    t.storage_offset() - base.storage_offset(), label)
+
+
+def _unpack(packed: Any) -> Tensor:
+    if not isinstance(packed, _Requant):
+        return packed
+    w = packed.original
+    if w.untyped_storage().size() == 0:
+        raise RuntimeError(f"{packed.label}: FSDP has not all-gathered the weight again for backward, so its "
+                           "quantized copy cannot be recomputed")
+    with torch.no_grad(), torch._C.DisableTorchFunction():
+        q = packed.point._quantize(packed.fmt, w, packed.amax)  # no statistics, no observer: a recomputation
+    return q.as_strided(packed.size, packed.stride, q.storage_offset() + packed.offset)
+
+
+def recompute_for_backward(model: nn.Module) -> UndoStack:
+    """While an FSDP-managed layer with quantized weights runs with autograd, a GEMM that saves the quantized
+    weight saves how to recompute it instead (a saved-tensor hook pair, pushed by the layer's pre-hook and
+    popped by its hook).
+
+    FSDP2 frees a layer's gathered weight after forward and gathers it again for backward, and the GEMM's
+    saved copy of the unquantized weight shares that storage; a quantized weight is a new tensor FSDP does
+    not free, so kept it would add up to a full unsharded copy of every weight on every rank by the end of
+    forward. Recomputing costs one quantization per layer in backward and gives the same bits (a
+    deterministic function of the weight FSDP gathers again; stochastic rounding keeps its tensor, as
+    does a layer run under saved-tensor hooks someone else pushed: activation checkpointing recomputes
+    the layer anyway).
+    """
+    local = threading.local()
+
+    def pre(module: nn.Module, args: Any) -> None:
+        push = torch.is_grad_enabled() and getattr(module, "_is_fsdp_managed_module", False) \
+            and not torch.compiler.is_compiling() \
+            and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+        if push:
+            weights = _our_weights(module)
+            push = bool(weights)
+            if push:
+                torch._C._autograd._push_saved_tensors_default_hooks(lambda t: _pack(weights, t), _unpack)
+        local.__dict__.setdefault("pushed", []).append(push)
+
+    def post(module: nn.Module, args: Any, out: Any) -> None:
+        pushed = local.__dict__.get("pushed")
+        if pushed and pushed.pop():
+            torch._C._autograd._pop_saved_tensors_default_hooks()
+
+    stack = UndoStack()
+    with stack.all_or_nothing():
+        for m in model.modules():
+            if _our_weights(m):
+                stack.push(m.register_forward_pre_hook(pre))
+                stack.push(m.register_forward_hook(post, always_call=True))
+    return stack
 
 
 # ---------------------------------------------------------------------------
