@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -71,11 +71,11 @@ def quantize_dtensor(point: QuantPoint, w: DTensor) -> DTensor:
 # ---------------------------------------------------------------------------
 # FSDP2's record of where each parameter lives
 # ---------------------------------------------------------------------------
-def fsdp_params(model: nn.Module) -> Iterator:
-    """Every ``FSDPParam`` of every ``fully_shard``-ed module of ``model``."""
+def fsdp_params(model: nn.Module | Iterable[nn.Module]) -> Iterator:
+    """Every ``FSDPParam`` of every ``fully_shard``-ed module of ``model`` (or of the modules given)."""
     if FSDPModule is None:
         return
-    for m in model.modules():
+    for m in (model.modules() if isinstance(model, nn.Module) else model):
         if isinstance(m, FSDPModule):
             for group in m._get_fsdp_state()._fsdp_param_groups:
                 yield from group.fsdp_params
@@ -301,27 +301,46 @@ def _rebuild(top: type, old: type, base: type) -> type:
 # ---------------------------------------------------------------------------
 # what cannot be simulated faithfully: activations of tensor-parallel layers
 # ---------------------------------------------------------------------------
-def _sharded_roles(module: nn.Module) -> set[str]:
-    """The activations of ``module`` that are this rank's shard under tensor parallelism (no FSDP)."""
-    if getattr(module, "_is_fsdp_managed_module", False):
-        return set()  # FSDP gathers the weight and every rank sees its whole activations
+def _tp_placements(modules: Iterable[nn.Module]) -> dict[int, tuple]:
+    """id(module) -> the tensor-parallel placements of its weight, for the weights FSDP2 manages (FSDP + TP:
+    FSDP records the DTensor layout it was given; FSDP's own dims are no split of the activations)."""
+    out: dict[int, tuple] = {}
+    for fp in fsdp_params(modules):
+        spec = getattr(fp, "_unsharded_dtensor_spec", None) if fp.is_dtensor else None
+        if fp._module_info.param_name == "weight":
+            out[id(fp._module_info.module)] = tuple(spec.placements) if spec is not None else ()
+    return out
+
+
+def _sharded_roles(module: nn.Module, fsdp_tp: dict[int, tuple]) -> tuple[set[str], tuple]:
+    """The activations of ``module`` that are this rank's shard under tensor parallelism, and the placements.
+
+    Under FSDP alone every rank sees its whole activations (FSDP gathers the weight); under FSDP + TP the
+    weight's tensor-parallel placements (``fsdp_tp``) say what is split."""
     w = getattr(module, "weight", None)
-    if not isinstance(w, DTensor) or not any(p.is_shard() for p in w.placements):
-        return set()
+    if getattr(module, "_is_fsdp_managed_module", False):
+        placements = fsdp_tp.get(id(module), ())
+    else:
+        placements = tuple(w.placements) if isinstance(w, DTensor) else ()
+    if not any(p.is_shard() for p in placements):
+        return set(), placements
     if isinstance(module, nn.Linear):  # colwise: Shard(0), the output is split; rowwise: Shard(1), the input
-        dims = {p.dim for p in w.placements if p.is_shard()}
-        return ({"output"} if 0 in dims else set()) | ({"input"} if 1 in dims else set())
-    return {"input", "output"}  # another layer type: its split is not known here, so both may be
+        dims = {p.dim for p in placements if p.is_shard()}
+        return ({"output"} if 0 in dims else set()) | ({"input"} if 1 in dims else set()), placements
+    return {"input", "output"}, placements  # another layer type: its split is not known here, so both may be
 
 
 def sharded_activation_warnings(points: dict, modules: dict[str, nn.Module]) -> list[str]:
     """One message per input/output point whose tensor is a tensor-parallel shard (its scale would be)."""
     out = []
+    fsdp_tp = _tp_placements(modules.values())
     for (name, role, _), qp in points.items():
-        if role in ("input", "output") and qp.format is not None and name in modules \
-                and role in _sharded_roles(modules[name]):
+        if role not in ("input", "output") or qp.format is None or name not in modules:
+            continue
+        roles, placements = _sharded_roles(modules[name], fsdp_tp)
+        if role in roles:
             out.append(f"module {name or '<model>'!r}: its weight is a tensor-parallel DTensor "
-                       f"({tuple(modules[name].weight.placements)}), so its {role} is this rank's shard; "
+                       f"({placements}), so its {role} is this rank's shard; "
                        f"{qp.format.name} on it takes any scale over the shard, not over the logical tensor "
                        "(not what one process computes; an unscaled elementwise format is unaffected)")
     return out
