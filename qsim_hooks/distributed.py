@@ -31,7 +31,7 @@ from torch.distributed.tensor import DTensor, Replicate
 from torch.nn.utils import parametrize
 
 from . import marks
-from .formats import Format, Rounding
+from .formats import CallableFormat, Format, Rounding
 from .points import QuantPoint
 from .undo import UndoStack
 
@@ -163,6 +163,12 @@ class _Requant(NamedTuple):
     label: str
 
 
+def _recomputable(fmt: Format) -> bool:
+    """Whether quantizing again gives the same bits: no stochastic rounding, no user callable, no format with
+    its own calling rules (each may hold state or draw anew)."""
+    return type(fmt).__call__ is Format.__call__ and not isinstance(fmt, CallableFormat) and not _stochastic(fmt)
+
+
 def _stochastic(fmt: Any) -> bool:
     """Whether a format (or a format inside it) rounds stochastically: a second run would draw anew."""
     if isinstance(fmt, Rounding):
@@ -187,7 +193,7 @@ def _pack(weights: dict[int, tuple[nn.Module, str]], t: Tensor) -> Any:
     """A saved tensor: our quantized weight (or a view of it) made from FSDP's unsharded weight -> a recipe."""
     point = marks.marked_by(t)
     hit = weights.get(id(point)) if point is not None else None
-    if hit is None or point.format is None or _stochastic(point.format):
+    if hit is None or point.format is None or not _recomputable(point.format):
         return t
     plist, label = hit
     original = plist.original
@@ -206,8 +212,10 @@ def _unpack(packed: Any) -> Tensor:
     if w.untyped_storage().size() == 0:
         raise RuntimeError(f"{packed.label}: FSDP has not all-gathered the weight again for backward, so its "
                            "quantized copy cannot be recomputed")
-    with torch.no_grad(), torch._C.DisableTorchFunction():
-        q = packed.point._quantize(packed.fmt, w, packed.amax)  # no statistics, no observer: a recomputation
+    # no statistics, no observer: a recomputation. Grad mode is backward's: off, or on under create_graph (then
+    # the recomputed weight is differentiable again, as the saved one was)
+    with torch._C.DisableTorchFunction():
+        q = packed.point._quantize(packed.fmt, w, packed.amax)
     return q.as_strided(packed.size, packed.stride, q.storage_offset() + packed.offset)
 
 
@@ -220,9 +228,9 @@ def recompute_for_backward(model: nn.Module) -> UndoStack:
     saved copy of the unquantized weight shares that storage; a quantized weight is a new tensor FSDP does
     not free, so kept it would add up to a full unsharded copy of every weight on every rank by the end of
     forward. Recomputing costs one quantization per layer in backward and gives the same bits (a
-    deterministic function of the weight FSDP gathers again; stochastic rounding keeps its tensor, as
-    does a layer run under saved-tensor hooks someone else pushed: activation checkpointing recomputes
-    the layer anyway).
+    deterministic function of the weight FSDP gathers again; stochastic rounding and user callables keep
+    their tensor, as does a layer run under saved-tensor hooks someone else pushed: activation
+    checkpointing recomputes the layer anyway).
     """
     local = threading.local()
 

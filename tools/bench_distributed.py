@@ -12,8 +12,10 @@ root) in three configurations, interleaved in ``--rounds`` rounds (the minimum o
 
 Memory is what glibc's malloc has handed out (``mallinfo2``: arena bytes in use plus mmap-ed blocks,
 where PyTorch's CPU tensors and gloo's buffers live), sampled after every aten operation by a dispatch mode,
-so the peak is taken at operation granularity; the figure is the peak during one step above the memory
-in use when the step starts (the model's shards and, for QAT, the optimizer's state are already there).
+so the peak is taken at operation granularity. Two figures per configuration: ``step``, the peak during one
+step above the memory in use when the step starts (the model's shards, and for QAT the optimizer's state,
+are there already), and ``total``, the peak above the memory in use before the model was built (shards,
+FSDP's buffers and the step together: the rank's peak for this model).
 Kernels run eager (a fused kernel would compile in every rank first).
 """
 
@@ -82,7 +84,7 @@ def _model(layers: int, width: int) -> nn.Module:
     return fully_shard(model)
 
 
-def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, mode: str) -> int:
+def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, mode: str) -> PeakMemory:
     with PeakMemory() as pm:
         if mode == "inference":
             with torch.no_grad():
@@ -91,10 +93,11 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, mode: s
             model(x).pow(2).mean().backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    return pm.above_start
+    return pm
 
 
-def _measure(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, config: str, mode: str) -> int:
+def _measure(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, config: str,
+             mode: str) -> PeakMemory:
     if config == "plain":
         return _step(model, opt, x, mode)
     with qh.quantized(model, weight="int8", input="int8"):
@@ -110,18 +113,20 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     store = dist.TCPStore("127.0.0.1", port, world, rank == 0)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     try:
+        baseline = in_use()
         model = _model(args.layers, args.width)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         x = torch.randn(args.batch, args.width, generator=torch.Generator().manual_seed(rank))
         for config in CONFIGS:  # warm-up: first-call allocations (gloo buffers, optimizer state)
             for mode in MODES:
                 _measure(model, opt, x, config, mode)
-        best: dict[tuple[str, str], int] = {}
+        best: dict[tuple[str, str, str], int] = {}
         for _ in range(args.rounds):
             for mode in MODES:
                 for config in CONFIGS:
-                    b = _measure(model, opt, x, config, mode)
-                    best[config, mode] = min(best.get((config, mode), b), b)
+                    pm = _measure(model, opt, x, config, mode)
+                    for what, b in (("step", pm.above_start), ("total", pm.peak - baseline)):
+                        best[config, mode, what] = min(best.get((config, mode, what), b), b)
         torch.save(best, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -145,14 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     full = args.layers * (args.width * args.width + args.width) * 4
     print(f"model: {args.layers} x Linear({args.width}, {args.width}), fp32 weights {full / mib:.2f} MiB unsharded, "
           f"{full / world / mib:.2f} MiB per rank; batch {args.batch}; {world} ranks (gloo, CPU); "
-          f"min of {args.rounds} rounds; peak above the step's start")
-    print(f"{'mode':<10} {'rank':>4} " + " ".join(f"{c:>10}" for c in CONFIGS) +
+          f"min of {args.rounds} rounds; MiB")
+    print(f"{'mode':<10} {'figure':<6} {'rank':>4} " + " ".join(f"{c:>10}" for c in CONFIGS) +
           f" {'qsim/plain':>11} {'kept/plain':>11}")
     for mode in MODES:
-        for r, best in enumerate(res):
-            vals = [best[c, mode] for c in CONFIGS]
-            print(f"{mode:<10} {r:>4} " + " ".join(f"{v / mib:>9.2f}M" for v in vals) +
-                  f" {vals[1] / vals[0]:>11.2f} {vals[2] / vals[0]:>11.2f}")
+        for what in ("step", "total"):
+            for r, best in enumerate(res):
+                vals = [best[c, mode, what] for c in CONFIGS]
+                print(f"{mode:<10} {what:<6} {r:>4} " + " ".join(f"{v / mib:>10.2f}" for v in vals) +
+                      f" {vals[1] / vals[0]:>11.2f} {vals[2] / vals[0]:>11.2f}")
     sys.stdout.flush()
 
 

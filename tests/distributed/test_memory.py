@@ -21,6 +21,8 @@ from torch.distributed.fsdp import fully_shard
 
 import qsim_hooks as qh
 from qsim_hooks import marks
+from qsim_hooks.distributed import _recomputable
+from qsim_hooks.formats import CallableFormat, FloatFormat, IntFormat, as_format
 
 from .common import LR, full
 from .harness import result, scenario
@@ -116,3 +118,15 @@ def test_recomputed_weights_give_the_kept_weights_bits():
         assert rec["losses"] == kept["losses"]
         for n, p in kept["params"].items():
             torch.testing.assert_close(rec["params"][n], p, rtol=0, atol=0)
+
+
+def test_only_formats_that_give_the_same_bits_again_are_recomputed():
+    for name in ("int8", "int4", "e4m3", "mxfp4", "nvfp4"):
+        assert _recomputable(as_format(name)), name
+    assert not _recomputable(FloatFormat(4, 3, rounding="stochastic"))
+    assert not _recomputable(IntFormat(8, rounding="stochastic"))
+    assert not _recomputable(CallableFormat(lambda t: t.round()))
+    # and a stochastic format draws anew, so recomputing it would not give the bits the forward used
+    x = torch.randn(1000)
+    fmt = IntFormat(4, rounding="stochastic")
+    assert not torch.equal(fmt(x), fmt(x))
