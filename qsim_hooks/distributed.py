@@ -36,7 +36,8 @@ from .points import QuantPoint
 from .undo import UndoStack
 
 __all__ = ["is_dtensor", "local_tensor", "quantize_dtensor", "follow_fsdp", "recompute_for_backward",
-           "remove_parametrization", "fsdp_params", "sharded_activation_warnings"]
+           "remove_parametrization", "fsdp_params", "sharded_activation_warnings", "sharded_weight",
+           "first_call_only"]
 
 try:  # FSDP2's module base and its class cache (torch >= 2.6)
     from torch.distributed.fsdp import FSDPModule
@@ -257,6 +258,26 @@ def recompute_for_backward(model: nn.Module) -> UndoStack:
                 stack.push(m.register_forward_pre_hook(pre))
                 stack.push(m.register_forward_hook(post, always_call=True))
     return stack
+
+
+# ---------------------------------------------------------------------------
+# calibration: a sharded weight is observed once, as the logical tensor
+# ---------------------------------------------------------------------------
+def sharded_weight(named: dict[str, nn.Module], key: tuple[str, str, str]) -> bool:
+    """Whether the weight point ``key`` parametrizes a DTensor (FSDP2's shard, a tensor-parallel weight)."""
+    module, point, tensor = key
+    plists = getattr(named.get(module), "parametrizations", None) if point == "weight" else None
+    return plists is not None and tensor in plists and isinstance(plists[tensor].original, DTensor)
+
+
+def first_call_only(observer: Any) -> Any:
+    """``observer`` for its first call; later calls pass nothing on."""
+    left = [observer]
+
+    def once(x: Any) -> None:
+        if left:
+            left.pop()(x)
+    return once
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@ weight in forward, the gathered DTensor outside it), activations per rank, so:
 * ``max``: every amax equal, bit for bit;
 * ``percentile`` (histograms): every amax equal, bit for bit (a weight's histogram is counted once per
   rank, a whole-number multiple that leaves every percentile where it was);
+* a weight is observed once per rank, as the logical tensor read before the batches, not again as FSDP's
+  gathered copy in forward (``numel``: ranks x the weight's size);
 * the calibration used by a session on the sharded model, in both orders (shard then attach, attach
   then shard inside the block): outputs bit-exact and 3 QAT steps within the QAT tolerance of one
   process using the single-process calibration.
@@ -34,12 +36,17 @@ def _amax(cal: qh.Calibration) -> dict[str, list[float]]:
     return {"/".join(k): list(pc.amax) if isinstance(pc.amax, tuple) else [pc.amax] for k, pc in cal.points.items()}
 
 
+def _numel(cal: qh.Calibration) -> dict[str, int]:
+    return {"/".join(k): pc.numel for k, pc in cal.points.items()}
+
+
 @scenario(2, 4)
 def calibrate_sharded(rank: int, world: int) -> dict:
     out: dict = {}
     model = shard(mlp()).eval()
     cals = {m: qh.calibrate(model, CFG, _batches(rank), method=m) for m in METHODS}
     out["amax"] = {m: _amax(c) for m, c in cals.items()}
+    out["numel"] = _numel(cals["max"])
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     with qh.quantized(model, CFG, calibration=cals["max"]):
@@ -79,6 +86,10 @@ def test_sharded_calibration_equals_one_process(world):
         for m in METHODS:
             assert got["amax"][m] == _amax(ref[m]), f"rank {r}, method {m}"
         assert len(got["amax"]["max"]) == 4  # both layers' input and weight: every point calibrated
+        # each rank observed a weight once (the logical tensor, before the batches; FSDP's gathered copy in
+        # forward is not observed again, so no observer holds a copy of it) and its own batches' inputs
+        want = {k: n * world if "/weight/" in k else n for k, n in _numel(ref["max"]).items()}
+        assert got["numel"] == want, f"rank {r}"
 
 
 @pytest.mark.parametrize("world", [2, 4])
