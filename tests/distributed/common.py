@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.distributed.fsdp import fully_shard
@@ -106,3 +108,19 @@ def assert_qat_matches(got: dict, ref: dict, r: int, atol: float = QAT_ATOL) -> 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
+
+
+def tp_warnings(model: nn.Module) -> list[str]:
+    """The tensor-parallel warnings of attaching int8 inputs and outputs to ``model``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with qh.quantized(model, input="int8", output="int8"):
+            pass
+    return [str(w.message) for w in caught if "tensor-parallel" in str(w.message)]
+
+
+def assert_tp_warnings(warned: list[str]) -> None:
+    """Colwise layer 0: its output is split; rowwise layer 2: its input. The other two are whole."""
+    assert len(warned) == 2, warned
+    assert "module '0'" in warned[0] and "its output is this rank's shard" in warned[0]
+    assert "module '2'" in warned[1] and "its input is this rank's shard" in warned[1]

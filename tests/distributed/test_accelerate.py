@@ -19,9 +19,9 @@ import torch
 
 import qsim_hooks as qh
 
-from .common import LR, QAT_ATOL, STEPS, full, identity, no_parametrizations
+from .common import LR, STEPS, full, identity, no_parametrizations
 from .harness import result, scenario
-from .test_llama import CFG, _llama, _loss
+from .test_llama import CFG, _llama, _loss, assert_qat_matches, reference
 
 accelerate = pytest.importorskip("accelerate")  # imported before the ranks are forked
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # noqa: E402
@@ -55,21 +55,8 @@ def accelerate_fsdp2(rank: int, world: int) -> dict:
 
 
 def test_accelerate_fsdp2_prepared_llama_matches_one_process():
-    world = 2
-    model = _llama()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    losses: list[list[float]] = [[] for _ in range(world)]
-    with qh.quantized(model, CFG):
-        for _ in range(STEPS):
-            step = [_loss(model, r) for r in range(world)]
-            (sum(step) / world).backward()
-            opt.step()
-            opt.zero_grad()
-            for r, loss in enumerate(step):
-                losses[r].append(loss.item())
-    for r, got in enumerate(result(world, accelerate_fsdp2)):
+    ref = reference(2)
+    for r, got in enumerate(result(2, accelerate_fsdp2)):
         assert got["classes"] == ["FSDPLlamaForCausalLM", "FSDPLlamaDecoderLayer", "FSDPLlamaDecoderLayer"]
         assert got["restored"], f"rank {r}: parameters, placements or classes not restored"
-        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses[r]), rtol=0, atol=QAT_ATOL)
-        for n, p in model.named_parameters():
-            torch.testing.assert_close(got["params"][n], p.detach(), rtol=0, atol=QAT_ATOL, msg=n)
+        assert_qat_matches(got, ref, r)

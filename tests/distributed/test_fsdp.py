@@ -14,8 +14,6 @@ process, un-sharded:
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from torch.distributed.device_mesh import init_device_mesh
@@ -29,6 +27,7 @@ from .common import (
     LR,
     TP_CFG,
     assert_qat_matches,
+    assert_tp_warnings,
     batch,
     full,
     identity,
@@ -39,6 +38,7 @@ from .common import (
     qat,
     reference_qat,
     shard,
+    tp_warnings,
     weights,
 )
 from .harness import result, scenario
@@ -110,11 +110,7 @@ def tensor_parallel(rank: int, world: int) -> dict:
         out["losses"] = qat(model, opt, mse_loss(batch(0)))
     out["restored"] = identity(model) == before
     out["params"] = params(model)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with qh.quantized(model, input="int8", output="int8"):
-            pass
-    out["warned"] = [str(w.message) for w in caught if "tensor-parallel" in str(w.message)]
+    out["warned"] = tp_warnings(model)
     return out
 
 
@@ -170,8 +166,4 @@ def test_tensor_parallel_quantizes_the_logical_weight(world):
 @pytest.mark.parametrize("world", [2, 4])
 def test_tensor_parallel_activation_shards_are_named_at_attach(world):
     for got in result(world, tensor_parallel):
-        warned = got["warned"]
-        # colwise layer 0: its output is split; rowwise layer 2: its input. The other two are whole.
-        assert len(warned) == 2, warned
-        assert "module '0'" in warned[0] and "its output is this rank's shard" in warned[0]
-        assert "module '2'" in warned[1] and "its input is this rank's shard" in warned[1]
+        assert_tp_warnings(got["warned"])

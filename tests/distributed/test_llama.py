@@ -74,27 +74,37 @@ def llama_fsdp(rank: int, world: int) -> dict:
     return out
 
 
-def test_tiny_llama_under_fsdp2_matches_one_process():
-    world = 2
+def reference(world: int) -> dict:
+    """One process: each rank's batch on the whole model; the step uses the mean of the ranks' losses."""
     model = _llama()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    losses: list[list[float]] = [[] for _ in range(world)]
+    ref: dict = {"losses": [[] for _ in range(world)]}
     with qh.quantized(model, CFG):
         with torch.no_grad():
-            logits = [model(input_ids=_ids(r)).logits for r in range(world)]
+            ref["logits"] = [model(input_ids=_ids(r)).logits for r in range(world)]
         for _ in range(STEPS):
             step = [_loss(model, r) for r in range(world)]
             (sum(step) / world).backward()
             opt.step()
             opt.zero_grad()
             for r, loss in enumerate(step):
-                losses[r].append(loss.item())
+                ref["losses"][r].append(loss.item())
+    ref["params"] = {n: p.detach() for n, p in model.named_parameters()}
     with torch.no_grad():
-        after = [model(input_ids=_ids(r)).logits for r in range(world)]
-    for r, got in enumerate(result(world, llama_fsdp)):
+        ref["after"] = [model(input_ids=_ids(r)).logits for r in range(world)]
+    return ref
+
+
+def assert_qat_matches(got: dict, ref: dict, r: int) -> None:
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"][r]), rtol=0, atol=QAT_ATOL)
+    for n, p in ref["params"].items():
+        torch.testing.assert_close(got["params"][n], p, rtol=0, atol=QAT_ATOL, msg=n)
+
+
+def test_tiny_llama_under_fsdp2_matches_one_process():
+    ref = reference(2)
+    for r, got in enumerate(result(2, llama_fsdp)):
         assert got["restored"], f"rank {r}: parameters, placements or classes not restored"
-        torch.testing.assert_close(got["logits"], logits[r], rtol=0, atol=0)
-        torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses[r]), rtol=0, atol=QAT_ATOL)
-        for n, p in model.named_parameters():
-            torch.testing.assert_close(got["params"][n], p.detach(), rtol=0, atol=QAT_ATOL, msg=n)
-        torch.testing.assert_close(got["after"], after[r], rtol=0, atol=QAT_ATOL)
+        torch.testing.assert_close(got["logits"], ref["logits"][r], rtol=0, atol=0)
+        assert_qat_matches(got, ref, r)
+        torch.testing.assert_close(got["after"], ref["after"][r], rtol=0, atol=QAT_ATOL)

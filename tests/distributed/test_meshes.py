@@ -13,55 +13,37 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import qsim_hooks as qh
 
-from .common import (
-    CFG,
-    LR,
-    TP_CFG,
-    assert_qat_matches,
-    batch,
-    full,
-    identity,
-    mlp,
-    mse_loss,
-    no_parametrizations,
-    params,
-    qat,
-    reference_qat,
-    shard,
-    weights,
-)
+from . import common as c
 from .harness import result, scenario
 
 
 def _run(model: torch.nn.Module, cfg: qh.QuantConfig, x: torch.Tensor) -> dict:
     out: dict = {}
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    before, classes = identity(model), [type(m).__name__ for m in model]
+    opt = torch.optim.SGD(model.parameters(), lr=c.LR)
+    before, classes = c.identity(model), [type(m).__name__ for m in model]
     with qh.quantized(model, cfg):
         with torch.no_grad():
-            out["infer"] = full(model(x))
-        out["qweights"] = weights(model)
-        out["losses"] = qat(model, opt, mse_loss(x))
-    out["restored"] = (identity(model) == before and [type(m).__name__ for m in model] == classes
-                       and no_parametrizations(model))
-    out["params"] = params(model)
-    out["after"] = full(model(x))
+            out["infer"] = c.full(model(x))
+        out["qweights"] = c.weights(model)
+        out["losses"] = c.qat(model, opt, c.mse_loss(x))
+    out["restored"] = (c.identity(model) == before and [type(m).__name__ for m in model] == classes
+                       and c.no_parametrizations(model))
+    out["params"] = c.params(model)
+    out["after"] = c.full(model(x))
     return out
 
 
 @scenario(4)
 def hsdp(rank: int, world: int) -> dict:
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
-    model = shard(mlp(), mesh=mesh)
-    out = _run(model, CFG, batch(rank))
+    model = c.shard(c.mlp(), mesh=mesh)
+    out = _run(model, c.CFG, c.batch(rank))
     out["placements"] = [tuple(p.placements) for p in model.parameters()]
     return out
 
@@ -69,42 +51,35 @@ def hsdp(rank: int, world: int) -> dict:
 @scenario(4)
 def fsdp_tp(rank: int, world: int) -> dict:
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
-    model = mlp()
+    model = c.mlp()
     parallelize_module(model, mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
-    shard(model, mesh=mesh["dp"])
-    out = _run(model, TP_CFG, batch(rank // 2))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with qh.quantized(model, input="int8", output="int8"):
-            pass
-    out["warned"] = [str(w.message) for w in caught if "tensor-parallel" in str(w.message)]
+    c.shard(model, mesh=mesh["dp"])
+    out = _run(model, c.TP_CFG, c.batch(rank // 2))
+    out["warned"] = c.tp_warnings(model)
     return out
 
 
 def test_hsdp_matches_one_process():
-    ref = reference_qat(4)
+    ref = c.reference_qat(4)
     for r, got in enumerate(result(4, hsdp)):
         assert got["restored"], f"rank {r}: parameters, placements or classes not restored"
         assert {len(p) for p in got["placements"]} == {2}  # a 2-D mesh indeed: (Replicate(), Shard(0))
         torch.testing.assert_close(got["infer"], ref["infer"][r], rtol=0, atol=0)
         for n in ("0", "2"):
             torch.testing.assert_close(got["qweights"][n], ref["qweights"][n], rtol=0, atol=0)
-        assert_qat_matches(got, ref, r)
+        c.assert_qat_matches(got, ref, r)
 
 
 def test_fsdp_with_tensor_parallel_matches_one_process():
-    ref = reference_qat(2, TP_CFG)
+    ref = c.reference_qat(2, c.TP_CFG)
     for r, got in enumerate(result(4, fsdp_tp)):
         assert got["restored"], f"rank {r}: parameters, placements or classes not restored"
         for n in ("0", "2"):
             torch.testing.assert_close(got["qweights"][n], ref["qweights"][n], rtol=0, atol=0)
         torch.testing.assert_close(got["infer"], ref["infer"][r // 2], rtol=0, atol=1e-5)
-        assert_qat_matches(got, ref, r // 2)
+        c.assert_qat_matches(got, ref, r // 2)
 
 
 def test_fsdp_with_tensor_parallel_names_the_activation_shards():
     for got in result(4, fsdp_tp):
-        warned = got["warned"]
-        assert len(warned) == 2, warned
-        assert "module '0'" in warned[0] and "its output is this rank's shard" in warned[0]
-        assert "module '2'" in warned[1] and "its input is this rank's shard" in warned[1]
+        c.assert_tp_warnings(got["warned"])
