@@ -13,9 +13,15 @@ Three things make a parametrization faithful and removable on a sharded model:
 * **Classes stacked on a parametrized class** (``fully_shard`` applied inside a session makes
   ``FSDPParametrizedLinear``): :func:`remove_parametrization` takes the parametrization off under the
   wrapper and rebuilds the wrapper on the original class (FSDP's own class cache first).
+* **Memory** (:func:`recompute_for_backward`): a GEMM in an FSDP-managed layer saves how to recompute
+  its quantized weight, not the tensor; backward makes it again from the weight FSDP gathers again.
+  A weight FSDP gathers as a DTensor (FSDP + TP) keeps its quantized local shard for backward, as do
+  formats that would not give the same bits twice; calibration observes a sharded weight once
+  (:func:`first_call_only`), so it keeps no copy of a gathered one.
+* **Tensor-parallel activations** are rank shards: :func:`sharded_activation_warnings` names them.
 
-The one design reason: qsim-hooks keeps no copy of a weight. A quantized weight exists only while FSDP
-holds the layer unsharded (or, for a DTensor, for the length of the forward that gathered it).
+The one design reason: qsim-hooks keeps no copy of a weight. Under FSDP2 a quantized weight exists only
+while FSDP holds its layer unsharded.
 """
 
 from __future__ import annotations
