@@ -41,7 +41,7 @@ from .formats import CallableFormat, Format, Rounding
 from .points import QuantPoint
 from .undo import UndoStack
 
-__all__ = ["is_dtensor", "local_tensor", "quantize_dtensor", "follow_fsdp", "recompute_for_backward",
+__all__ = ["is_dtensor", "quantize_dtensor", "follow_fsdp", "recompute_for_backward",
            "remove_parametrization", "fsdp_params", "sharded_activation_warnings", "sharded_weight",
            "first_call_only"]
 
@@ -55,11 +55,6 @@ except ImportError:  # pragma: no cover - older torch: no FSDP2, nothing to foll
 
 def is_dtensor(t: object) -> bool:
     return isinstance(t, DTensor)
-
-
-def local_tensor(t: Tensor) -> Tensor:
-    """The rank's own data of a DTensor (the tensor itself otherwise): what a weight cache keys on."""
-    return t._local_tensor if isinstance(t, DTensor) else t
 
 
 def quantize_dtensor(point: QuantPoint, w: DTensor) -> DTensor:
