@@ -180,31 +180,41 @@ def _stochastic(fmt: Any) -> bool:
     return False
 
 
-def _our_weights(module: nn.Module) -> dict[int, tuple[nn.Module, str]]:
-    """id(point) -> (parametrization list, owner's label) for every weight of ``module`` qsim-hooks quantizes."""
-    plists = module.__dict__.get("_modules", {}).get("parametrizations")
-    out: dict[int, tuple[nn.Module, str]] = {}
-    for plist in (plists.values() if plists is not None else ()):
-        if _ours(plist):
-            for q in plist:
-                out[id(q.point)] = (plist, q.point.describe())
+class _Weight(NamedTuple):
+    plist: nn.Module  # the parametrization list: its ``original`` is what FSDP swaps in
+    owner: nn.Module
+    label: str
+
+
+def _our_weights(model: nn.Module) -> dict[int, _Weight]:
+    """id(point) -> the weight it quantizes, for every weight of ``model`` qsim-hooks quantizes."""
+    out: dict[int, _Weight] = {}
+    for m in model.modules():
+        plists = m.__dict__.get("_modules", {}).get("parametrizations")
+        for plist in (plists.values() if plists is not None else ()):
+            if _ours(plist):
+                for q in plist:
+                    out[id(q.point)] = _Weight(plist, m, q.point.describe())
     return out
 
 
-def _pack(weights: dict[int, tuple[nn.Module, str]], t: Tensor) -> Any:
+def _fsdp_managed(m: nn.Module) -> bool:
+    return getattr(m, "_is_fsdp_managed_module", False)
+
+
+def _pack(weights: dict[int, _Weight], t: Tensor) -> Any:
     """A saved tensor: our quantized weight (or a view of it) made from FSDP's unsharded weight -> a recipe."""
     point = marks.marked_by(t)
     hit = weights.get(id(point)) if point is not None else None
-    if hit is None or point.format is None or not _recomputable(point.format):
+    if hit is None or not _fsdp_managed(hit.owner) or point.format is None or not _recomputable(point.format):
         return t
-    plist, label = hit
-    original = plist.original
+    original = hit.plist.original
     base = t if t._base is None else t._base
     if isinstance(original, DTensor) or base.numel() != original.numel() or base.dtype != original.dtype \
             or not base.is_contiguous() or not original.is_contiguous():
         return t  # not FSDP's gathered weight quantized as it is: keep the tensor
     return _Requant(point, point.format, point.amax, original, tuple(t.size()), tuple(t.stride()),
-                    t.storage_offset() - base.storage_offset(), label)
+                    t.storage_offset() - base.storage_offset(), hit.label)
 
 
 def _unpack(packed: Any) -> Tensor:
@@ -222,40 +232,49 @@ def _unpack(packed: Any) -> Tensor:
 
 
 def recompute_for_backward(model: nn.Module) -> UndoStack:
-    """While an FSDP-managed layer with quantized weights runs with autograd, a GEMM that saves the quantized
-    weight saves how to recompute it instead (a saved-tensor hook pair, pushed by the layer's pre-hook and
-    popped by its hook).
+    """While a model with FSDP-managed quantized weights runs with autograd, a GEMM that saves one of those
+    quantized weights saves how to recompute it instead: a saved-tensor hook pair, pushed when the model
+    (or one of its containers, called on its own) starts running on a thread and popped when it returns.
+    The layers get no hook of their own.
 
     FSDP2 frees a layer's gathered weight after forward and gathers it again for backward, and the GEMM's
     saved copy of the unquantized weight shares that storage; a quantized weight is a new tensor FSDP does
     not free, so kept it would add up to a full unsharded copy of every weight on every rank by the end of
     forward. Recomputing costs one quantization per layer in backward and gives the same bits (a
     deterministic function of the weight FSDP gathers again; stochastic rounding and user callables keep
-    their tensor, as does a layer run under saved-tensor hooks someone else pushed: activation
-    checkpointing recomputes the layer anyway).
+    their tensor, as does a model run under saved-tensor hooks someone else pushed: activation
+    checkpointing recomputes the layer anyway). Nothing is pushed for a model without FSDP.
     """
+    weights = _our_weights(model)
     local = threading.local()
 
     def pre(module: nn.Module, args: Any) -> None:
-        push = torch.is_grad_enabled() and getattr(module, "_is_fsdp_managed_module", False) \
-            and not torch.compiler.is_compiling() \
-            and torch._C._autograd._top_saved_tensors_default_hooks(False) is None
-        if push:
-            weights = _our_weights(module)
-            push = bool(weights)
-            if push:
-                torch._C._autograd._push_saved_tensors_default_hooks(lambda t: _pack(weights, t), _unpack)
-        local.__dict__.setdefault("pushed", []).append(push)
+        depth = getattr(local, "depth", 0)
+        local.depth = depth + 1
+        if depth:
+            return
+        local.pushed = torch.is_grad_enabled() and not torch.compiler.is_compiling() \
+            and torch._C._autograd._top_saved_tensors_default_hooks(False) is None \
+            and any(_fsdp_managed(w.owner) for w in weights.values())
+        if local.pushed:
+            torch._C._autograd._push_saved_tensors_default_hooks(lambda t: _pack(weights, t), _unpack)
 
     def post(module: nn.Module, args: Any, out: Any) -> None:
-        pushed = local.__dict__.get("pushed")
-        if pushed and pushed.pop():
+        depth = getattr(local, "depth", 0)
+        if not depth:
+            return
+        local.depth = depth - 1
+        if depth == 1 and local.pushed:
+            local.pushed = False
             torch._C._autograd._pop_saved_tensors_default_hooks()
 
     stack = UndoStack()
+    if not weights:
+        return stack
     with stack.all_or_nothing():
-        for m in model.modules():
-            if _our_weights(m):
+        for name, m in model.named_modules():  # the model and its containers (a parametrized layer is a leaf)
+            if "parametrizations" not in name.split(".") and (
+                    m is model or any(n != "parametrizations" for n, _ in m.named_children())):
                 stack.push(m.register_forward_pre_hook(pre))
                 stack.push(m.register_forward_hook(post, always_call=True))
     return stack
