@@ -63,10 +63,10 @@ def test_the_readme_has_the_snippets_this_test_knows():
 @pytest.mark.parametrize("line, code", blocks("python"), ids=[f"line{n}" for n, _ in blocks("python")])
 def test_python_snippet_runs(line, code, tmp_path, monkeypatch, eager_kernels):
     if "fully_shard" in code:
-        # needs a process group on every rank: tests/core/test_distributed.py runs this QAT loop under FSDP2 on
+        # needs a process group on every rank: tests/distributed/test_fsdp.py runs this QAT loop under FSDP2 on
         # 2 and 4 gloo processes; here only that it is valid Python and uses what that test runs
         compile(code, f"README.md:{line}", "exec")
-        dist_test = (ROOT / "tests" / "core" / "test_distributed.py").read_text()
+        dist_test = (ROOT / "tests" / "distributed" / "test_fsdp.py").read_text()
         assert "fully_shard" in dist_test and "qh.quantized" in dist_test and "backward" in dist_test
         return
     if "torchvision" in code:

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .. import distributed
 from ..batches import ForwardLoop, default_forward, feed, run_forward_loop
 from ..config import QuantConfig
 from ..formats import Format
@@ -98,8 +99,16 @@ class Observed:
     skipped: dict[Key, str] = field(default_factory=dict)
 
     def lend(self, session: Session) -> UndoStack:
-        """Set the observers on the session's points, quantization off there, until the handle is removed."""
-        return session.observe({k: o.observer for k, o in self.observers.items()}, full_precision=True)
+        """Set the observers on the session's points, quantization off there, until the handle is removed.
+
+        A sharded weight (a DTensor: FSDP2 or tensor parallel) is observed once, as the logical tensor, by its
+        first read (:func:`_observe_weights`, before the batches); its reads in forward (FSDP's gathered copy,
+        the same values) are not observed again, so the observer keeps no copy of a gathered weight.
+        """
+        named = dict(session.model.named_modules(remove_duplicate=False))
+        once = distributed.first_call_only
+        return session.observe({k: once(o.observer) if distributed.sharded_weight(named, k) else o.observer
+                                for k, o in self.observers.items()}, full_precision=True)
 
 
 def make_observers(points: Mapping[Key, QuantPoint], method: str | dict[str, str] = "max", bins: int = 2048,
