@@ -64,11 +64,12 @@ def print_table(table: Any, console: Console | None = None) -> None:
 
 
 def render_heading(title: str, lines: Iterable[str] = (), console: Console | None = None) -> None:
-    """A bold title and a few plain lines under it (run headers, settings)."""
+    """A bold title and a few plain lines under it (run headers, settings); a line too long for the console
+    breaks after a ``"; "`` between its parts first (``8 x 3 x 64 x 64`` stays on one line)."""
     console = console or Console()
     console.print(f"[bold]{title}[/bold]")
     for line in lines:
-        console.print(line, markup=False, highlight=False)
+        console.print(Parts(line.split("; ")) if line else "")
     console.print()
 
 

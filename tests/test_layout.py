@@ -298,3 +298,12 @@ def test_planning_imports_no_renderer():
     assert "table_text" in imports(planning)
     assert not [m for m in imports(table_text) if m.startswith("rich") or m.startswith("report")
                 and m != "report_values"]
+
+
+def test_a_heading_line_breaks_between_its_parts():
+    line = "torchvision resnet18 (random weights, seed 0); 1 synthetic N(0,1) batch of 8 x 3 x 64 x 64"
+    con = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))
+    report.render_heading("qsim-hooks report: resnet18", [line, "simulation: input e4m3"], con)
+    assert con.export_text().splitlines() == [
+        "qsim-hooks report: resnet18", "torchvision resnet18 (random weights, seed 0);",
+        "1 synthetic N(0,1) batch of 8 x 3 x 64 x 64", "simulation: input e4m3", ""]
