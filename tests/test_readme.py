@@ -221,3 +221,22 @@ def test_the_command_lines_on_the_small_cnn_run(argv, tmp_path, monkeypatch, cap
     argv = [str(ROOT / a) if re.fullmatch(r"examples/\S+\.py", a) else a for a in argv]
     assert cli.main([*argv, "--no-progress"]) == 0
     assert capsys.readouterr().out
+
+
+def test_the_first_screen_and_the_help_give_commands_that_parse():
+    """What a newcomer sees first (the README's opening, up to the set-up section, and ``qsim-hooks --help``)
+    shows a model being run; every such command is one the parser takes (the small-CNN one also runs above)."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    setup = next(i for i, ln in enumerate(lines) if ln.startswith("## Set-up"))
+    assert setup <= 45  # one screen
+    shown = [ln.split("#")[0].strip() for start, code in blocks("bash") if start < setup
+             for ln in code.splitlines() if ln.startswith("qsim-hooks ")]
+    shown += [ln.split("#")[0].strip() for ln in cli.EPILOG.splitlines() if ln.strip().startswith("qsim-hooks ")]
+    runs = [ln for ln in shown if "--model" in ln]
+    assert any("resnet18" in ln for ln in runs) and any("small_cnn" in ln for ln in runs)
+    parser = cli.build_parser()
+    for ln in shown:
+        if ln.split()[1:] == ["--help"]:
+            continue
+        args = parser.parse_args(shlex.split(ln)[1:])
+        assert args.command in cli.COMMANDS, ln
