@@ -240,3 +240,38 @@ def test_the_first_screen_and_the_help_give_commands_that_parse():
             continue
         args = parser.parse_args(shlex.split(ln)[1:])
         assert args.command in cli.COMMANDS, ln
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _example_commands() -> list[list[str]]:
+    text = (ROOT / "examples" / "README.md").read_text(encoding="utf-8").replace("\\\n", " ")
+    return [ln.split("#")[0].split() for ln in text.splitlines()
+            if re.match(r"(\.venv-tf457/bin/)?python examples/\S+\.py", ln.strip())]
+
+
+@pytest.mark.parametrize("argv", _example_commands(), ids=lambda a: " ".join(a[1:3]))
+def test_examples_readme_commands_parse(argv, monkeypatch):
+    """examples/README.md's command lines (its other blocks are outputs, each under the command that printed it):
+    the script exists and its own parser takes the line (parsing stops there: nothing is loaded or run)."""
+    import argparse
+    import importlib
+
+    script = ROOT / argv[1]
+    assert script.is_file(), argv[1]
+    mod = importlib.import_module(".".join(script.relative_to(ROOT).with_suffix("").parts))
+
+    def parsed(self, args=None, namespace=None):
+        raise _Parsed(argparse.ArgumentParser.parse_known_args(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parsed)
+    with pytest.raises(_Parsed) as got:
+        mod.main(argv[2:])
+    ns, unknown = got.value.args[0]
+    assert unknown == [], f"{argv[1]} does not take {unknown}"
+
+
+def test_examples_readme_has_its_commands():
+    assert len(_example_commands()) >= 16
