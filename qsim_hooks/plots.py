@@ -275,7 +275,7 @@ class SweepData:
     Attributes:
         formats: the x positions' labels, in the rows' order (formats have no order: bars and markers, no line).
         heights: each bar's height; an infinite SQNR (exact) stands at ``top``, a missing one at 0.
-        labels: the text over each bar (``inf`` for an exact format).
+        labels: each bar's value, written under its name (``inf`` for an exact format, ``-`` for none).
         top: the height of an ``inf`` bar (10 dB over the largest finite SQNR).
         metric: the metric per format (``None`` where a row has none), or ``None`` when no row has one.
         metric_full: the metric in full precision (a horizontal reference line), if the rows carry it.
@@ -308,18 +308,17 @@ def sweep_data(rows: Sequence[Mapping[str, Any]], *, title: str | None = "Output
 
 
 def _sweep_figure(d: SweepData) -> Any:
-    fig, ax = _axes((max(5.0, 0.8 * len(d.formats) + 2), 4))
+    widest = max(len(part) for f in d.formats for part in f.split(" /"))
+    fig, ax = _axes((max(5.0, max(0.8, 0.09 * widest) * len(d.formats) + 2), 4))
     pos = list(range(len(d.formats)))
-    bars = ax.bar(pos, d.heights, color="tab:blue", alpha=0.7, label="output SQNR (dB)")
-    for b, text in zip(bars, d.labels):  # inside the bar's top when it is tall enough: clear of the markers
-        inside = b.get_height() > 0.15 * d.top
-        ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), xytext=(0, -3 if inside else 2),
-                    textcoords="offset points", ha="center", va="top" if inside else "bottom", fontsize=8,
-                    color="white" if inside else "black")
-    ax.set_xticks(pos)
-    ax.set_xticklabels(d.formats, rotation=30, ha="right")
+    bars = ax.bar(pos, d.heights, color="tab:blue", alpha=0.7, label="output SQNR (dB)",
+                  hatch=[("//" if t == "inf" else "") for t in d.labels])  # an exact format's bar is not a height
+    ticks = [f"{f}\n{text}{' dB' if text != '-' else ''}".replace(" /", "\n/") for f, text in zip(d.formats, d.labels)]
+    ax.set_xticks(pos)  # each bar's value under its name: a label over the bar would collide with the markers
+    ax.set_xticklabels(ticks)
+    depth = max(t.count("\n") + 1 for t in ticks)
     ax.set_ylabel("output SQNR (dB)")
-    ax.set_ylim(0, d.top * 1.05)
+    ax.set_ylim(0, 1.08 * max([*d.heights, 1.0]))  # room over the tallest bar (an inf one stands at top)
     handles = [bars]
     if d.metric is not None:
         ax2 = ax.twinx()  # one marker per format: the formats are categories, a line through them means nothing
@@ -330,7 +329,8 @@ def _sweep_figure(d: SweepData) -> Any:
                                        label="metric, full precision"))
         ax2.set_ylabel("metric")
         ax2.margins(y=0.15)
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.06 - 0.065 * depth), ncol=3, fontsize=8,
+              frameon=False)
     if d.title:
         ax.set_title(d.title, fontsize=10)
     return fig
@@ -341,6 +341,6 @@ def sweep_plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], 
     """Bars of output SQNR per format (rows of :func:`qsim_hooks.analysis.sweep`); the metric as one marker per
     format on a second axis (:func:`sweep_data` returns the same as plain data).
 
-    An infinite SQNR (exact) is drawn at the top of the axis and labelled ``inf``.
+    An infinite SQNR (exact) is a hatched bar at the top of the axis, labelled ``inf dB``.
     """
     return _save(_sweep_figure(sweep_data(rows, title=title)), path)

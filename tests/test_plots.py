@@ -142,6 +142,8 @@ def test_the_sweep_chart_draws_bars_and_unconnected_markers_in_the_rows_order():
     fig = plots._sweep_figure(d)
     bars, metric = fig.axes
     assert [p.get_height() for p in bars.patches] == pytest.approx(list(d.heights))
-    assert [t.get_text() for t in bars.get_xticklabels()] == list(d.formats)
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["int8\n31.2 dB", "fp16\ninf dB", "int4\n-"]
+    assert [p.get_hatch() or None for p in bars.patches] == [None, "//", None]  # the exact format's bar is no height
+    assert not bars.texts  # no value over a bar, where it would collide with the markers
     dots = [ln for ln in metric.lines if ln.get_label() == "metric"]
     assert len(dots) == 1 and dots[0].get_linestyle() == "None" and dots[0].get_marker() == "D"  # no line joins them
