@@ -2,8 +2,9 @@
 
 * :class:`Outcome`: the fields every result carries besides its own figures (the worst configuration and its
   per-point report, notes, whether the model was restored, timings) and ``as_dict()`` for JSON.
-* :func:`steps`: a transient rich progress bar over an evaluation's long loop, shown only when stdout is a
-  terminal (off a terminal, or with ``enabled=False``, a no-op), so ``run()`` stays plain data and tables.
+* :func:`steps`: the library's progress bar (:mod:`qsim_hooks.progress`) over an evaluation's labelled steps,
+  shown only when stderr is a terminal (off a terminal, or with ``enabled=False``, nothing), so ``run()`` stays
+  plain data and tables.
 * :func:`leftovers`: what a session left on a model (hooks, parametrizations): the evaluations check it
   after their last session, beside a bit-exact rerun of the full-precision output.
 * :func:`cli`: the tail of each ``run.py``: settings, run, render, ``--json``; a missing package is one line.
@@ -22,6 +23,8 @@ from typing import Any
 
 from torch import nn
 from torch.nn.utils import parametrize
+
+from qsim_hooks import progress
 
 __all__ = ["Outcome", "steps", "leftovers", "cli"]
 
@@ -42,23 +45,27 @@ class Outcome:
 
 @contextlib.contextmanager
 def steps(what: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[str], None]]:
-    """Yields ``step(label)``: the previous step is done, ``label`` runs now."""
-    if not (enabled and sys.stdout.isatty()):
-        yield lambda label: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Yields ``step(label)``: the previous step is done, ``label`` runs now.
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as prog:
-        task = prog.add_task(what, total=total)
+    The library's bar (:func:`qsim_hooks.progress.steps`: on stderr, transient, only when stderr is a terminal)
+    counts the steps; the step running now is a second line under it, with its own elapsed time.
+    """
+    with progress.steps(what, total=total, enabled=None if enabled else False) as advance, \
+            contextlib.ExitStack() as current:
         started = False
 
         def step(label: str) -> None:
             nonlocal started
-            prog.update(task, advance=1 if started else 0, description=f"{what}: {label}")
+            current.close()  # the previous step's line goes
+            if started:
+                advance()
             started = True
+            current.enter_context(progress.steps(label, enabled=None if enabled else False))
 
         yield step
+        current.close()
+        if started:  # the last step is done too
+            advance()
 
 
 def leftovers(model: nn.Module) -> list[str]:

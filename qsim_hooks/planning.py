@@ -7,7 +7,9 @@ by rule, types a rule lists), folds the rules over each one field by field
 quantization point. Every decision travels as a :class:`Decision` (a value
 and who decided it), so the plan can say which rule chose each format.
 Nothing is attached here; :mod:`.session` attaches a Plan. ``str(plan)`` is a
-plain-text table (:func:`qsim_hooks.plan` is the dry run users print).
+plain-text table laid out for the terminal (:func:`qsim_hooks.plan` is the dry run users print),
+built by :mod:`.table_text` without rich: planning imports no renderer (``report.plan_table`` draws the
+styled table from the same :data:`PLAN_TABLE_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -21,21 +23,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.text import Text
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import report
 from .accumulate import Accumulator
 from .config import ATTENTION_DEFAULTS, ATTENTION_POINTS, ROLES, UNSET, QuantConfig, Rule
 from .formats import Format, Scaling
 from .layers import LayerSpec
+from .report_values import fmt_module
+from .table_text import Column, html_table, plain_table
 
-__all__ = ["Decision", "PlanEntry", "Plan", "resolve", "accumulators", "POINT_KINDS", "PLAN_COLUMNS"]
+__all__ = ["Decision", "PlanEntry", "Plan", "resolve", "accumulators", "POINT_KINDS", "PLAN_COLUMNS",
+           "PLAN_TABLE_COLUMNS"]
 
 #: how the points of a plan attach: weights by parametrization, inputs/outputs by hooks, the six attention
 #: points together by one scope per module (see qsim_hooks.session.ATTACHERS)
 POINT_KINDS = ("weight", "input", "output", "attention")
 PLAN_COLUMNS = ("module", "type", "point", "tensor", "format", "granularity", "decided_by")
+#: how the plan's columns are laid out in a narrow terminal (the least important, highest priority, go first)
+PLAN_TABLE_COLUMNS: tuple[Column, ...] = (
+    Column("module", "module", fmt_module, justify="left", style="bold", priority=0, wrap="dots"),
+    Column("type", "type", justify="left", priority=3),
+    Column("point", "point", justify="left", priority=0),
+    Column("tensor", "tensor", justify="left", priority=4),
+    Column("format", "format", justify="left", priority=0),
+    Column("granularity", "granularity", justify="left", priority=2, short="scaling"),
+    Column("decided_by", "decided_by", justify="left", priority=1),
+)
+assert tuple(c.key for c in PLAN_TABLE_COLUMNS) == PLAN_COLUMNS
+#: what ``str()`` of an empty plan says
+EMPTY_PLAN = "(empty plan: no layer to instrument)"
 
 
 @dataclass(frozen=True)
@@ -99,10 +117,13 @@ class Plan:
                  "format": e.format_name, "granularity": "-" if e.format is None else e.format.granularity,
                  "decided_by": e.decided_by} for e in self.entries]
 
+    def text(self, width: int = 100) -> str:
+        """The plan as plain columns laid out for ``width`` columns (no rich)."""
+        return plain_table(self.to_rows(), PLAN_TABLE_COLUMNS, width, empty=EMPTY_PLAN)
+
     def __str__(self) -> str:
         """The plan as plain columns, laid out for the terminal's width (160 columns into a pipe)."""
-        width = shutil.get_terminal_size((160, 24)).columns
-        return report.plan_table(self, title=None, header_rule=False).text(width).rstrip("\n")
+        return self.text(shutil.get_terminal_size((160, 24)).columns)
 
     def __repr__(self) -> str:
         active = self.active()
@@ -113,11 +134,12 @@ class Plan:
         return (f"<qsim_hooks.Plan: {len(self.entries)} points on {len({e.module for e in self.entries})} modules, "
                 f"{len(active)} quantized{': ' + formats if formats else ''}>")
 
-    def __rich__(self) -> Any:
-        return report.plan_table(self)
+    def __rich_console__(self, console: Any, options: Any) -> Iterator[Text]:
+        """In a rich console (and rich's REPL) the same plain columns, for the console's width."""
+        yield Text(self.text(options.max_width))
 
     def _repr_html_(self) -> str:
-        return report.plan_table(self)._repr_html_()
+        return html_table(self.to_rows(), PLAN_TABLE_COLUMNS)
 
 
 # ---------------------------------------------------------------------------

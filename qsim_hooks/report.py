@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from rich.console import Console, Group
 
+from .planning import EMPTY_PLAN, PLAN_TABLE_COLUMNS
 from .report_layout import Column, FittedTable, Parts, html_table
 from .report_values import fmt_db, fmt_module, fmt_number, fmt_percent, fmt_pow2, fmt_range, fmt_text, nonfinite
 from .rows import select_stats
@@ -63,11 +64,12 @@ def print_table(table: Any, console: Console | None = None) -> None:
 
 
 def render_heading(title: str, lines: Iterable[str] = (), console: Console | None = None) -> None:
-    """A bold title and a few plain lines under it (run headers, settings)."""
+    """A bold title and a few plain lines under it (run headers, settings); a line too long for the console
+    breaks after a ``"; "`` between its parts first (``8 x 3 x 64 x 64`` stays on one line)."""
     console = console or Console()
     console.print(f"[bold]{title}[/bold]")
     for line in lines:
-        console.print(line, markup=False, highlight=False)
+        console.print(Parts(line.split("; ")) if line else "")
     console.print()
 
 
@@ -199,24 +201,13 @@ def render_stats(rows: Rows, console: Console | None = None, *, title: str | Non
 
 
 # -- the plan (qsim_hooks.plan) ----------------------------------------------------
-PLAN_TABLE_COLUMNS: tuple[Column, ...] = (
-    Column("module", "module", fmt_module, justify="left", style="bold", priority=0, wrap="dots"),
-    Column("type", "type", justify="left", priority=3),
-    Column("point", "point", justify="left", priority=0),
-    Column("tensor", "tensor", justify="left", priority=4),
-    Column("format", "format", justify="left", priority=0),
-    Column("granularity", "granularity", justify="left", priority=2, short="scaling"),
-    Column("decided_by", "decided_by", justify="left", priority=1),
-)
-
-
 def plan_table(plan: Any, *, title: str | None = "Plan: the format of every quantization point",
                caption: str | None = None, header_rule: bool = True) -> FittedTable:
     """The rows of a :class:`~qsim_hooks.planning.Plan` (``plan.to_rows()``, or the rows themselves);
-    ``header_rule=False`` and ``title=None`` give the plain text of ``str(plan)``."""
+    ``header_rule=False`` and ``title=None`` give the layout of ``str(plan)`` (which draws it without rich)."""
     rows = plan.to_rows() if hasattr(plan, "to_rows") else list(plan)
     return FittedTable(rows, PLAN_TABLE_COLUMNS, title=title, caption=caption, header_rule=header_rule,
-                       empty="(empty plan: no layer to instrument)")
+                       empty=EMPTY_PLAN)
 
 
 def render_plan(plan: Any, console: Console | None = None, **options: Any) -> None:

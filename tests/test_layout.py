@@ -11,7 +11,8 @@ from torch import nn
 
 import qsim_hooks as qh
 from qsim_hooks import report, stats
-from qsim_hooks.report_layout import GAP, Column, FittedTable, Parts, _tokens, fit, render_text
+from qsim_hooks.report_layout import FittedTable, Parts, render_text
+from qsim_hooks.table_text import GAP, Column, _tokens, fit
 
 
 @pytest.fixture(autouse=True)
@@ -228,3 +229,81 @@ def test_fit_prefers_one_line_rows_over_keeping_a_constant_column():
     cells = [[c.write(r.get(c.key)) for c in cols] for r in rows]
     assert fit(cols, cells, 40).constant == ()
     assert fit(cols, cells, 18).constant == (1,)  # 10 + 2 + 5 (value): the kind moves to the caption
+
+
+# ---------------------------------------------------------------------------
+# str(plan): the same layouts as plain text, built without rich (planning imports no renderer)
+# ---------------------------------------------------------------------------
+def check_plain(rows, columns, width) -> str:
+    """``table_text.plain_table`` at ``width``, checked as :func:`check_fitted` checks rich's drawing."""
+    from qsim_hooks.table_text import plain_table, wrap
+
+    text = plain_table(rows, columns, width)
+    lines = text.splitlines()
+    assert all(len(ln) <= width for ln in lines) and "\x1b" not in text
+    cells = [[c.write(r.get(c.key)) for c in columns] for r in rows]
+    lay = fit(columns, cells, width)
+    assert lay is not None
+    head = max(len(wrap(columns[i].short if lay.short and columns[i].short else columns[i].header, w, "words"))
+               for i, w in zip(lay.columns, lay.widths))
+    below = [ln for note in FittedTable(rows, columns).notes(lay) for ln in wrap(note, width, "words")]
+    assert lines[len(lines) - len(below):] == below  # the caption's lines, wrapped at spaces
+    body = lines[head:len(lines) - len(below)]
+    offsets = [sum(lay.widths[:j]) + GAP * j for j in range(len(lay.columns))]
+    for j, i in enumerate(lay.columns):
+        c = columns[i]
+        frags = [f for f in (ln[offsets[j]:offsets[j] + lay.widths[j]].strip() for ln in body) if f]
+        _check_column([r[i] for r in cells], frags, c.wrap_mode if (c.wrap_mode != "dots" or lay.fold) else "never")
+    return text
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_str_of_the_plan_of_resnet18_fits_without_rich(resnet18, width):
+    from qsim_hooks.planning import PLAN_TABLE_COLUMNS
+
+    m, _ = resnet18
+    p = qh.plan(m, CFG)
+    text = check_plain(p.to_rows(), PLAN_TABLE_COLUMNS, width)
+    assert p.text(width) == text
+    assert all(whole(e.module, text) for e in p) and whole("cfg+rule[1]", text)
+    assert report.plan_table(p).layout(width) == FittedTable(p.to_rows(), PLAN_TABLE_COLUMNS).layout(width)
+    con = Console(width=width, record=True, color_system=None, file=open("/dev/null", "w"))
+    con.print(p)  # a rich console shows the same columns for its own width
+    assert con.export_text().rstrip("\n") == text
+
+
+def test_str_of_a_plan_with_long_names_folds_at_dots_or_goes_vertical():
+    from qsim_hooks.planning import PLAN_TABLE_COLUMNS
+
+    m, _ = long_names()
+    p = qh.plan(m, qh.QuantConfig(input="int8", weight="mxfp4"))
+    check_plain(p.to_rows(), PLAN_TABLE_COLUMNS, 44)
+    narrow = p.text(20)  # no layout of columns fits: one block per point
+    assert all(len(ln) <= 20 for ln in narrow.splitlines()) and "decided_by:" in narrow
+
+
+def test_planning_imports_no_renderer():
+    """planning -> table_text (no rich) -> report_values: the plan's text needs neither report nor rich's tables."""
+    import ast
+    from pathlib import Path
+
+    def imports(module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    from qsim_hooks import planning, table_text
+
+    assert "report" not in imports(planning) and "report_layout" not in imports(planning)
+    assert "table_text" in imports(planning)
+    assert not [m for m in imports(table_text) if m.startswith("rich") or m.startswith("report")
+                and m != "report_values"]
+
+
+def test_a_heading_line_breaks_between_its_parts():
+    line = "torchvision resnet18 (random weights, seed 0); 1 synthetic N(0,1) batch of 8 x 3 x 64 x 64"
+    con = Console(width=80, record=True, color_system=None, file=open("/dev/null", "w"))
+    report.render_heading("qsim-hooks report: resnet18", [line, "simulation: input e4m3"], con)
+    assert con.export_text().splitlines() == [
+        "qsim-hooks report: resnet18", "torchvision resnet18 (random weights, seed 0);",
+        "1 synthetic N(0,1) batch of 8 x 3 x 64 x 64", "simulation: input e4m3", ""]

@@ -1,7 +1,8 @@
 """qsim_hooks.progress.track: the items pass through in order; a bar is drawn only where asked and seen,
 on stderr, and removed on every way out of the loop. Every long-running function (compare, sweep,
-sensitivity, calibrate, capture, the command line, the digits example's training) draws one (a spy on
-rich's Progress counts what it showed), and nothing is written off a terminal."""
+sensitivity, calibrate, capture, the command line, the digits example's training, the examples' steps and
+the demo's LM training) draws one (a spy on rich's Progress counts what it showed), and nothing is written
+off a terminal."""
 
 import io
 import json
@@ -189,3 +190,40 @@ def test_the_digits_example_trains_with_a_bar(spy, monkeypatch):
     x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 10, (40,))
     digits.train(m, x, y, epochs=3, lr=1e-3, batch_size=16, seed=0)
     assert [tuple(v) for bar in spy for v in bar.values()] == [("training", 3, 3)]
+
+
+def test_the_examples_steps_are_the_librarys_bar_with_the_running_step_under_it(spy, monkeypatch, capfd):
+    from examples._shared import steps
+
+    monkeypatch.setattr(sys, "stderr", _TTY())
+    with steps("evaluation", 3) as step:
+        for label in ("int8", "e4m3", "report"):
+            step(label)
+    assert [[tuple(v) for v in bar.values()] for bar in spy] == [
+        [("evaluation", 3, 3), ("int8", None, 0), ("e4m3", None, 0), ("report", None, 0)]]
+    spy.clear()
+    monkeypatch.undo()  # stderr captured again: not a terminal, so no bar and nothing written
+    with steps("evaluation", 2) as step:
+        step("a")
+        step("b")
+    with steps("evaluation", 2, enabled=False) as step:
+        step("a")
+    assert spy == [] and capfd.readouterr() == ("", "")
+
+
+def test_the_demos_lm_training_shows_a_bar_on_a_terminal_and_nothing_off_it(spy, monkeypatch, capfd):
+    pytest.importorskip("transformers")
+    import dataclasses
+
+    from examples.tiny_lm import train as T
+
+    spec = dataclasses.replace(T.SMOKE_SPEC, steps=3)
+    ids = torch.randint(0, 256, (400,), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(sys, "stderr", _TTY())
+    T.train(T.build_model(spec), ids, spec)
+    bar, = spy
+    assert list(bar.values())[0] == ["training the tiny LM", 3, 3]
+    spy.clear()
+    monkeypatch.undo()
+    T.train(T.build_model(spec), ids, spec)
+    assert spy == [] and capfd.readouterr() == ("", "")

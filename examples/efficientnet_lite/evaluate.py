@@ -117,7 +117,7 @@ class Settings:
     seed: int = 0
     threads: int = 2
     backend: str = "eager"  # the quantization kernels (see qsim_hooks.formats.set_backend)
-    progress: bool = True  # a transient progress bar when stdout is a terminal
+    progress: bool = True  # a transient progress bar when stderr is a terminal
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.configs if c not in CONFIGS]

@@ -129,7 +129,7 @@ class Settings:
     cache_dir: str | None = None  # None: ~/.cache/qsim-hooks/tiny_lm
     threads: int = 2
     backend: str = "eager"  # the quantization kernels (see qsim_hooks.formats.set_backend)
-    progress: bool = True  # transient progress bars when stdout is a terminal
+    progress: bool = True  # transient progress bars when stderr is a terminal
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.configs if c not in CONFIGS]

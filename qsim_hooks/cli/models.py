@@ -52,8 +52,9 @@ def model_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_arguments(p: argparse.ArgumentParser, default: str) -> None:
     """``--preset``, ``--config``, the role flags and the calibration; ``default`` says what applies without them."""
-    g = p.add_argument_group(f"simulation (default: {default}; --config replaces it, on top of --preset when "
-                             "both are given; the role flags change only their roles)")
+    g = p.add_argument_group("simulation", f"default: {default}. --preset or --config replaces it (--config on top "
+                                           "of --preset when both are given); --input, --weight and --output then "
+                                           "change only their own role.")
     g.add_argument("--preset", metavar="NAME", default=None, choices=list(PRESETS),
                    help=f"a named recipe instead of the default ({default}): {', '.join(PRESETS)}; "
                         "'qsim-hooks presets' says what each sets")
@@ -64,8 +65,8 @@ def config_arguments(p: argparse.ArgumentParser, default: str) -> None:
                         "*_scaling, enabled, name), strict, seed, preset")
     for role in ("input", "weight", "output"):
         g.add_argument(f"--{role}", type=format_or_none, default=None, metavar="FORMAT",
-                       help=f"the {role} format of every layer (or 'none': full precision); the other roles "
-                            f"keep what --config / --preset (or the default: {default}) says")
+                       help=f"the {role} format of every layer, or 'none' (full precision); the other roles "
+                            "stay as above")
     g.add_argument("--save-config", metavar="FILE", default=None,
                    help="also write the simulation used to FILE (.toml or .json), for --config or "
                         "QuantConfig.load")
