@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 from .config import ATTENTION_POINTS
 
 __all__ = ["Operand", "Recorder", "CoverageSummary", "CoverageError", "Coverage", "rows", "summarize",
-           "never_fired_text", "uncovered_text", "unrecognised_text", "fold", "at_detach"]
+           "never_fired_text", "uncovered_text", "unrecognised_text", "layout_reason", "fold", "at_detach"]
 
 STATUSES = ("simulated", "partial", "not simulated")
 
@@ -157,8 +157,17 @@ def fold_point(label: str) -> str:
     return f"{fold(mod)}.{tensor}" if mod else label
 
 
+_LAYOUT = ("layout of ", " not recognised")  # the reason of a weight operand whose layout was not read
+
+
+def layout_reason(param: str, op: str) -> str:
+    """The reason an operand records when the weight ``param`` of a functional layer had a layout the
+    interception could not read in ``op`` (named once by :func:`unrecognised_text`)."""
+    return f"{_LAYOUT[0]}{param!r} in {op}{_LAYOUT[1]}"
+
+
 def _unrecognised(o: Mapping[str, Any]) -> bool:
-    return bool(o["reason"]) and o["reason"].startswith("layout of ") and o["reason"].endswith(" not recognised")
+    return bool(o["reason"]) and o["reason"].startswith(_LAYOUT[0]) and o["reason"].endswith(_LAYOUT[1])
 
 
 def uncovered_text(table: Sequence[dict[str, Any]], *, skip_unrecognised: bool = False) -> str | None:
@@ -182,15 +191,10 @@ def uncovered_text(table: Sequence[dict[str, Any]], *, skip_unrecognised: bool =
             "role to None accepts it, QuantConfig(require_coverage=True) makes it an error")
 
 
-def unrecognised_text(module: str, kind: str, what: str) -> str:
-    return (f"qsim_hooks: functional layer {module!r} ({kind}): the layout of its weight {what} was not recognised "
-            "(no reduction and output axis of a weight matrix); that GEMM ran with the weight in full precision")
-
-
-def _weight_label(module: str, what: str) -> str:
-    """The point label of the weight an unrecognised-layout record names (``"'w' in bmm"`` -> ``"<model>.w"``)."""
-    m = re.match(r"'([^']*)' in ", what)
-    return f"{module or '<model>'}.{m.group(1) if m else what}"
+def unrecognised_text(module: str, kind: str, param: str, op: str) -> str:
+    return (f"qsim_hooks: functional layer {module!r} ({kind}): the layout of its weight {param!r} in {op} was not "
+            "recognised (no reduction and output axis of a weight matrix); that GEMM ran with the weight in full "
+            "precision")
 
 
 def _silent_attention(gemms: Any, table: Sequence[dict[str, Any]]) -> set[str]:
@@ -220,11 +224,11 @@ def at_detach(cov: Coverage, gemms: Any, require: bool, fired: bool) -> None:
     table, summary = cov
     if not (summary.gemms or fired):
         return
-    unrecognised: Mapping[str, str] = getattr(gemms, "unrecognised", {})
-    explained = {_weight_label(m, w) for m, w in unrecognised.items()}
+    unrecognised: Mapping[str, tuple[str, str]] = getattr(gemms, "unrecognised", {})
+    explained = {f"{m or '<model>'}.{param}" for m, (param, _) in unrecognised.items()}
     explained |= _silent_attention(gemms, table)
     texts = [never_fired_text([p for p in summary.never_fired if p not in explained])]
-    texts += [unrecognised_text(m, gemms.recorder.types.get(m, "?"), w) for m, w in unrecognised.items()]
+    texts += [unrecognised_text(m, gemms.recorder.types.get(m, "?"), *w) for m, w in unrecognised.items()]
     if not require:
         texts.append(uncovered_text(table, skip_unrecognised=True))
     for text in texts:

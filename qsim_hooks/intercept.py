@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from . import gemms
-from .coverage import Operand, Recorder
+from .coverage import Operand, Recorder, layout_reason
 from .functional import COPIES, FunctionalWeights, ParamTracker, Source
 from .marks import copy_mark, marked_by
 from .planning import PlanEntry
@@ -127,7 +127,8 @@ class Interception:
         self.weights = FunctionalWeights()
         self.recorder = Recorder({n: type(m).__name__ for n, m in named.items()})
         self.lent = False  # observers lent at full precision (calibration): run as is, record nothing
-        self.unrecognised: dict[str, str] = {}  # functional owner -> the weight and call whose layout was not read
+        # functional owner -> (weight, call) whose layout was not read
+        self.unrecognised: dict[str, tuple[str, str]] = {}
         self.local = threading.local()
 
     # -- what an operand is ---------------------------------------------------------
@@ -196,8 +197,8 @@ class Interception:
                 ops[wi] = q
                 w_op = Operand("weight", wp.describe(), True)
             elif wp is not None:
-                w_op = Operand("weight", None, True, f"layout of {pname!r} in {g.op} not recognised")
-                self.unrecognised.setdefault(layer, f"{pname!r} in {g.op}")
+                w_op = Operand("weight", None, True, layout_reason(pname, g.op))
+                self.unrecognised.setdefault(layer, (pname, g.op))
             else:
                 why = "its parametrization was bypassed" if layer in self.layers else "no point"
                 w_op = Operand("weight", None, *_off(self.entries.get(key), self.asked[1], why))

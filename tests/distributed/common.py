@@ -102,7 +102,7 @@ def reference_qat(world: int, cfg: qh.QuantConfig = CFG, calibration=None) -> di
 def assert_qat_matches(got: dict, ref: dict, r: int, atol: float = QAT_ATOL) -> None:
     torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"][r]), rtol=0, atol=atol)
     for n, p in ref["params"].items():
-        torch.testing.assert_close(got["params"][n], p, rtol=0, atol=atol)
+        torch.testing.assert_close(got["params"][n], p, rtol=0, atol=atol, msg=n)
     torch.testing.assert_close(got["after"], ref["after"][r], rtol=0, atol=atol)
 
 

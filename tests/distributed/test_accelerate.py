@@ -19,9 +19,9 @@ import torch
 
 import qsim_hooks as qh
 
-from .common import LR, STEPS, full, identity, no_parametrizations
+from .common import LR, STEPS, assert_qat_matches, full, identity, no_parametrizations
 from .harness import result, scenario
-from .test_llama import CFG, _llama, _loss, assert_qat_matches, reference
+from .test_llama import CFG, _ids, _llama, _loss, reference
 
 accelerate = pytest.importorskip("accelerate")  # imported before the ranks are forked
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # noqa: E402
@@ -51,6 +51,8 @@ def accelerate_fsdp2(rank: int, world: int) -> dict:
     out["losses"] = losses
     out["restored"] = identity(model) == before and no_parametrizations(model)
     out["params"] = {n: full(p) for n, p in model.named_parameters()}
+    with torch.no_grad():
+        out["after"] = model(input_ids=_ids(rank)).logits
     return out
 
 

@@ -18,7 +18,7 @@ from torch.distributed.fsdp import fully_shard
 
 import qsim_hooks as qh
 
-from .common import LR, QAT_ATOL, STEPS, full, identity, no_parametrizations
+from .common import LR, STEPS, assert_qat_matches, full, identity, no_parametrizations
 from .harness import result, scenario
 
 transformers = pytest.importorskip("transformers")  # imported before the ranks are forked
@@ -95,16 +95,9 @@ def reference(world: int) -> dict:
     return ref
 
 
-def assert_qat_matches(got: dict, ref: dict, r: int) -> None:
-    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(ref["losses"][r]), rtol=0, atol=QAT_ATOL)
-    for n, p in ref["params"].items():
-        torch.testing.assert_close(got["params"][n], p, rtol=0, atol=QAT_ATOL, msg=n)
-
-
 def test_tiny_llama_under_fsdp2_matches_one_process():
     ref = reference(2)
     for r, got in enumerate(result(2, llama_fsdp)):
         assert got["restored"], f"rank {r}: parameters, placements or classes not restored"
         torch.testing.assert_close(got["logits"], ref["logits"][r], rtol=0, atol=0)
-        assert_qat_matches(got, ref, r)
-        torch.testing.assert_close(got["after"], ref["after"][r], rtol=0, atol=QAT_ATOL)
+        assert_qat_matches(got, ref, r)  # losses, updated weights and the logits after the block
