@@ -1,5 +1,6 @@
-"""Layers compute their GEMM through the engine inside a session: against the float64 loop reference on
-Linear and Conv2d (groups, stride, padding, dilation), rules, warnings, errors, exact removal."""
+"""Layers compute their GEMM through the engine inside a session (the interception's run_gemm): against the
+float64 loop reference on Linear and Conv2d (groups, stride, padding, dilation), rules, warnings, errors,
+exact removal, gradients, and when the exact GEMM runs at all."""
 
 from __future__ import annotations
 
@@ -77,8 +78,7 @@ def test_operands_are_the_quantized_ones_and_detach_restores():
     with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3", accumulator=acc)):
         got = m(x).detach()
         w0 = m[0].weight.detach()
-    from qsim_hooks.accumulate.layers import linear
-    y0 = linear(qh.formats.E4M3.cast(x), w0, m[0].bias.detach(), acc)[0]
+    y0 = qh.accumulate_matmul(qh.formats.E4M3.cast(x), w0.t(), acc, m[0].bias.detach())
     torch.testing.assert_close(y0, h0.detach(), rtol=0.05, atol=0.05)  # close to the exact sums, not equal
     assert not torch.equal(got, operands_only)
     assert torch.equal(m(x).detach(), before)
@@ -96,21 +96,25 @@ def test_rules_set_and_clear_the_accumulator_per_layer():
     assert rows["0"]["calls"] == 1 and rows["0"]["sqnr_db"] > 20
     off = qh.QuantConfig(accumulator="fp16", rules=[qh.Rule(match="0", enabled=False)])
     with qh.quantized(m, off, stats=True) as qs:
+        m(torch.randn(3, 4))
         assert set(qs.accumulator_stats) == {"1", "2"}
 
 
-def test_unsupported_layer_warns_naming_it():
-    m = nn.Sequential(nn.Conv3d(2, 2, 1), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.warns(UserWarning, match=r"not simulated.*0 \(Conv3d"):
+def test_a_gemm_that_cannot_be_rebuilt_warns_naming_the_module_and_stays_exact():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3))
+
+        def forward(self, x):
+            return torch.addmm(torch.zeros(3), x, self.w, alpha=2.0)
+
+    m = nn.Sequential(Scaled())
+    x = torch.randn(2, 4)
+    with pytest.warns(UserWarning, match=r"not simulated.*module '0': addmm with alpha=2.0"):
         with qh.quantized(m, qh.QuantConfig(accumulator="fp16")):
-            m(torch.randn(1, 2, 2, 2, 1))
-
-
-def test_integer_accumulator_on_a_layer_is_refused_and_nothing_is_left():
-    m = nn.Linear(4, 2)
-    with pytest.raises(ValueError, match="module '': accumulator 'int24-wrap'"):
-        qh.attach(m, qh.QuantConfig(accumulator="int24"))
-    assert not m._forward_hooks and not m._forward_pre_hooks and not hasattr(m, "parametrizations")
+            got = m(x)
+    assert torch.equal(got, m(x))
 
 
 def test_coarser_accumulator_than_an_operand_warns():
