@@ -72,8 +72,9 @@ def _sequential(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: R
     p = torch.empty_like(s)
     native = _native(fmt) if prod is None else None
     low = torch.empty_like(s, dtype=native) if native is not None else None
+    at, bc = a.transpose(2, 3).contiguous(), b.contiguous()  # a step's column and row: contiguous reads
     for k in range(a.shape[3]):
-        torch.mul(a[..., k:k + 1], b[..., k:k + 1, :], out=p)  # this step's products of every chunk, in fp32
+        torch.mul(at[:, :, k, :, None], bc[:, :, k:k + 1, :], out=p)  # this step's products of every chunk, fp32
         if low is not None:  # s + p in fp32, then the round trip through fp16 / bf16 in place (no allocation)
             s.copy_(low.copy_(s.add_(p)))
         else:
