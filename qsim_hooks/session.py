@@ -150,7 +150,7 @@ class Session:
             sites["attention"].setdefault(name, {})
         for name, acc in accs.items():
             accumulate_wiring.check_operands(name, acc, {e.point: e.format for e in p.for_module(name)
-                                                         if e.point in ("input", "weight") and e.format})
+                                                         if e.point in ("input", "weight")})
         if accs:
             self._accumulation = self._gemms.accumulate = accumulate_wiring.Accumulation(accs, self.collect_stats)
         for msg in distributed.sharded_activation_warnings(self.points, named):

@@ -174,3 +174,52 @@ def test_the_accumulated_gemm_reads_the_weight_the_layer_used_once_per_forward()
         calls = {r["point"]: r["calls"] for r in qs.stats()}
     assert calls["weight"] == 2  # one quantization per forward, not one more for the accumulator's GEMM
     assert torch.nn.utils.parametrize._cache_enabled == 0  # the forward's weight cache is closed again
+
+
+def _on_grid(shape, scale, seed):
+    """Whole codes in [-127, 127] times ``scale`` (a power of two), the largest code 127 in every row, so the
+    int8 point's dynamic scale is ``scale`` exactly and the fake-quantized values are the inputs."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, shape, generator=g)
+    q[..., 0] = 127
+    return q, q.float() * scale
+
+
+@pytest.mark.parametrize("bits,overflow", [(16, "wrap"), (16, "saturate"), (32, "wrap")])
+@pytest.mark.parametrize("weight", ["int8", qh.formats.IntFormat(8, scaling=qh.formats.Scaling("channel"))],
+                         ids=["per-tensor", "per-channel"])
+def test_integer_accumulator_sums_the_codes_then_rescales(bits, overflow, weight):
+    lin = nn.Linear(64, 5)
+    qx, x = _on_grid((3, 64), 0.5, 0)
+    qw, w = _on_grid((5, 64), 0.25, 1)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    cfg = qh.QuantConfig(input="int8", weight=weight, accumulator=Accumulator(f"int{bits}", overflow=overflow))
+    with qh.quantized(lin, cfg, stats=True) as qs:
+        with torch.no_grad():
+            got = lin(x)
+        row = qs.accumulator_rows()[0]
+    an, bn = qx.numpy().astype(np.int64), qw.numpy().astype(np.int64).T
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    sums, over = np.zeros((3, 5), np.int64), np.zeros((3, 5), bool)
+    for k in range(64):  # one addition at a time: out of range -> flagged, then wrapped or clamped
+        t = sums + np.outer(an[:, k], bn[k])
+        over |= (t < lo) | (t > hi)
+        sums = (t - lo) % 2**bits + lo if overflow == "wrap" else np.clip(t, lo, hi)
+    if overflow == "wrap":
+        np.testing.assert_array_equal(sums, ((an @ bn - lo) % 2**bits + lo))  # modular: wrapping once is the same
+    want = (sums.astype(np.float32) * np.float32(0.125)) + lin.bias.detach().numpy()  # rescaled, then the bias
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert row["overflow_fraction"] == over.mean() and (over.any() if bits == 16 else not over.any())
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"input": "e4m3", "weight": "int8"},
+     r"module '<model>': accumulator 'int24-wrap' sums integer codes, but its input format is 'e4m3'"),
+    ({"weight": "int8"}, r"its input format is 'none \(full precision\)'"),
+])
+def test_integer_accumulator_on_float_operands_is_refused_and_nothing_is_left(cfg, match):
+    m = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match=match):
+        qh.attach(m, qh.QuantConfig(accumulator="int24", **cfg))
+    assert not m._forward_hooks and not m._forward_pre_hooks and not hasattr(m, "parametrizations")
