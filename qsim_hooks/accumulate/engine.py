@@ -85,12 +85,13 @@ def _sequential(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: R
 
 
 def _pairwise(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Round | None) -> Tensor:
-    p = _products(a, b, 0, a.shape[3], prod)
-    while p.shape[3] > 1:
-        n, h = p.shape[3], p.shape[3] // 2
-        pairs = apply_round(r, p[:, :, :, 0:2 * h:2] + p[:, :, :, 1:2 * h:2])
-        p = torch.cat([pairs, p[:, :, :, 2 * h:]], dim=3) if n % 2 else pairs
-    return apply_round(r, p[:, :, :, 0])
+    # (S, B, C, M, N): the tree runs over the leading axis, so each level adds two contiguous halves
+    p = apply_round(prod, a.movedim(3, 0)[..., None] * b.movedim(2, 0)[:, :, :, None, :])
+    while p.shape[0] > 1:
+        n, h = p.shape[0], p.shape[0] // 2
+        pairs = apply_round(r, p[0:2 * h:2] + p[1:2 * h:2])
+        p = torch.cat([pairs, p[2 * h:]]) if n % 2 else pairs
+    return apply_round(r, p[0])
 
 
 def _chunked(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Round | None) -> Tensor:
