@@ -103,12 +103,13 @@ def _aligned(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None) ->
     """The running sum and each next ``group`` products aligned to their largest exponent, truncated toward
     zero to ``bits`` significant bits, added exactly (float64 holds every such sum exactly)."""
     s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3], dtype=torch.float64)
+    at, bt = a.movedim(3, 0)[..., None], b.movedim(2, 0)[:, :, :, None, :]  # (S, B, C, M, 1), (S, B, C, 1, N)
     for g0 in range(0, a.shape[3], group):
-        p = _products(a, b, g0, min(g0 + group, a.shape[3]), prod).double()
-        top = torch.maximum(p.abs().amax(dim=3), s.abs())
+        p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group]).double()  # (G, B, C, M, N), fp32 products
+        top = torch.maximum(p.abs().amax(dim=0), s.abs())
         e = torch.frexp(top).exponent  # top = m * 2**e, m in [0.5, 1)
         up = torch.ldexp(torch.ones_like(s), (bits - e).double())  # 1 / ulp
-        s = (torch.trunc(p * up[:, :, :, None]).sum(dim=3) + torch.trunc(s * up)) / up
+        s = (p.mul_(up).trunc_().sum(dim=0) + torch.trunc(s * up)) / up
     return s.float()
 
 
