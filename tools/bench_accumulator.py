@@ -4,8 +4,7 @@ resnet18, each configuration's forward time as a ratio to the un-instrumented fo
 Configurations run interleaved, one call each per round, over several rounds; each one's minimum is kept.
 CPU, eval, no_grad, ``--threads`` intra-op threads (default 1: on a shared machine a second thread mostly
 waits for a core); operands are not quantized, so the ratio is the accumulator's cost alone. Every target of
-issue 15 is printed with met / not met; ``--memory`` adds the rise of the peak resident memory over one
-forward (a fresh process per configuration).
+issue 15 is printed with met / not met. Memory: the engine's temporaries are bounded by tiles (docs/accumulators.md).
 
     PYTHONPATH=. .venv/bin/python tools/bench_accumulator.py --batch 1 --seq 64 --only bert   # the targets
     PYTHONPATH=. .venv/bin/python tools/bench_accumulator.py [--batch 8] [--rounds 3] [--only bert|resnet18]
@@ -15,9 +14,6 @@ forward (a fresh process per configuration).
 from __future__ import annotations
 
 import argparse
-import resource
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -59,32 +55,7 @@ def _resnet18(batch: int, seq: int) -> tuple[torch.nn.Module, Callable[[], objec
     return model, lambda: model(x)
 
 
-def _peak_mib(model_name: str, label: str, batch: int, seq: int) -> float:
-    """The rise of the peak resident memory over one forward of ``label``, in a fresh process (a process's
-    peak RSS only grows: each configuration gets its own)."""
-    cmd = [sys.executable, __file__, "--peak-of", label, "--only", model_name, "--batch", str(batch), "--seq",
-           str(seq)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
-
-
-def _peak_of(model_name: str, label: str, batch: int, seq: int) -> None:
-    """(child process) print the peak-RSS rise of one forward, MiB."""
-    model, run = {"bert": _bert, "resnet18": _resnet18}[model_name](batch, seq)
-    acc = CONFIGS[label]
-    with torch.no_grad():  # no warm-up: the first forward's rise is its working memory, plain or not
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if acc is None:
-            run()
-        else:
-            with qh.quantized(model, qh.QuantConfig(accumulator=acc)):
-                run()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)
-
-
-def measure(name: str, build, batch: int, seq: int, rounds: int,
-            memory: bool) -> list[tuple[str, float, float | None]]:
+def measure(name: str, build, batch: int, seq: int, rounds: int) -> list[tuple[str, float]]:
     model, run = build(batch, seq)
     best = {k: float("inf") for k in CONFIGS}
     with torch.no_grad():
@@ -99,8 +70,7 @@ def measure(name: str, build, batch: int, seq: int, rounds: int,
                         t0 = time.perf_counter()
                         run()
                 best[label] = min(best[label], time.perf_counter() - t0)
-    peaks = {label: _peak_mib(name, label, batch, seq) if memory else None for label in CONFIGS}
-    return [(label, t, peaks[label]) for label, t in best.items()]
+    return list(best.items())
 
 
 ERROR_CONFIGS: dict[str, Accumulator] = {
@@ -145,14 +115,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["bert", "resnet18"], default=None)
     ap.add_argument("--errors", action="store_true", help="print relative error vs K and exit")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    ap.add_argument("--memory", action="store_true",
-                    help="also the rise of the peak resident memory over one forward, one process per configuration")
-    ap.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)  # the child process of --memory
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.peak_of is not None:
-        _peak_of(args.only or "bert", args.peak_of, args.batch, args.seq)
-        return
     console = Console()
     if args.errors:
         errors([256, 1024, 4096, 16384], console)
@@ -161,17 +125,16 @@ def main() -> None:
     for name, build in models.items():
         if args.only not in (None, name):
             continue
-        rows = measure(name, build, args.batch, args.seq, args.rounds, args.memory)
-        base, base_peak = rows[0][1], rows[0][2]
+        rows = measure(name, build, args.batch, args.seq, args.rounds)
+        base = rows[0][1]
         table = Table(title=f"{name}, batch {args.batch}" + (f", sequence {args.seq}" if name == "bert" else "")
                       + f", min of {args.rounds} interleaved rounds, {args.threads} thread(s)")
-        for col in ("configuration", "seconds", "x plain", "target", "peak rise MiB", "x plain's"):
+        for col in ("configuration", "seconds", "x plain", "target"):
             table.add_column(col, justify="left" if col == "configuration" else "right")
-        for label, t, peak in rows:
+        for label, t in rows:
             target = TARGETS.get((name, label))
             verdict = "" if target is None else f"<= {target:g}x: {'met' if t / base <= target else 'NOT met'}"
-            mem = ("", "") if peak is None else (f"{peak:.1f}", f"{peak / base_peak:.1f}" if base_peak else "-")
-            table.add_row(label, f"{t:.4f}", f"{t / base:.1f}", verdict, *mem)
+            table.add_row(label, f"{t:.4f}", f"{t / base:.1f}", verdict)
         console.print(table)
 
 
