@@ -130,6 +130,8 @@ class Interception:
         # functional owner -> (weight, call) whose layout was not read
         self.unrecognised: dict[str, tuple[str, str]] = {}
         self.local = threading.local()
+        #: the session's accumulators (``accumulate.wiring.Accumulation``): ``(g, a, b, module) -> result``
+        self.accumulate: Callable[[gemms.Gemm, Tensor, Tensor, str], Any] | None = None
 
     # -- what an operand is ---------------------------------------------------------
     def point(self, key: Key) -> QuantPoint | None:
@@ -177,8 +179,13 @@ class Interception:
             return self._activations(g, module, marks)
         return self._weighted(g, module, wi, marks[wi], srcs[wi], marks[1 - wi])
 
-    def run_gemm(self, g: gemms.Gemm, a: Tensor, b: Tensor) -> Any:
-        """The product of ``g`` on the simulated operands ``a`` and ``b`` (every intercepted GEMM runs here)."""
+    def run_gemm(self, g: gemms.Gemm, a: Tensor, b: Tensor, module: str | None = None) -> Any:
+        """The product of ``g`` on the simulated operands ``a`` and ``b`` (every intercepted GEMM runs here);
+        ``module`` owns the GEMM: with an accumulator (:mod:`qsim_hooks.accumulate`) its sums are simulated."""
+        if self.accumulate is not None and module is not None:
+            out = self.accumulate(g, a, b, module)
+            if out is not NotImplemented:
+                return out
         return g.call(a, b)
 
     def _weighted(self, g: gemms.Gemm, module: str, wi: int, wmark: QuantPoint | None, src: Source | None,
@@ -220,7 +227,7 @@ class Interception:
             else:
                 x_op = Operand("activation", None, *_off(self.entries.get((layer, "input", "input")), self.asked[0],
                                                          "no point"))
-        out = self.run_gemm(g, ops[0], ops[1])
+        out = self.run_gemm(g, ops[0], ops[1], layer)
         if out_p is not None:
             out = out_p(out)
         self.recorder.add(module, g.op, (x_op, w_op) if wi == 1 else (w_op, x_op))
@@ -232,7 +239,7 @@ class Interception:
             self.recorder.add(module, g.op, tuple(Operand("activation", m.describe() if m else None, False,
                                                           None if m else "a buffer (a constant) is an operand")
                                                   for m in marks))
-            return self.run_gemm(g, g.a, g.b)
+            return self.run_gemm(g, g.a, g.b, module)
         in_key = (module, "input", "input")
         in_p = out_p = None
         if module not in self.attention and module not in self.layers:
@@ -249,7 +256,7 @@ class Interception:
             else:
                 why = "activation x activation GEMM inside a layer" if module in self.layers else "no point"
                 records.append(Operand("activation", None, *_off(self.entries.get(in_key), self.asked[0], why)))
-        out = self.run_gemm(g, ops[0], ops[1])
+        out = self.run_gemm(g, ops[0], ops[1], module)
         if out_p is not None:
             out = out_p(out)
         self.recorder.add(module, g.op, tuple(records))

@@ -310,17 +310,20 @@ def _check_used(cfg: QuantConfig, used: list[bool]) -> None:
         warnings.warn(msg, UserWarning, stacklevel=4)
 
 
-def accumulators(model: nn.Module, cfg: QuantConfig, plan: Plan) -> dict[str, tuple[nn.Module, Accumulator]]:
-    """Each plan module's accumulator: ``cfg.accumulator``, then the last matching rule that sets one; none for
-    a module a rule switches off (``enabled=False``)."""
-    named = dict(model.named_modules(remove_duplicate=False))
+def accumulators(model: nn.Module, cfg: QuantConfig) -> dict[str, Accumulator]:
+    """Each module's accumulator (every module: a GEMM may run in any of them): ``cfg.accumulator``, then the
+    last matching rule that sets one; none for a module a rule switches off (``enabled=False``)."""
+    if cfg.accumulator is None and all(r.accumulator is UNSET or r.accumulator is None for r in cfg.rules):
+        return {}
     out = {}
-    for name in dict.fromkeys(e.module for e in plan.entries):
-        m, acc, on = named[name], cfg.accumulator, True
+    for name, m in model.named_modules(remove_duplicate=False):
+        if "parametrizations" in name.split("."):
+            continue
+        acc, on = cfg.accumulator, True
         for r in cfg.rules:
             if r.matches(name, m):
                 acc = acc if r.accumulator is UNSET else r.accumulator
                 on = on if r.enabled is None else r.enabled
         if acc is not None and on:
-            out[name] = (m, acc)
+            out[name] = acc
     return out

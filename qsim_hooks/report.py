@@ -327,6 +327,8 @@ def sweep_table(rows: Rows, *, title: str | None = "Output SQNR per format",
     """The rows of :func:`qsim_hooks.analysis.sweep` (built, not printed); a metric column when there is one."""
     caption = _metric_caption(rows, caption)
     cols = SWEEP_COLUMNS + ((_METRIC_COLUMN,) if any(r.get("metric") is not None for r in rows) else ())
+    if any("accumulator" in r for r in rows):  # a sweep over accumulators (qsim_hooks.accumulate)
+        cols = cols[:2] + (Column("accumulator", "accumulator", justify="left", priority=0),) + cols[2:]
     return build_table(rows, cols, title=title, caption=caption)
 
 

@@ -101,7 +101,7 @@ class Session:
         self._gemms: Interception | None = None
         self._configured: tuple[Key, ...] = ()
         self._reported = True
-        self.accumulator_stats: dict[str, accumulate_wiring.AccumulatorStats] = {}
+        self._accumulation: accumulate_wiring.Accumulation | None = None
 
     # -- lifecycle --------------------------------------------------------
     def attach(self) -> Session:
@@ -147,6 +147,14 @@ class Session:
             # points (an attention module with 3-D einsum weights) by its scope, as any attention module's
             if e.module not in functional or e.kind == "attention":
                 sites[e.kind].setdefault(e.module, {})[e.tensor] = point
+        accs = accumulators(self.model, cfg)  # every GEMM of these modules runs through qsim_hooks.accumulate
+        for name in accs.keys() & attention_modules:  # a scope decomposes their SDPA into matmuls to simulate
+            sites["attention"].setdefault(name, {})
+        for name, acc in accs.items():
+            accumulate_wiring.check_operands(name, acc, {e.point: e.format for e in p.for_module(name)
+                                                         if e.point in ("input", "weight")})
+        if accs:
+            self._accumulation = self._gemms.accumulate = accumulate_wiring.Accumulation(accs, self.collect_stats)
         for msg in distributed.sharded_activation_warnings(self.points, named):
             warnings.warn(msg, stacklevel=4)
         self._configured = tuple(self.points)
@@ -160,12 +168,6 @@ class Session:
             if how.after is not None and by_module:
                 self._undo.push(how.after(self.model))
         self._undo.push(attach_interception(self.model, self._gemms, [named[n] for n in functional]))
-        targets = accumulators(self.model, self.cfg, p)  # layers whose GEMM runs through qsim_hooks.accumulate
-        operands = {n: {e.point: e.format for e in p.for_module(n) if e.point in ("input", "weight") and e.format}
-                    for n in targets}
-        handles, self.accumulator_stats = accumulate_wiring.attach(targets, operands, stats=self.collect_stats)
-        for h in handles:
-            self._undo.push(h)
 
     def detach(self) -> None:
         """Undo everything (reverse order, past errors, the first one re-raised); safe to call twice.
@@ -260,6 +262,11 @@ class Session:
         if self.accumulator_stats:
             report_accumulators.render_accumulators(self.accumulator_rows(), kwargs.get("console"))
         report_coverage.render_coverage(self.coverage(), kwargs.get("console"), table=coverage)
+
+    @property
+    def accumulator_stats(self) -> dict[str, accumulate_wiring.AccumulatorStats]:
+        """Per-module statistics of the simulated sums (``stats=True``; a module appears at its first GEMM)."""
+        return {} if self._accumulation is None else self._accumulation.stats
 
     def accumulator_rows(self) -> list[dict[str, Any]]:
         """Per-layer accumulator statistics (needs ``stats=True`` and an accumulator): SQNR of the simulated

@@ -2,11 +2,13 @@
 
 * :mod:`.spec` - :class:`Accumulator`, :class:`IntAccumulation`, the :func:`hopper_fp8` preset
 * :mod:`.engine` - :func:`accumulate_matmul`: a GEMM with simulated sums, vectorised over outputs
-* :mod:`.layers` - Linear / Conv1d / Conv2d as that GEMM (convolutions through im2col)
-* :mod:`.wiring` - forward hooks that replace a layer's output, and their statistics
+* :mod:`.layers` - every GEMM call the interception reads (linear, matmul, addmm, einsum, convolutions and
+  transposed ones through im2col, grouped_mm) rebuilt as that GEMM
+* :mod:`.wiring` - :class:`~.wiring.Accumulation`, what ``Interception.run_gemm`` calls for each GEMM and its
+  owning module; integer operands read back as codes; the statistics
 
-The package sits next to :mod:`qsim_hooks.formats` and imports nothing else of qsim_hooks, so the lead can
-route other GEMMs (functional calls, attention) through :func:`accumulate_matmul` without a cycle.
+The package sits next to :mod:`qsim_hooks.formats` and imports only it and :mod:`qsim_hooks.marks`, so the
+interception (above it) calls into it without a cycle.
 """
 
 from .engine import accumulate_matmul, matmul_with_overflow

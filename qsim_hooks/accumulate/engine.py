@@ -1,8 +1,14 @@
 """The accumulation engine: a GEMM whose sums are rounded as an :class:`~.spec.Accumulator` says.
 
-Vectorised over the output: every step is one element-wise operation over all outputs of a column tile,
-and the only Python loop runs along the reduction axis (sequential order), over tree levels (pairwise) or
-over chunks. Column tiles bound the memory a pairwise tree or an aligned group needs.
+Vectorised over the output *and over chunks*: the chunks of one GEMM are independent until they are
+promoted, so they run side by side as a batch dimension. The only Python loops run along one chunk
+(sequential order: ``min(chunk, K)`` steps, each a few element-wise kernels over every output of every
+chunk), over tree levels (pairwise), over groups (aligned sums) and over the chunks' promotion (one add
+each). The chunk-exact order is one batched matmul, one rounding and the promotion adds. A sequential step
+is a product kernel into a buffer, an in-place add and, for fp16 / bf16, two in-place copies through that
+dtype; tiles of :data:`SEQUENTIAL_TILE` outputs keep those buffers in cache. Never ``addcmul``: on CPU it
+fuses the product into the add (one rounding, an FMA), which the spec does not allow. Column tiles bound
+the other temporaries (:data:`TILE_ELEMENTS`).
 """
 
 from __future__ import annotations
@@ -15,17 +21,25 @@ from torch import Tensor
 from ..formats import FloatFormat
 from .spec import Accumulator, IntAccumulation
 
-__all__ = ["accumulate_matmul", "matmul_with_overflow", "rounder"]
+__all__ = ["accumulate_matmul", "matmul_with_overflow", "simulated_matmul", "rounder", "apply_round", "TILE_ELEMENTS",
+           "SEQUENTIAL_TILE"]
 
 Round = Callable[[Tensor], Tensor]
-#: most elements a column tile's temporary products may hold (pairwise tree, aligned group)
-TILE_ELEMENTS = 1 << 23
+#: most elements a column tile's temporaries (products, partial sums of every chunk) may hold
+TILE_ELEMENTS = 1 << 21
+#: most outputs (of every chunk) one sequential tile sums: its buffers stay in a core's L2 cache
+SEQUENTIAL_TILE = 1 << 16
+_NATIVE_ADD = (torch.float16, torch.bfloat16)  # dtypes whose fp32 -> dtype copy rounds nearest-even
+
+
+def _is_fp32(fmt: FloatFormat) -> bool:
+    return (fmt.exp_bits == 8 and fmt.man_bits == 23 and fmt.subnormals and fmt.bias == 127
+            and fmt.overflow == "special" and fmt.rounding.mode_id == FloatFormat(8, 23).rounding.mode_id)
 
 
 def rounder(fmt: FloatFormat | None) -> Round | None:
     """``fmt``'s cast on float32 tensors; ``None`` when rounding to it changes nothing (IEEE fp32)."""
-    if fmt is None or (fmt.exp_bits == 8 and fmt.man_bits == 23 and fmt.subnormals and fmt.bias == 127
-                       and fmt.overflow == "special" and fmt.rounding.mode_id == FloatFormat(8, 23).rounding.mode_id):
+    if fmt is None or _is_fp32(fmt):
         return None
     native = fmt._native_dtype()
     if native is not None:  # fp16 / bf16: torch's own cast, as FloatFormat.cast does on small tensors (never
@@ -37,56 +51,132 @@ def rounder(fmt: FloatFormat | None) -> Round | None:
     return fmt.cast
 
 
-def _apply(r: Round | None, x: Tensor) -> Tensor:
+def _native(fmt: FloatFormat) -> torch.dtype | None:
+    """The torch dtype (fp16 / bf16) whose fp32 -> dtype copy rounds like ``fmt`` (saturation: see callers)."""
+    d = fmt._native_dtype()
+    return d if d in _NATIVE_ADD else None
+
+
+def apply_round(r: Round | None, x: Tensor) -> Tensor:
     return x if r is None else r(x)
 
 
+# -- one batch of chunks: a (B, C, M, S), b (B, C, S, N) -> partial sums (B, C, M, N), float32 ----------------
 def _products(a: Tensor, b: Tensor, k0: int, k1: int, prod: Round | None) -> Tensor:
-    """(B, M, k1-k0, N): every product of the chunk, in fp32 (rounded to the product format)."""
-    return _apply(prod, a[:, :, k0:k1, None] * b[:, None, k0:k1, :])
+    """(B, C, M, k1-k0, N): every product of steps k0..k1 of every chunk, in fp32 (rounded to ``product``)."""
+    return apply_round(prod, a[..., k0:k1, None] * b[..., None, k0:k1, :])
 
 
-def _sequential(a: Tensor, b: Tensor, k0: int, k1: int, r: Round | None, prod: Round | None) -> Tensor:
-    s = a.new_zeros(a.shape[0], a.shape[1], b.shape[2])
+def _sequential(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Round | None) -> Tensor:
+    s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3])
     p = torch.empty_like(s)
-    for k in range(k0, k1):
-        torch.mul(a[:, :, k:k + 1], b[:, k:k + 1, :], out=p)
-        s = _apply(r, s.add_(_apply(prod, p)))
+    native = _native(fmt) if prod is None else None
+    low = torch.empty_like(s, dtype=native) if native is not None else None
+    at, bc = a.transpose(2, 3).contiguous(), b.contiguous()  # a step's column and row: contiguous reads
+    for k in range(a.shape[3]):
+        torch.mul(at[:, :, k, :, None], bc[:, :, k:k + 1, :], out=p)  # this step's products of every chunk, fp32
+        if low is not None:  # s + p in fp32, then the round trip through fp16 / bf16 in place (no allocation)
+            s.copy_(low.copy_(s.add_(p)))
+        else:
+            s = apply_round(r, s.add_(apply_round(prod, p)))
+    if low is not None and fmt.saturates and not bool(torch.isfinite(s).all()):
+        return _sequential(a, b, fmt, r, lambda x: x)  # an overflow (or a NaN): clamp at every step
     return s
 
 
-def _pairwise(a: Tensor, b: Tensor, k0: int, k1: int, r: Round | None, prod: Round | None) -> Tensor:
-    p = _products(a, b, k0, k1, prod)
-    while p.shape[2] > 1:
-        n, h = p.shape[2], p.shape[2] // 2
-        pairs = _apply(r, p[:, :, 0:2 * h:2] + p[:, :, 1:2 * h:2])
-        p = torch.cat([pairs, p[:, :, 2 * h:]], dim=2) if n % 2 else pairs
-    return _apply(r, p[:, :, 0])
+def _pairwise(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Round | None) -> Tensor:
+    # (S, B, C, M, N): the tree runs over the leading axis, so each level adds two contiguous halves
+    p = apply_round(prod, a.movedim(3, 0)[..., None] * b.movedim(2, 0)[:, :, :, None, :])
+    while p.shape[0] > 1:
+        n, h = p.shape[0], p.shape[0] // 2
+        pairs = apply_round(r, p[0:2 * h:2] + p[1:2 * h:2])
+        p = torch.cat([pairs, p[2 * h:]]) if n % 2 else pairs
+    return apply_round(r, p[0])
 
 
-def _chunked(a: Tensor, b: Tensor, k0: int, k1: int, r: Round | None, prod: Round | None) -> Tensor:
-    s = torch.matmul(a[:, :, k0:k1], b[:, k0:k1, :]) if prod is None else _products(a, b, k0, k1, prod).sum(2)
-    return _apply(r, s)
+def _chunked(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Round | None) -> Tensor:
+    s = torch.matmul(a, b) if prod is None else _products(a, b, 0, a.shape[3], prod).sum(3)
+    return apply_round(r, s)
 
 
-def _aligned(a: Tensor, b: Tensor, k0: int, k1: int, bits: int, group: int, prod: Round | None) -> Tensor:
+def _aligned(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None) -> Tensor:
     """The running sum and each next ``group`` products aligned to their largest exponent, truncated toward
     zero to ``bits`` significant bits, added exactly (float64 holds every such sum exactly)."""
-    s = a.new_zeros(a.shape[0], a.shape[1], b.shape[2], dtype=torch.float64)
-    for g0 in range(k0, k1, group):
-        t = torch.cat([s[:, :, None, :], _products(a, b, g0, min(g0 + group, k1), prod).double()], dim=2)
-        e = torch.frexp(t.abs().amax(dim=2, keepdim=True)).exponent  # max = m * 2**e, m in [0.5, 1)
-        ulp = torch.ldexp(torch.ones_like(t[:, :, :1]), (e - bits).double())
-        s = (torch.trunc(t / ulp) * ulp).sum(dim=2)
+    s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3], dtype=torch.float64)
+    at, bt = a.movedim(3, 0)[..., None], b.movedim(2, 0)[:, :, :, None, :]  # (S, B, C, M, 1), (S, B, C, 1, N)
+    for g0 in range(0, a.shape[3], group):
+        p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group]).double()  # (G, B, C, M, N), fp32 products
+        top = torch.maximum(p.abs().amax(dim=0), s.abs())
+        e = torch.frexp(top).exponent  # top = m * 2**e, m in [0.5, 1)
+        up = torch.ldexp(torch.ones_like(s), (bits - e).double())  # 1 / ulp
+        s = (p.mul_(up).trunc_().sum(dim=0) + torch.trunc(s * up)) / up
     return s.float()
 
 
-def _int_sum(a: Tensor, b: Tensor, fmt: IntAccumulation) -> tuple[Tensor, Tensor]:
-    """Integer codes summed in int64, wrapped or clamped to ``fmt`` after every addition; the overflow mask."""
+_ORDERS = {"sequential": _sequential, "pairwise": _pairwise, "chunked": _chunked}
+
+
+def _chunks(a: Tensor, b: Tensor, k0: int, k1: int, step: int) -> tuple[Tensor, Tensor]:
+    """Columns k0..k1 (a whole number of chunks of ``step``) as (B, C, M, step) and (B, C, step, N)."""
+    B, M, _ = a.shape
+    N, C = b.shape[2], (k1 - k0) // step
+    return (a[:, :, k0:k1].reshape(B, M, C, step).transpose(1, 2),
+            b[:, k0:k1].reshape(B, C, step, N))
+
+
+def _float_sum(a: Tensor, b: Tensor, acc: Accumulator) -> Tensor:
+    fmt = acc.format
+    assert isinstance(fmt, FloatFormat)
+    r, prod = rounder(fmt), rounder(acc.product)
+    K = a.shape[2]
+    step = max(K, 1) if acc.chunk is None else min(acc.chunk, max(K, 1))
+    whole = (K // step) * step
+    parts = []  # (B, C, M, N) partial sums, chunks in index order
+    for k0, k1, st in ((0, whole, step), (whole, K, K - whole)):
+        if k1 <= k0:
+            continue
+        ac, bc = _chunks(a, b, k0, k1, st)
+        if acc.align_bits is not None:
+            parts.append(_aligned(ac, bc, acc.align_bits, acc.group, prod))
+        else:
+            parts.append(_ORDERS[acc.order](ac, bc, fmt, r, prod))
+    if not parts:
+        return a.new_zeros(a.shape[0], a.shape[1], b.shape[2])
+    if acc.chunk is None:
+        return parts[0][:, 0]
+    rp = r if acc.promote is None else rounder(acc.promote)
+    total: Tensor | None = None
+    for part in parts:
+        for c in range(part.shape[1]):
+            total = apply_round(rp, part[:, c].clone()) if total is None else apply_round(rp, total.add_(part[:, c]))
+    assert total is not None
+    return total
+
+
+def _tile(a: Tensor, b: Tensor, acc: Accumulator) -> int:
+    """Columns per tile, so that a tile's temporaries stay under :data:`TILE_ELEMENTS`."""
+    depth = 1
+    if acc.order == "sequential" and acc.align_bits is None:
+        chunks = 1 if acc.chunk is None else -(-a.shape[2] // acc.chunk)
+        return max(1, min(b.shape[2], SEQUENTIAL_TILE // max(1, a.shape[0] * a.shape[1] * chunks)))
+    if acc.align_bits is not None:
+        depth = acc.group + 1
+    elif acc.order == "pairwise" or acc.product is not None:
+        depth = a.shape[2] if acc.chunk is None else min(acc.chunk, a.shape[2])
+    per_col = max(1, a.shape[0] * a.shape[1] * max(depth, 1))
+    return max(1, min(b.shape[2], TILE_ELEMENTS // per_col))
+
+
+def _int_sum(a: Tensor, b: Tensor, fmt: IntAccumulation, want_over: bool) -> tuple[Tensor, Tensor | None]:
+    """Integer codes summed in int64, wrapped or clamped to ``fmt`` after every addition; the overflow mask.
+    Wrapping is modular arithmetic: without a mask to report, one exact sum wrapped once is the same."""
     ai, bi = a.to(torch.int64), b.to(torch.int64)
+    span = 1 << fmt.bits
+    if fmt.overflow == "wrap" and not want_over:
+        s = torch.matmul(ai, bi)
+        return torch.remainder(s - fmt.lo, span) + fmt.lo, None
     s = torch.zeros(a.shape[0], a.shape[1], b.shape[2], dtype=torch.int64, device=a.device)
     over = torch.zeros(s.shape, dtype=torch.bool, device=a.device)
-    span = 1 << fmt.bits
     for k in range(a.shape[2]):
         s += ai[:, :, k:k + 1] * bi[:, k:k + 1, :]
         out = (s < fmt.lo) | (s > fmt.hi)
@@ -98,41 +188,9 @@ def _int_sum(a: Tensor, b: Tensor, fmt: IntAccumulation) -> tuple[Tensor, Tensor
     return s, over
 
 
-def _float_sum(a: Tensor, b: Tensor, acc: Accumulator) -> Tensor:
-    fmt = acc.format
-    assert isinstance(fmt, FloatFormat)
-    r, prod = rounder(fmt), rounder(acc.product)
-    rp = r if acc.promote is None else rounder(acc.promote)
-    K = a.shape[2]
-    step = K if acc.chunk is None else acc.chunk
-    total: Tensor | None = None
-    for k0 in range(0, max(K, 1), step):
-        k1 = min(k0 + step, K)
-        if acc.align_bits is not None:
-            s = _aligned(a, b, k0, k1, acc.align_bits, acc.group, prod)
-        else:
-            s = {"sequential": _sequential, "pairwise": _pairwise, "chunked": _chunked}[acc.order](
-                a, b, k0, k1, r, prod)
-        total = s if acc.chunk is None else (_apply(rp, s) if total is None else _apply(rp, total + s))
-    assert total is not None
-    return total
-
-
-def _tile(a: Tensor, b: Tensor, acc: Accumulator) -> int:
-    """Columns per tile, so that a tile's temporary products stay under :data:`TILE_ELEMENTS`."""
-    depth = a.shape[2] if acc.chunk is None else min(acc.chunk, a.shape[2])
-    if acc.align_bits is not None:
-        depth = acc.group + 1
-    elif acc.order == "sequential" or (acc.order == "chunked" and acc.product is None):
-        return b.shape[2]
-    per_col = max(1, a.shape[0] * a.shape[1] * max(depth, 1))
-    return max(1, min(b.shape[2], TILE_ELEMENTS // per_col))
-
-
-def matmul_with_overflow(a: Tensor, b: Tensor, acc: Accumulator,
-                         bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """:func:`accumulate_matmul` and a boolean mask of the outputs that overflowed (integer accumulators: any
-    partial sum left the range; float ones: the result is infinite or at the format's largest value)."""
+def simulated_matmul(a: Tensor, b: Tensor, acc: Accumulator, bias: Tensor | None,
+                     want_over: bool) -> tuple[Tensor, Tensor | None]:
+    """:func:`accumulate_matmul` and, when ``want_over``, the overflow mask (else ``None``: no extra pass)."""
     if not isinstance(acc, Accumulator):
         raise TypeError(f"acc must be a qsim_hooks.Accumulator, got {type(acc).__name__}")
     if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
@@ -149,24 +207,39 @@ def matmul_with_overflow(a: Tensor, b: Tensor, acc: Accumulator,
             if not torch.equal(t, torch.round(t)):
                 raise ValueError(f"accumulate_matmul: an integer accumulator ({fmt.name}) sums integer codes, "
                                  f"but operand {name} holds non-integer values")
-        out, over = _int_sum(a3, b3, fmt)
+        out, over = _int_sum(a3, b3, fmt, want_over)
         if bias is not None:
             out = out + bias.to(torch.int64)
-        return out.reshape(*batch, M, N), over.reshape(*batch, M, N)
+        return out.reshape(*batch, M, N), None if over is None else over.reshape(*batch, M, N)
     tn = _tile(a3, b3, acc)
-    out = torch.cat([_float_sum(a3, b3[:, :, n0:n0 + tn], acc) for n0 in range(0, N, tn)], dim=2) if N else \
-        a3.new_zeros(a3.shape[0], M, 0)
+    if N == 0:
+        out = a3.new_zeros(a3.shape[0], M, 0)
+    elif tn >= N:
+        out = _float_sum(a3, b3, acc)
+    else:
+        out = torch.cat([_float_sum(a3, b3[:, :, n0:n0 + tn], acc) for n0 in range(0, N, tn)], dim=2)
     last = acc.promote if acc.promote is not None else acc.format
     if bias is not None:
-        out = _apply(rounder(last), out + bias.float())
+        out = apply_round(rounder(last), out + bias.float())
+    out = out.reshape(*batch, M, N)
+    if not want_over:
+        return out, None
     fmt = acc.format
     assert isinstance(fmt, FloatFormat)
-    over = ~torch.isfinite(out) | (out.abs() >= min(fmt.max, last.max))
-    return out.reshape(*batch, M, N), over.reshape(*batch, M, N)
+    return out, ~torch.isfinite(out) | (out.abs() >= min(fmt.max, last.max))
+
+
+def matmul_with_overflow(a: Tensor, b: Tensor, acc: Accumulator,
+                         bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`accumulate_matmul` and a boolean mask of the outputs that overflowed (integer accumulators: any
+    partial sum left the range; float ones: the result is infinite or at the format's largest value)."""
+    out, over = simulated_matmul(a, b, acc, bias, True)
+    assert over is not None
+    return out, over
 
 
 def accumulate_matmul(a: Tensor, b: Tensor, acc: Accumulator, bias: Tensor | None = None) -> Tensor:
     """``a @ b (+ bias)`` with the sums formed as ``acc`` says (float32 out; int64 codes for an integer
     accumulator, whose operands must hold integer values). ``a``: (..., M, K), ``b``: (..., K, N), batch
     dimensions broadcast; ``bias`` broadcasts against the (..., M, N) result."""
-    return matmul_with_overflow(a, b, acc, bias)[0]
+    return simulated_matmul(a, b, acc, bias, False)[0]

@@ -1,15 +1,24 @@
-"""Layers compute their GEMM through the engine: a forward hook that replaces the layer's output.
+"""A session's accumulators at run time: what the interception's ``run_gemm`` calls for every GEMM.
 
-The hook runs first among the layer's forward hooks (so an output format quantizes the simulated sum) and
-receives what the layer was given after its input hook, with the layer's parametrized (quantized) weight,
-so the operands are exactly the quantized ones. The layer's own output is kept: it is the exact fp32 GEMM
-of the same operands, the reference of the statistics, and the path of the gradient (straight through).
-This is the one place that decides how a layer's GEMM is re-routed; model-wide GEMM interception can
-replace it by calling :func:`~.layers.module_gemm` / :func:`~.engine.matmul_with_overflow` elsewhere.
+Every GEMM a model runs while a session is attached reaches one place,
+:meth:`qsim_hooks.intercept.Interception.run_gemm`, with its operands as simulated (quantized by their points)
+and the name of the module that owns the GEMM (the layer whose weight it uses, or the module that ran an
+activation × activation product: attention's Q·Kᵀ and P·V). :class:`Accumulation` answers there: the GEMM
+rebuilt by :func:`~.layers.simulate` with simulated sums, or ``NotImplemented`` for a module without an
+accumulator (the call then runs as is). So functional GEMMs (``F.linear`` with a layer's weight, stacked
+experts) are covered like layers, and the exact GEMM runs only when it is needed: for the statistics
+(``stats=True``, the SQNR's reference) or for autograd (the gradient is the exact GEMM's, straight through).
+
+Integer accumulators need integer operands: both must come from integer points (``IntFormat``) whose scale
+does not vary along the reduction (per tensor, or a weight's per-output-channel scale in ``F.linear`` or a
+convolution). The codes are read back from the values (``x / scale``, the scale ``amax / qmax`` of the
+quantized tensor itself, checked to give whole numbers), summed by the integer accumulator, then rescaled
+(``codes_sum * scale_a * scale_b``) and the bias added in fp32. Anything else is refused, naming the module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
@@ -17,19 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
-from torch.utils.hooks import RemovableHandle
+from torch import Tensor
 
-from .layers import module_gemm, unsupported
+from ..formats import IntFormat
+from ..marks import marked_by
+from .layers import simulate
 from .spec import Accumulator
 
-__all__ = ["AccumulatorStats", "attach", "check_operands"]
+__all__ = ["AccumulatorStats", "Accumulation", "check_operands"]
 
 
 @dataclass
 class AccumulatorStats:
-    """Running figures of one layer's simulated sums against the exact fp32 GEMM of the same operands."""
+    """Running figures of one module's simulated sums against the exact fp32 GEMM of the same operands."""
 
     module: str
     accumulator: str
@@ -68,12 +77,16 @@ class AccumulatorStats:
 
 
 def check_operands(name: str, acc: Accumulator, formats: Mapping[str, Any]) -> None:
-    """A coarser accumulator than an operand warns; an integer accumulator on a layer is refused (the layer
-    hook sees dequantized floats, not codes: use :func:`~.engine.accumulate_matmul` on the codes)."""
+    """``formats``: a layer's ``{"input"|"weight": format or None}``. A coarser accumulator than an operand
+    warns (every product is rounded when it is added); an integer accumulator on an operand that is not
+    integer-quantized is refused (it sums codes)."""
     if acc.is_int:
-        raise ValueError(f"module {name!r}: accumulator {acc.name!r} is an integer accumulator; on layers only "
-                         "float accumulators are wired (the layer's operands reach the hook dequantized); "
-                         "sum integer codes with qsim_hooks.accumulate.accumulate_matmul")
+        for role, f in formats.items():
+            if not isinstance(f, IntFormat):
+                raise ValueError(f"module {name or '<model>'!r}: accumulator {acc.name!r} sums integer codes, but "
+                                 f"its {role} format is {getattr(f, 'name', 'none (full precision)')!r}: give both "
+                                 "operands an integer format (int8, ...) or use a float accumulator")
+        return
     mine = acc.format.man_bits  # type: ignore[union-attr]
     for role, f in formats.items():
         m = getattr(f, "man_bits", None)
@@ -83,62 +96,107 @@ def check_operands(name: str, acc: Accumulator, formats: Mapping[str, Any]) -> N
                           UserWarning, stacklevel=4)
 
 
-def _hooks(acc: Accumulator, stats: AccumulatorStats | None):
-    """A pre-hook and a post-hook: the forward runs under ``parametrize.cached()``, so the post-hook's GEMM reads
-    the very weight the layer used (one quantization per forward, the same stochastic-rounding draw)."""
-    open_caches: list[Any] = []
-
-    def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-        ctx = parametrize.cached()
-        ctx.__enter__()
-        open_caches.append(ctx)
-
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        try:
-            if not isinstance(output, Tensor) or not args or not isinstance(args[0], Tensor):
-                return None
-            with torch.no_grad():
-                sim, over = module_gemm(module, args[0], acc)
-                sim = sim.to(output.dtype)
-                if stats is not None:
-                    stats.update(sim, output, over)
-            return output + (sim - output).detach()  # the simulated value; the exact GEMM's gradient
-        finally:
-            if open_caches:
-                open_caches.pop().__exit__(None, None, None)
-
-    return pre, hook
+_CHANNEL_OUT = {"linear": -1, "conv": 1}  # where a weight's output channel (its axis 0) lands in the result
 
 
-def attach(targets: Mapping[str, tuple[nn.Module, Accumulator]],
-           operands: Mapping[str, Mapping[str, Any]] | None = None, *,
-           stats: bool = False) -> tuple[list[RemovableHandle], dict[str, AccumulatorStats]]:
-    """Hook every supported module of ``targets`` (``{name: (module, accumulator)}``); warn, naming them, about
-    those whose GEMM cannot be rebuilt (their sums stay exact). ``operands``: ``{name: {"input"|"weight": format}}``
-    checked first (:func:`check_operands`). Returns the handles and the statistics."""
-    for name, (_, acc) in targets.items():
-        check_operands(name, acc, (operands or {}).get(name, {}))
-    handles: list[RemovableHandle] = []
-    out: dict[str, AccumulatorStats] = {}
-    skipped = []
-    try:
-        for name, (module, acc) in targets.items():
-            why = unsupported(module)
-            if why is not None:
-                skipped.append(f"{name or '<model>'} ({why})")
-                continue
-            st = AccumulatorStats(name, acc.name) if stats else None
-            if st is not None:
-                out[name] = st
-            pre, hook = _hooks(acc, st)
-            handles.append(module.register_forward_pre_hook(pre))  # last: after the input point's pre-hook
-            # first among the forward hooks (before the output point), and also when the forward raised
-            handles.append(module.register_forward_hook(hook, prepend=True, always_call=True))
-    except BaseException:
-        for h in handles:
-            h.remove()
-        raise
-    if skipped:
-        warnings.warn("accumulator not simulated (sums stay exact) for: " + "; ".join(skipped), UserWarning,
-                      stacklevel=3)
-    return handles, out
+def _codes(t: Tensor, which: str, weight_axis: bool) -> tuple[Tensor, Tensor] | str:
+    """``t`` as integer codes and the scale that multiplies them (a 0-d tensor, or one per index of axis 0)."""
+    p = marked_by(t)
+    fmt = getattr(p, "format", None)
+    if not isinstance(fmt, IntFormat):
+        return f"operand {which} is not from an integer point ({getattr(fmt, 'name', 'no point')})"
+    gran = fmt.scaling.granularity
+    if gran == "channel" and weight_axis and fmt.scaling.axis in (None, 0):
+        top = t.detach().abs().reshape(t.shape[0], -1).amax(dim=1)
+        scale = (top / fmt.qmax).reshape(-1, *([1] * (t.dim() - 1)))
+    elif gran == "tensor":
+        scale = t.detach().abs().amax() / fmt.qmax
+    else:
+        return (f"operand {which} ({fmt.name}) has a {gran} scale along the reduction: codes x scales do not "
+                "factor out of the sum")
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = t.detach().float() / scale
+    whole = torch.round(codes)
+    if not bool(((codes - whole).abs() <= 1e-3).all()):
+        return f"operand {which} ({fmt.name}) is not on one integer grid (a static scale no value reached?)"
+    return whole, scale
+
+
+def _integer(g: Any, a: Tensor, b: Tensor, acc: Accumulator, over: bool, module: str) -> Any:
+    """The integer accumulator's GEMM on the operands' codes, rescaled; a reason (str) when it cannot run."""
+    if g.op not in ("linear", "conv", "matmul", "mm", "bmm") and not g.op.startswith("einsum:"):
+        return f"an integer accumulator on {g.op} (linear, conv, matmul, mm, bmm, einsum are rebuilt)"
+    ca, cb = _codes(a, "a", False), _codes(b, "b", g.op in _CHANNEL_OUT)
+    for c in (ca, cb):
+        if isinstance(c, str):
+            raise ValueError(f"module {module or '<model>'!r}: integer accumulator {acc.name!r} on {g.op}: {c}; "
+                             "use a float accumulator, or integer formats with a per-tensor scale")
+    (xa, sa), (xb, sb) = ca, cb  # type: ignore[misc]
+    bias = None
+    if g.op in _CHANNEL_OUT:  # the bias joins after the rescale, in fp32
+        args = list(g.args)
+        bias = args[2] if len(args) > 2 else g.kwargs.get("bias")
+        if len(args) > 2:
+            args[2] = None
+        g = dataclasses.replace(g, args=tuple(args), kwargs={k: v for k, v in g.kwargs.items() if k != "bias"})
+    res = simulate(g, xa, xb, acc, over)
+    if isinstance(res, str):
+        return res
+    y, ov = res
+    along = [-1 if i == _CHANNEL_OUT.get(g.op, 0) % y.dim() else 1 for i in range(y.dim())]  # the output channel
+    y = y.float() * (sa * (sb if sb.dim() == 0 else sb.reshape(along))).float()  # int32 -> fp32, rescaled
+    if bias is not None:
+        y = y + bias.float().reshape(along)
+    return y.to(torch.result_type(a, b)), ov
+
+
+def _needs_grad(g: Any, a: Tensor, b: Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return a.requires_grad or b.requires_grad or any(isinstance(t, Tensor) and t.requires_grad
+                                                     for t in (*g.args, *g.kwargs.values()))
+
+
+class Accumulation:
+    """The accumulators of one session, by module name, and their statistics (``stats=True``).
+
+    Called by the interception as ``acc(g, a, b, module)``: the simulated result of GEMM ``g``, or
+    ``NotImplemented`` when ``module`` has no accumulator. A GEMM that cannot be rebuilt warns once per
+    module and call (its sums stay exact); ``skipped`` keeps what was said.
+    """
+
+    def __init__(self, accumulators: Mapping[str, Accumulator], stats: bool = False) -> None:
+        self.by_module = dict(accumulators)
+        self.collect = stats
+        self.stats: dict[str, AccumulatorStats] = {}
+        self.skipped: dict[tuple[str, str], str] = {}
+        self.integer: Any = None  # set by the session: reads integer operands as codes and scales
+
+    def __call__(self, g: Any, a: Tensor, b: Tensor, module: str) -> Any:
+        acc = self.by_module.get(module)
+        if acc is None:
+            return NotImplemented
+        grad = _needs_grad(g, a, b)
+        with torch.no_grad():
+            res = simulate(g, a, b, acc, self.collect) if not acc.is_int else _integer(g, a, b, acc, self.collect,
+                                                                                        module)
+        if isinstance(res, str):
+            self._skip(module, g.op, res)
+            return NotImplemented
+        sim, over = res
+        if not (self.collect or grad):
+            return sim
+        exact = g.call(a, b)  # the reference of the statistics and the path of the gradient
+        if self.collect:
+            st = self.stats.get(module)
+            if st is None:
+                st = self.stats[module] = AccumulatorStats(module, acc.name)
+            assert over is not None
+            st.update(sim, exact.detach(), over)
+        return exact + (sim.to(exact.dtype) - exact).detach() if grad else sim
+
+    def _skip(self, module: str, op: str, why: str) -> None:
+        if (module, op) not in self.skipped:
+            self.skipped[module, op] = why
+            warnings.warn(f"accumulator not simulated (sums stay exact) for module {module or '<model>'!r}: {why}",
+                          UserWarning, stacklevel=5)

@@ -16,6 +16,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from .. import formats
+from ..accumulate import as_accumulator
 from ..config import ROLES
 
 __all__ = ["PROG", "one_line", "Parser", "CommandError", "UsageError", "positive_int", "comma_list",
@@ -76,6 +77,17 @@ def comma_list(what: str, *, choices: Sequence[str] | None = None,
 
 #: ``"e4m3,int8"`` -> ``["e4m3", "int8"]``, every name checked against the format registry
 format_names = comma_list("format names", check=formats.get)
+#: ``"fp16,hopper_fp8,none"`` -> names of accumulators (``none``: exact sums), each checked
+accumulator_names = comma_list("accumulator names", check=lambda x: x == "none" or as_accumulator(x, "accumulator"))
+
+
+def accumulator_name(text: str) -> str:
+    """One accumulator name (checked), or ``none`` (exact sums)."""
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"expected one accumulator name (or 'none'), got {text!r}")
+    return accumulator_names(text)[0]
+
+
 #: roles of a layer (``input,weight``)
 roles = comma_list("roles", choices=ROLES)
 

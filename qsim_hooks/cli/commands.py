@@ -17,7 +17,7 @@ from ..modelsrc import ModelSource
 from ..plots import sweep_plot
 from ..rows import select_points
 from ..session import plan
-from .base import UsageError, comma_list, console, format_names, positive_int, roles
+from .base import UsageError, accumulator_names, comma_list, console, format_names, positive_int, roles
 from .histograms import check_matplotlib, write_histograms
 from .models import (
     DEFAULT_SIMULATION,
@@ -142,6 +142,9 @@ def sweep_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--roles", type=roles, default=["input", "weight"], metavar="R,S",
                    help="the roles each format is given (default input,weight; roles not listed keep the "
                         "config's formats, full precision without one)")
+    g.add_argument("--accumulators", type=accumulator_names, default=None, metavar="A,B",
+                   help="also sweep these accumulators (fp32, fp16, bf16, hopper_fp8, int24, ...; 'none': exact "
+                        "sums): each format runs once per accumulator")
     g.add_argument("--plot", metavar="FILE.png", default=None,
                    help="also draw output SQNR per format to a PNG (needs matplotlib)")
     output_arguments(p)
@@ -155,7 +158,9 @@ def sweep_run(args: argparse.Namespace) -> int:
     check_config(args, src, cfg)
     rows = analysis.sweep(src.model, cfg, args.formats, batches=src.batches, roles=args.roles,
                           forward=src.forward, output=src.output, metric=src.metric,
-                          calibration=calibrator(args, src), progress=_progress(args))
+                          calibration=calibrator(args, src), progress=_progress(args),
+                          accumulators=None if args.accumulators is None else
+                          [None if a == "none" else a for a in args.accumulators])
     if not _write(args, src, cfg, {"rows": rows.rows}, rows.rows):
         con = console()
         rest = tuple(r for r in ROLES if r not in args.roles)

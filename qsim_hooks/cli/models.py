@@ -22,7 +22,7 @@ from ..configdata import role_text
 from ..modelsrc import ModelFileError, ModelSource, SourceError, load_config_data, load_model
 from ..presets import PRESETS
 from ..session import plan
-from .base import CommandError, UsageError, format_or_none, positive_int
+from .base import CommandError, UsageError, accumulator_name, format_or_none, positive_int
 
 __all__ = ["DEFAULT_SIMULATION", "model_arguments", "config_arguments", "output_arguments", "load_source",
            "build_config", "load_calibration", "describe_config", "check_config", "calibrator"]
@@ -67,6 +67,9 @@ def config_arguments(p: argparse.ArgumentParser, default: str) -> None:
         g.add_argument(f"--{role}", type=format_or_none, default=None, metavar="FORMAT",
                        help=f"the {role} format of every layer, or 'none' (full precision); the other roles "
                             "stay as above")
+    g.add_argument("--accumulator", type=accumulator_name, default=None, metavar="NAME",
+                   help="how every GEMM adds its products: an accumulator format or preset (fp16, bf16, int24, "
+                        "hopper_fp8, ...; 'none': exact sums), over --config / --preset")
     g.add_argument("--save-config", metavar="FILE", default=None,
                    help="also write the simulation used to FILE (.toml or .json), for --config or "
                         "QuantConfig.load")
@@ -117,6 +120,8 @@ def build_config(args: argparse.Namespace, default: dict[str, Any] | None) -> Qu
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--config: {args.config}: {exc}" if args.config else f"--preset: {exc}") from None
     flags = {r: (None if v == "none" else v) for r in ROLES if (v := getattr(args, r)) is not None}
+    if args.accumulator is not None:
+        flags["accumulator"] = None if args.accumulator == "none" else args.accumulator
     return dataclasses.replace(cfg, **flags) if flags else cfg
 
 
@@ -169,6 +174,9 @@ def load_calibration(args: argparse.Namespace, model: Any) -> Calibration | None
 
 
 def describe_config(cfg: QuantConfig, roles: tuple[str, ...] = ROLES) -> str:
-    """The simulation in one line: the roles (those asked for), then each rule with what it matches."""
+    """The simulation in one line: the roles (those asked for), the accumulator, then each rule with what it
+    matches."""
     head = ", ".join(role_text(cfg, r) for r in roles)
+    if cfg.accumulator is not None:
+        head += f", accumulator {cfg.accumulator.name}"
     return "; ".join(part for part in [head, *cfg.describe()[1:]] if part) or "nothing else"

@@ -1,5 +1,6 @@
-"""Layers compute their GEMM through the engine inside a session: against the float64 loop reference on
-Linear and Conv2d (groups, stride, padding, dilation), rules, warnings, errors, exact removal."""
+"""Layers compute their GEMM through the engine inside a session (the interception's run_gemm): against the
+float64 loop reference on Linear and Conv2d (groups, stride, padding, dilation), rules, warnings, errors,
+exact removal, gradients, and when the exact GEMM runs at all."""
 
 from __future__ import annotations
 
@@ -77,8 +78,7 @@ def test_operands_are_the_quantized_ones_and_detach_restores():
     with qh.quantized(m, qh.QuantConfig(input="e4m3", weight="e4m3", accumulator=acc)):
         got = m(x).detach()
         w0 = m[0].weight.detach()
-    from qsim_hooks.accumulate.layers import linear
-    y0 = linear(qh.formats.E4M3.cast(x), w0, m[0].bias.detach(), acc)[0]
+    y0 = qh.accumulate_matmul(qh.formats.E4M3.cast(x), w0.t(), acc, m[0].bias.detach())
     torch.testing.assert_close(y0, h0.detach(), rtol=0.05, atol=0.05)  # close to the exact sums, not equal
     assert not torch.equal(got, operands_only)
     assert torch.equal(m(x).detach(), before)
@@ -96,21 +96,25 @@ def test_rules_set_and_clear_the_accumulator_per_layer():
     assert rows["0"]["calls"] == 1 and rows["0"]["sqnr_db"] > 20
     off = qh.QuantConfig(accumulator="fp16", rules=[qh.Rule(match="0", enabled=False)])
     with qh.quantized(m, off, stats=True) as qs:
+        m(torch.randn(3, 4))
         assert set(qs.accumulator_stats) == {"1", "2"}
 
 
-def test_unsupported_layer_warns_naming_it():
-    m = nn.Sequential(nn.Conv3d(2, 2, 1), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.warns(UserWarning, match=r"not simulated.*0 \(Conv3d"):
+def test_a_gemm_that_cannot_be_rebuilt_warns_naming_the_module_and_stays_exact():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3))
+
+        def forward(self, x):
+            return torch.addmm(torch.zeros(3), x, self.w, alpha=2.0)
+
+    m = nn.Sequential(Scaled())
+    x = torch.randn(2, 4)
+    with pytest.warns(UserWarning, match=r"not simulated.*module '0': addmm with alpha=2.0"):
         with qh.quantized(m, qh.QuantConfig(accumulator="fp16")):
-            m(torch.randn(1, 2, 2, 2, 1))
-
-
-def test_integer_accumulator_on_a_layer_is_refused_and_nothing_is_left():
-    m = nn.Linear(4, 2)
-    with pytest.raises(ValueError, match="module '': accumulator 'int24-wrap'"):
-        qh.attach(m, qh.QuantConfig(accumulator="int24"))
-    assert not m._forward_hooks and not m._forward_pre_hooks and not hasattr(m, "parametrizations")
+            got = m(x)
+    assert torch.equal(got, m(x))
 
 
 def test_coarser_accumulator_than_an_operand_warns():
@@ -170,3 +174,52 @@ def test_the_accumulated_gemm_reads_the_weight_the_layer_used_once_per_forward()
         calls = {r["point"]: r["calls"] for r in qs.stats()}
     assert calls["weight"] == 2  # one quantization per forward, not one more for the accumulator's GEMM
     assert torch.nn.utils.parametrize._cache_enabled == 0  # the forward's weight cache is closed again
+
+
+def _on_grid(shape, scale, seed):
+    """Whole codes in [-127, 127] times ``scale`` (a power of two), the largest code 127 in every row, so the
+    int8 point's dynamic scale is ``scale`` exactly and the fake-quantized values are the inputs."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, shape, generator=g)
+    q[..., 0] = 127
+    return q, q.float() * scale
+
+
+@pytest.mark.parametrize("bits,overflow", [(16, "wrap"), (16, "saturate"), (32, "wrap")])
+@pytest.mark.parametrize("weight", ["int8", qh.formats.IntFormat(8, scaling=qh.formats.Scaling("channel"))],
+                         ids=["per-tensor", "per-channel"])
+def test_integer_accumulator_sums_the_codes_then_rescales(bits, overflow, weight):
+    lin = nn.Linear(64, 5)
+    qx, x = _on_grid((3, 64), 0.5, 0)
+    qw, w = _on_grid((5, 64), 0.25, 1)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    cfg = qh.QuantConfig(input="int8", weight=weight, accumulator=Accumulator(f"int{bits}", overflow=overflow))
+    with qh.quantized(lin, cfg, stats=True) as qs:
+        with torch.no_grad():
+            got = lin(x)
+        row = qs.accumulator_rows()[0]
+    an, bn = qx.numpy().astype(np.int64), qw.numpy().astype(np.int64).T
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    sums, over = np.zeros((3, 5), np.int64), np.zeros((3, 5), bool)
+    for k in range(64):  # one addition at a time: out of range -> flagged, then wrapped or clamped
+        t = sums + np.outer(an[:, k], bn[k])
+        over |= (t < lo) | (t > hi)
+        sums = (t - lo) % 2**bits + lo if overflow == "wrap" else np.clip(t, lo, hi)
+    if overflow == "wrap":
+        np.testing.assert_array_equal(sums, ((an @ bn - lo) % 2**bits + lo))  # modular: wrapping once is the same
+    want = (sums.astype(np.float32) * np.float32(0.125)) + lin.bias.detach().numpy()  # rescaled, then the bias
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert row["overflow_fraction"] == over.mean() and (over.any() if bits == 16 else not over.any())
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"input": "e4m3", "weight": "int8"},
+     r"module '<model>': accumulator 'int24-wrap' sums integer codes, but its input format is 'e4m3'"),
+    ({"weight": "int8"}, r"its input format is 'none \(full precision\)'"),
+])
+def test_integer_accumulator_on_float_operands_is_refused_and_nothing_is_left(cfg, match):
+    m = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match=match):
+        qh.attach(m, qh.QuantConfig(accumulator="int24", **cfg))
+    assert not m._forward_hooks and not m._forward_pre_hooks and not hasattr(m, "parametrizations")
