@@ -289,7 +289,9 @@ class _QuantizeFn(torch.autograd.Function):
         ctx.fmt = fmt
         if mask is not None:
             ctx.save_for_backward(saved.pack_mask(mask))
-        y = kernels.to_dtype(y, x.dtype, fmt.saturates)
+        # a kernel's flat result reshaped is a view, and autograd forbids modifying a custom Function's
+        # view output in place (a ReLU(inplace=True) after an output point): hand out a plain tensor
+        y = kernels.to_dtype(y, x.dtype, fmt.saturates).detach()
         if _remakeable(fmt) and not torch.compiler.is_compiling():
             saved.mark(y, x, lambda src: _remake(src, fmt, amax))
         return y

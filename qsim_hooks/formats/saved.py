@@ -106,15 +106,11 @@ class Recipe:
 def mark(y: Tensor, x: Tensor, remake: Callable[[Tensor], Tensor]) -> None:
     """Record on ``y`` that ``remake(x)`` re-makes it (``x`` held weakly: the mark keeps nothing alive).
 
-    A ``y`` that is a view (a kernel's result reshaped) marks its base too: the tensors a layer
-    saves are views of that base (a Linear's transposed weight), re-made with the same strides.
+    A layer may save a view of ``y`` (a Linear its transposed weight): it is re-made with the same strides.
     """
     if y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
         return  # y shares x's memory: nothing to gain, and x's base is the user's
-    m = (weakref.ref(x), x._version, y._version, remake)
-    setattr(y, _ATTR, m)
-    if y._base is not None:
-        setattr(y._base, _ATTR, m)
+    setattr(y, _ATTR, (weakref.ref(x), x._version, y._version, remake))
 
 
 def _pack_hook(t: Tensor) -> Tensor | Recipe:
