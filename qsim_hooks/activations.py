@@ -7,6 +7,10 @@ keyword, the argument named like ``forward``'s first parameter (or the first
 tensor keyword). The output point quantizes a tensor output, or the first
 tensor of a tuple/list output (the rest are side outputs: attention weights,
 caches).
+
+While a layer with an input point runs with grad on, saved quantized tensors are kept as recipes
+(re-made in the backward from their unquantized source: :mod:`.formats.saved`), so training does
+not keep a quantized copy of every layer input beside the original.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .formats import saved
 from .points import QuantPoint
+from .undo import UndoStack
 
 __all__ = ["attach_input", "attach_output"]
 
@@ -32,10 +38,12 @@ def _first_param_name(module: nn.Module) -> str | None:
     return None
 
 
-def attach_input(module: nn.Module, point: QuantPoint):
+def attach_input(module: nn.Module, point: QuantPoint) -> UndoStack:
     first = _first_param_name(module)
+    scopes: list[bool] = []  # one per running forward of this module (recursion nests them)
 
     def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        scopes.append(saved.enter_scope())
         if args:
             x = args[0]
             if isinstance(x, Tensor):
@@ -53,7 +61,15 @@ def attach_input(module: nn.Module, point: QuantPoint):
             return args, kwargs
         return None
 
-    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    def end_scope(mod: nn.Module, args: tuple, out: Any) -> None:
+        if scopes and scopes.pop():
+            saved.exit_scope()
+
+    stack = UndoStack()
+    with stack.all_or_nothing():
+        stack.push(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        stack.push(module.register_forward_hook(end_scope, always_call=True))
+    return stack
 
 
 def _map_output(out: Any, point: QuantPoint) -> Any:

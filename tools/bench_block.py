@@ -54,7 +54,7 @@ def run(names: list[str], numel: int, repeats: int, warmup: int) -> list[dict[st
         first = _timed(lambda fmt=fmt: fmt(x))  # compiles the fused kernel
         t, c = paired(lambda fmt=fmt: fmt(x), clone, repeats, warmup)
         rows.append({"name": name, "ms": t * 1e3, "clone_ms": c * 1e3, "ratio": t / c, "first_s": first,
-                     "target": TARGETS.get(name), "fused": kernels._use_compiled(x) and not kernels._compile_failed})
+                     "target": TARGETS.get(name), "fused": kernels._use_compiled(x, "")})
     return rows
 
 
@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", default="mxfp8_e4m3,mxfp4", help="comma-separated block formats")
     p.add_argument("--all", action="store_true", help="every named block format")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--backend", choices=("auto", "eager", "compiled"), default="compiled",
+                   help="kernel backend (default 'compiled': the fused kernels are what is measured)")
     args = p.parse_args(argv)
+    kernels.set_backend(args.backend)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = list(block.NAMED) if args.all else [n.strip() for n in args.names.split(",") if n.strip()]

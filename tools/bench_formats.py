@@ -85,9 +85,9 @@ def probe_path(fmt: formats.Format, x: torch.Tensor) -> tuple[str, float]:
     seen: list[bool] = []
     original = kernels.run
 
-    def spy(name, fn, xx, *args):
-        seen.append(bool(kernels._use_compiled(xx)))  # what kernels.run is about to choose
-        return original(name, fn, xx, *args)
+    def spy(name, fn, xx, *args, **kwargs):
+        seen.append(bool(kernels._use_compiled(xx, name)))  # what kernels.run is about to choose
+        return original(name, fn, xx, *args, **kwargs)
 
     kernels.run = spy
     try:
@@ -254,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10, help="timed calls per figure (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--names", default=None, help="comma-separated formats (default: every named one)")
-    p.add_argument("--backend", choices=("auto", "eager", "compiled"), default=None,
-                   help="qsim_hooks kernel backend (default: as configured, normally 'auto')")
+    p.add_argument("--backend", choices=("auto", "eager", "compiled"), default="compiled",
+                   help="qsim_hooks kernel backend (default 'compiled': the fused kernels are what is measured; "
+                        "'auto' would run eagerly until compiling pays)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-qtorch", action="store_true", help="skip the qtorch column")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -33,6 +33,7 @@ from ._exmy import (
     clamp_f32,
     directed,
     f32_bits,
+    fast_round_impl,
     float_round_impl,
     grid_down,
     grid_up,
@@ -137,14 +138,15 @@ def _decode_int(k: Tensor, s: Tensor, pu: Tensor, pow2: bool) -> Tensor:
 
 
 def _float_elements(x: Tensor, t: Tensor, s: Tensor, ep: Tensor, fp: Tensor, mode: int, nz: Tensor | None,
-                    exact: bool, sat: bool) -> Tensor:
+                    exact: bool, sat: bool, fast: bool) -> Tensor:
     """Float elements: ``round(t) * S`` (``t = x / S``); ``sat``: saturating at ±float32 max.
 
     ``exact``: ``t`` is exact (a power-of-two scale), so every mode rounds ``t`` itself;
     otherwise the directed modes decide on the decoded values (:func:`._exmy.directed`).
+    ``fast``: the element grid allows the step kernel (bit for bit the same rounding, fewer operations).
     """
     if exact or mode < TOWARD_ZERO:
-        q = float_round_impl(t, ep, mode, nz)
+        q = (fast_round_impl if fast and mode != STOCHASTIC else float_round_impl)(t, ep, mode, nz)
         y = q * s
         return clamp_f32(y) if sat else y
     u = None if nz is None else nz.to(torch.float32) * 2.0**-23
@@ -174,7 +176,7 @@ def _int_elements(x: Tensor, t: Tensor, s: Tensor, fp: Tensor, mode: int, nz: Te
 
 
 def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: bool, want_mask: bool,
-          sat: bool, pow2_unit: bool) -> Callable:
+          sat: bool, pow2_unit: bool, fast: bool) -> Callable:
     exact = scale_kind == "e8m0"  # power-of-two scales: x / S and g * S are exact
     # E8M0 floor scales cannot overflow: every element is < 2^(floor(log2 amax) + 1) <= 2^128
     sat = sat and not (exact and srnd == "floor")
@@ -186,9 +188,11 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
         amax = torch.amax(x.abs(), dim=-1, keepdim=True)  # NaN propagates
         s = _scale(amax, ip, fp, sp, tsc, scale_kind, srnd, two)
         safe = torch.where(s == 0, 1.0, s)  # a zero scale decodes every element to 0
-        t = x / safe
+        # a power-of-two scale 2^e (|e| <= 127) has an exact reciprocal: x * (1 / S) == x / S bit for bit,
+        # with one division per block instead of one per element
+        t = x * (1.0 / safe) if exact else x / safe
         if kind == "f":
-            y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat)
+            y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat, fast)
         else:
             y = _int_elements(x, t, s, fp, mode, nz, exact, pow2)
             if compat:
@@ -228,6 +232,7 @@ class BlockKernel:
     qtorch_compat: bool
     sat: bool  # float elements saturate (not overflow="special")
     pow2_unit: bool  # integer elements: per_unit is a power of two
+    fast: bool  # float elements on a grid the step kernel rounds onto
     consts: kernels.Consts  # ip, fp, ep (the element grid's ExMy params), sp (the scale grid's)
 
     @classmethod
@@ -254,6 +259,7 @@ class BlockKernel:
                    scale_rounding=scale_rounding, qtorch_compat=qtorch_compat,
                    sat=not isinstance(element, FloatFormat) or element.saturates,
                    pow2_unit=isinstance(element, IntElement) and math.frexp(element.per_unit)[0] == 0.5,
+                   fast=isinstance(element, FloatFormat) and element._params.fast,
                    consts=kernels.Consts(torch.tensor(ip, dtype=torch.int32), torch.tensor(fp, dtype=torch.float32),
                                          ep, sp))
 
@@ -274,11 +280,11 @@ class BlockKernel:
         """Quantize ``x`` of shape (groups, group_size): returns (y, in-range mask or None)."""
         two = tsc is not None
         name = (f"block_{self.kind}{self.mode}_{self.scale_kind}_{self.scale_rounding}_{int(two)}_"
-                f"{int(self.qtorch_compat)}_{int(want_mask)}_{int(self.sat)}{int(self.pow2_unit)}")
+                f"{int(self.qtorch_compat)}_{int(want_mask)}_{int(self.sat)}{int(self.pow2_unit)}{int(self.fast)}")
         fn = _FNS.get(name)
         if fn is None:
             fn = _make(self.kind, self.mode, self.scale_kind, self.scale_rounding, two, self.qtorch_compat,
-                       want_mask, self.sat, self.pow2_unit)
+                       want_mask, self.sat, self.pow2_unit, self.fast)
             if not torch.compiler.is_compiling():  # inside a user's torch.compile: traced inline
                 fn = _FNS[name] = kernels.named_copy(fn, name)
         dev = x.device

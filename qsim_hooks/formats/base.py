@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, cast
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import kernels, saved
 from ._checks import AMAX_RANGE, check_choice
 
 if TYPE_CHECKING:  # qtorch compiles a C++ extension on import: only its type is named here
@@ -276,7 +276,11 @@ def _check_amax(amax: Any, who: str, device: torch.device) -> Tensor:
 
 
 class _QuantizeFn(torch.autograd.Function):
-    """Forward: the format. Backward: the format's straight-through estimator."""
+    """Forward: the format. Backward: the format's straight-through estimator.
+
+    The clipped estimator's mask is kept as bits; a deterministic format's result is marked as
+    re-makeable from ``x``, so a layer that saves it keeps a recipe instead (:mod:`.saved`).
+    """
 
     @staticmethod
     def forward(ctx, x, fmt, amax, generator):  # type: ignore[override]
@@ -284,16 +288,35 @@ class _QuantizeFn(torch.autograd.Function):
         y, mask = fmt._forward(_to_f32(x.detach()), amax, generator, want_mask)
         ctx.fmt = fmt
         if mask is not None:
-            ctx.save_for_backward(mask)
-        return kernels.to_dtype(y, x.dtype, fmt.saturates)
+            ctx.save_for_backward(saved.pack_mask(mask))
+        # a kernel's flat result reshaped is a view, and autograd forbids modifying a custom Function's
+        # view output in place (a ReLU(inplace=True) after an output point): hand out a plain tensor
+        y = kernels.to_dtype(y, x.dtype, fmt.saturates).detach()
+        if _remakeable(fmt) and not torch.compiler.is_compiling():
+            saved.mark(y, x, lambda src: _remake(src, fmt, amax))
+        return y
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         fmt = ctx.fmt
         if fmt.grad.estimator == "clipped":
-            (mask,) = ctx.saved_tensors
-            g = g * mask.to(g.dtype)
+            (packed,) = ctx.saved_tensors
+            g = saved.masked_grad(g, packed)
         gf = fmt.grad.grad_format
         if gf is not None:
             g = gf(g)
         return g, None, None, None
+
+
+def _remakeable(fmt: Format) -> bool:
+    """Whether calling ``fmt`` again on the same tensor gives the same bits (no stochastic rounding)."""
+    r = getattr(fmt, "rounding", None)
+    return isinstance(r, Rounding) and r is not Rounding.STOCHASTIC and type(fmt).__module__.startswith(__package__)
+
+
+def _remake(x: Tensor, fmt: Format, amax: Tensor | None) -> Tensor:
+    """The forward's result again, from its source ``x`` (with a graph when the backward builds one)."""
+    if torch.is_grad_enabled() and x.requires_grad:  # create_graph=True: the STE stays in the graph
+        return _QuantizeFn.apply(x, fmt, amax, None)
+    y, _ = fmt._forward(_to_f32(x.detach()), amax, None, False)
+    return kernels.to_dtype(y, x.dtype, fmt.saturates)

@@ -16,6 +16,7 @@ docs/formats/rounding.md.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -216,11 +217,11 @@ class FloatFormat(Format):
                 return x.clamp(-self.max, self.max)
             return x.clone()
         native = self._native_dtype()
-        # inside a torch.compile, inductor would drop the x.to(native).float() round trip
-        if native is not None and not kernels._use_compiled(x) and not torch.compiler.is_compiling():
-            xs = x.clamp(-self.max, self.max) if self.overflow == "saturate" else x
-            return xs.to(native).to(torch.float32)
-        return kernels.float_round(x, self._params, self._mode, generator)
+        # PyTorch's own cast when the kernel runs eagerly (kernels.run never uses it inside a
+        # torch.compile, where inductor would drop the x.to(native).float() round trip)
+        eager = None if native is None else functools.partial(_native_cast, native=native,
+                                                              top=self.max if self.overflow == "saturate" else None)
+        return kernels.float_round(x, self._params, self._mode, generator, eager=eager)
 
     # -- the Format protocol -----------------------------------------------
     def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
@@ -245,6 +246,12 @@ class FloatFormat(Format):
 
     def _in_range(self, x: Tensor, amax: Tensor) -> Tensor:
         return x.abs() <= amax
+
+
+def _native_cast(x: Tensor, native: torch.dtype, top: float | None) -> Tensor:
+    """Round onto ``native``'s grid with PyTorch's cast (saturating at ``top`` first when given)."""
+    xs = x if top is None else x.clamp(-top, top)
+    return xs.to(native).to(torch.float32)
 
 
 #: The named float formats (the registry and the block formats use these values).

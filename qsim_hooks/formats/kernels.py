@@ -10,9 +10,14 @@ device once, dropped with the format; nothing here caches per format).
 
 Backends (``set_backend`` or the ``QSIM_HOOKS_BACKEND`` environment variable):
 
-* ``"auto"`` (default): the fused kernel for tensors of at least
-  ``COMPILE_MIN_NUMEL`` elements, eager torch below that or when compilation
-  is unavailable (a warning is given once and eager is used from then on);
+* ``"auto"`` (default): eager torch until fusing a kernel pays: a kernel is
+  compiled once the eager time spent in it (plus the coming call's) reaches
+  what compiling it is expected to cost (:mod:`._compile_cost`: less when
+  torch.compile is already loaded and this kernel's compile is cached from an
+  earlier process), and only for tensors of at least ``COMPILE_MIN_NUMEL``
+  elements; so a small job never waits for the compiler and a big one is fused
+  after at most about twice the compile's cost. When compilation is
+  unavailable, a warning is given once and eager is used from then on;
 * ``"eager"``: never compile;
 * ``"compiled"``: always the fused kernel.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import types
 import warnings
 from collections.abc import Callable
@@ -33,6 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from . import _compile_cost
 from ._exmy import (
     F32_MAX,
     NEAREST_AWAY,
@@ -79,32 +86,57 @@ def get_backend() -> str:
     return _backend
 
 
-def _use_compiled(x: Tensor) -> bool:
+def _use_compiled(x: Tensor, name: str = "") -> bool:
+    """Whether kernel ``name`` runs fused on ``x`` now (``name=""``: whether some kernel already does)."""
     if _backend == "eager" or _compile_failed:
         return False
     if torch.compiler.is_compiling():
         return False  # already inside a user's torch.compile: let it fuse us
     if _backend == "compiled":
         return True
-    return x.numel() >= COMPILE_MIN_NUMEL
+    if x.numel() < COMPILE_MIN_NUMEL:
+        return False
+    if not name:
+        return bool(_compiled)
+    return name in _compiled or _compile_cost.pays(name, x)
 
 
-def run(name: str, fn: Callable, x: Tensor, *args: Tensor) -> Tensor:
-    """Run kernel ``fn`` on ``x``, fused when the backend says so."""
+def run(name: str, fn: Callable, x: Tensor, *args: Tensor,
+        eager: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Run kernel ``fn`` on ``x``, fused when the backend says so.
+
+    ``eager``: a cheaper eager equivalent of ``fn(x, *args)`` (a native cast, bit for bit the
+    same), run instead of ``fn`` when not fused and not inside a user's torch.compile.
+    """
     global _compile_failed
-    if _use_compiled(x):
+    if _use_compiled(x, name):
         cfn = _compiled.get(name)
-        if cfn is None:
-            cfn = torch.compile(fn, dynamic=True, fullgraph=True)
-            _compiled[name] = cfn
         try:
-            return cfn(x, *args)
+            if cfn is not None:
+                return cfn(x, *args)
+            cfn = torch.compile(fn, dynamic=True, fullgraph=True)
+            with _compile_cost.compiling(name):
+                out = cfn(x, *args)
+            _compiled[name] = cfn
+            return out
         except Exception as exc:  # compiler missing, unsupported device, ...
             _compile_failed = True
             warnings.warn(f"qsim_hooks: torch.compile of kernel {name!r} failed ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); using eager kernels",
                           RuntimeWarning, stacklevel=3)
-    return fn(x, *args)
+    if torch.compiler.is_compiling():
+        return fn(x, *args)  # traced inline into the user's graph: the bit kernel, nothing timed
+    if eager is not None:
+        fn, args = (lambda x: eager(x)), ()
+    if _backend != "auto" or _compile_failed:
+        return fn(x, *args)
+    if x.device.type != "cpu":
+        _compile_cost.spent(name, x, None)  # asynchronous: estimated, not timed
+        return fn(x, *args)
+    t0 = time.perf_counter()  # CPU kernels are synchronous: their time is what fusing would save
+    out = fn(x, *args)
+    _compile_cost.spent(name, x, time.perf_counter() - t0)
+    return out
 
 
 def named_copy(fn: Callable, name: str) -> Callable:
@@ -222,11 +254,12 @@ def _bit_noise(mode: int, shape: torch.Size, device: torch.device,
 
 
 def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator | None = None,
-                *, fast: bool | None = None) -> Tensor:
+                *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
 
     ``fast`` picks the step-based kernel (default: whenever the format allows it);
-    ``fast=False`` forces the bit-pattern kernel (the two agree bit for bit).
+    ``fast=False`` forces the bit-pattern kernel (the two agree bit for bit). ``eager``: a
+    native cast doing the same rounding, used when the kernel is not fused (see :func:`run`).
     """
     use_fast = mode != STOCHASTIC and params.fast and fast is not False
     # detach: kernels never take part in autograd (formats wrap them in a STE);
@@ -236,7 +269,8 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
     shape = x.shape
     x = x.reshape(-1)
     fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", False, False][mode]
-    return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator)).reshape(shape)
+    return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator),
+               eager=eager).reshape(shape)
 
 
 def scaled_float_round(x: Tensor, params: Consts, inv: Tensor, scale: Tensor, mode: int,

@@ -1,0 +1,117 @@
+"""Benchmark: a QAT training step (forward + backward) of torchvision resnet50, batch 8, 224x224, CPU.
+
+    PYTHONPATH=. .venv/bin/python tools/bench_training.py [--batch 8] [--rounds 3] [--json]
+
+Two figures, each a ratio to the plain (un-instrumented) step measured in the same run:
+
+* **step time**: ``loss = model(x).square().mean(); loss.backward()`` with the gradients
+  zeroed (``set_to_none``) before each step, no optimizer; the configurations are
+  interleaved in ``--rounds`` rounds and each keeps its fastest step (the first round's
+  first step, which may compile kernels, is an untimed warm-up);
+* **peak memory**: the peak of live CPU allocator bytes during one step, from
+  ``torch.profiler.profile(profile_memory=True)``: its allocator records (every
+  allocation and free of the step, in time order) are summed and the running maximum is
+  the peak; the parameters and the input, allocated before the step, are not counted, so the
+  figure is what the step itself needs (activations saved for backward, gradients,
+  temporaries).
+
+Targets (issue 19): e4m3 on every conv/linear input, weight and output: step <= 1.4x,
+peak memory <= 1.3x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torchvision
+from torch.profiler import ProfilerActivity, profile
+
+import qsim_hooks as qh
+
+TIME_TARGET, MEMORY_TARGET = 1.4, 1.3
+
+
+def _step(model: torch.nn.Module, x: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    model(x).square().mean().backward()
+
+
+def _timed_step(model: torch.nn.Module, x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    _step(model, x)
+    return time.perf_counter() - t0
+
+
+def peak_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Peak live CPU allocator bytes during one step (allocations before it not counted)."""
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _step(model, x)
+    model.zero_grad(set_to_none=True)
+    # the raw allocator records (prof.events() folds those inside an op into the op's totals)
+    records = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                     key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in records:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def run(batch: int, rounds: int, size: int) -> list[dict]:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50().train()
+    x = torch.randn(batch, 3, size, size)
+    configs = [("plain step", None),
+               ("e4m3 input/weight/output", qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3"))]
+    best = {label: float("inf") for label, _ in configs}
+    peaks: dict[str, int] = {}
+    for rnd in range(rounds):
+        for label, cfg in configs:
+            session = qh.attach(model, cfg) if cfg is not None else None
+            try:
+                if rnd == 0:
+                    _step(model, x)  # warm-up (kernel compiles, allocator)
+                    peaks[label] = peak_bytes(model, x)
+                best[label] = min(best[label], _timed_step(model, x))
+            finally:
+                if session is not None:
+                    session.detach()
+    base_t, base_m = best[configs[0][0]], peaks[configs[0][0]]
+    rows = []
+    for label, _ in configs:
+        rows.append({"config": label, "step_s": best[label], "time_ratio": best[label] / base_t,
+                     "peak_mib": peaks[label] / 2**20, "memory_ratio": peaks[label] / base_m})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    rows = run(args.batch, args.rounds, args.size)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"resnet50 QAT step (forward + backward), batch {args.batch}, {args.size}x{args.size}, CPU, "
+          f"{torch.get_num_threads()} threads, kernels={qh.formats.get_backend()}; fastest of {args.rounds} "
+          "interleaved rounds; peak = max live CPU allocator bytes during one step (torch.profiler)")
+    print(f"{'config':<28} {'step ms':>9} {'x plain':>8} {'peak MiB':>9} {'x plain':>8}")
+    for r in rows:
+        print(f"{r['config']:<28} {r['step_s'] * 1e3:>9.1f} {r['time_ratio']:>7.2f}x {r['peak_mib']:>9.1f} "
+              f"{r['memory_ratio']:>7.2f}x")
+    q = rows[-1]
+    t_ok, m_ok = q["time_ratio"] <= TIME_TARGET, q["memory_ratio"] <= MEMORY_TARGET
+    print(f"step time {q['time_ratio']:.2f}x (target <= {TIME_TARGET}x): {'met' if t_ok else 'not met'}")
+    print(f"peak memory {q['memory_ratio']:.2f}x (target <= {MEMORY_TARGET}x): {'met' if m_ok else 'not met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
