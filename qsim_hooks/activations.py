@@ -7,6 +7,9 @@ keyword, the argument named like ``forward``'s first parameter (or the first
 tensor keyword). The output point quantizes a tensor output, or the first
 tensor of a tuple/list output (the rest are side outputs: attention weights,
 caches).
+
+The input of one of PyTorch's own GEMM layers (:data:`READ_ONLY`, not a subclass: its ``forward`` is
+known) is only read, so a result known for the same tensor may be given again (:mod:`.reuse`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ import inspect
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .points import QuantPoint
 
-__all__ = ["attach_input", "attach_output"]
+__all__ = ["attach_input", "attach_output", "READ_ONLY"]
+
+#: layers whose forward only reads its input (exact classes: a subclass may write into it)
+READ_ONLY: frozenset[type] = frozenset({nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                        nn.ConvTranspose2d, nn.ConvTranspose3d})
 
 
 def _first_param_name(module: nn.Module) -> str | None:
@@ -34,12 +42,13 @@ def _first_param_name(module: nn.Module) -> str | None:
 
 def attach_input(module: nn.Module, point: QuantPoint):
     first = _first_param_name(module)
+    read_only = parametrize.type_before_parametrizations(module) in READ_ONLY
 
     def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if args:
             x = args[0]
             if isinstance(x, Tensor):
-                q = point(x)
+                q = point(x, reuse_ok=read_only)
                 # self-attention passes one tensor as query, key and value: keep them one object
                 rest = tuple(q if a is x else a for a in args[1:])
                 kwargs = {k: (q if v is x else v) for k, v in kwargs.items()}
@@ -49,7 +58,7 @@ def attach_input(module: nn.Module, point: QuantPoint):
             (k for k, v in kwargs.items() if isinstance(v, Tensor) and v.is_floating_point()), None)
         if key is not None and isinstance(kwargs.get(key), Tensor):
             kwargs = dict(kwargs)
-            kwargs[key] = point(kwargs[key])
+            kwargs[key] = point(kwargs[key], reuse_ok=read_only)
             return args, kwargs
         return None
 

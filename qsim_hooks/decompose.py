@@ -60,13 +60,13 @@ class AttentionPoints:
         p = self.p[name]
         if p is None or not is_float(x):
             return x
-        return p(x, axis=axis)
+        return p(x, axis=axis, reuse_ok=True)  # the operands go to a product, which only reads them
 
     def linear(self, child: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``F.linear`` of the borrowed child ``child``, with that child's input and output points."""
         b = self.borrowed.get(child)
         if b is not None and b.input is not None:
-            x = b.input(x)
+            x = b.input(x, reuse_ok=True)
         y = F.linear(x, weight, bias)
         if b is not None and b.output is not None:
             y = b.output(y)

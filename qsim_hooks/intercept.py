@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from . import gemms
+from . import gemms, reuse
 from .coverage import Operand, Recorder
 from .functional import COPIES, FunctionalWeights, ParamTracker, Source
 from .marks import copy_mark, marked_by
@@ -283,6 +283,7 @@ class Interception:
         out = func(*args, **kwargs)
         if args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
             copy_mark(args[0], out)
+            reuse.propagate(args[0], out)
             if func in COPIES:
                 self.tracker.derive(func, args, kwargs, out)
         return out
@@ -299,6 +300,7 @@ class Interception:
 
     def end_forward(self) -> None:
         self.tracker.clear()
+        reuse.forget()
 
 
 _ROUTES: dict[Callable[..., Any], Callable[[Interception, Callable[..., Any], tuple, dict], Any]] = {}
