@@ -337,6 +337,7 @@ def attach_interception(model: nn.Module, state: Interception, also: list[nn.Mod
         if stack is None:
             stack = local.stack = []
         if not stack:
+            reuse.forget()  # nothing known from before this forward (a layer called on its own, say)
             local.mode = _Mode(state)
             local.mode.__enter__()
         stack.append(id(mod))
@@ -366,4 +367,5 @@ def attach_interception(model: nn.Module, state: Interception, also: list[nn.Mod
         handles.push(m.register_forward_pre_hook(pre, prepend=True))
         handles.push(m.register_forward_hook(post, always_call=True))
     handles.callback(state.weights.clear)
+    handles.callback(reuse.forget)
     return handles

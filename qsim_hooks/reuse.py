@@ -17,7 +17,8 @@ Entries are keyed by ``id`` with a weak reference to the tensor (an entry dies w
 and cannot name a new tensor that reuses the id) and the tensor's version counter when it was
 seen, so any in-place write through the tensor or a view of it (``add_``, ``copy_``, an
 optimizer step) makes the entry miss. Writes that bump no version counter (through ``.data``
-or a numpy view) are not seen: the entries live for one forward (:func:`forget` at its end).
+or a numpy view) are not seen: the entries live for one forward of the model (:func:`forget` at its
+start and end, and when the session detaches).
 Nothing is reused while autograd records the call, with statistics or an observer, for
 stochastic rounding, a static amax, or a format that is not a plain :class:`FloatFormat` /
 :class:`IntFormat` (the points check :func:`eligible`), and only where the caller says its

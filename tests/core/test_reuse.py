@@ -208,3 +208,35 @@ def test_a_layer_subclass_that_writes_into_its_input_gets_its_own_copy():
     model, x = _Fork().eval(), torch.randn(4, 8)
     cfg = qh.QuantConfig(input="e4m3", weight="e4m3", output=None)
     assert torch.equal(_run(model, x, cfg, True), _run(model, x, cfg, False))
+
+
+def test_nothing_known_outlives_a_forward_even_a_write_no_version_counter_sees():
+    torch.manual_seed(0)
+    model, x = _Block().eval(), torch.randn(2, 4, 6, 6)
+    cfg = CONFIGS["e4m3"]
+    with torch.no_grad(), qh.quantized(model, cfg):
+        model(x)
+        x.data.mul_(-2.0)  # ``.data`` writes bump no version counter
+        got = model(x)
+    assert torch.equal(got, _run(model, x, cfg, False))
+    assert not reuse._sources and not reuse._fixed  # the session's detach dropped everything
+
+
+def test_threads_running_the_model_at_once_get_the_bits_of_one_thread():
+    import threading
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SelfAttention(), nn.LayerNorm(16), SelfAttention()).eval()
+    xs = [torch.randn(2, 5, 16) for _ in range(4)]
+    want = [_run(model, x, CONFIGS["e4m3"], False) for x in xs]
+    got: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), qh.quantized(model, CONFIGS["e4m3"]):
+        def work(i):
+            for _ in range(3):
+                got[i] = model(xs[i])
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert all(torch.equal(got[i], want[i]) for i in range(4))
