@@ -15,10 +15,10 @@ Two kinds of repeated work are common in a forward, and both have a result known
 
 Entries are keyed by ``id`` with a weak reference to the tensor (an entry dies with its tensor
 and cannot name a new tensor that reuses the id) and the tensor's version counter when it was
-seen, so any in-place write through the tensor or a view of it (``add_``, ``copy_``, an
-optimizer step) makes the entry miss. Writes that bump no version counter (through ``.data``
-or a numpy view) are not seen: the entries live for one forward of the model (:func:`forget` at its
-start and end, and when the session detaches).
+seen (and of the result, for a source entry), so any in-place write through the tensor or a view
+of it (``add_``, ``copy_``, an optimizer step) makes the entry miss. Writes that bump no version
+counter (through ``.data`` or a numpy view) are not seen: the entries live for one forward of the
+model (:func:`forget` at its start and end, and when the session detaches).
 Nothing is reused while autograd records the call, with statistics or an observer, for
 stochastic rounding, a static amax, or a format that is not a plain :class:`FloatFormat` /
 :class:`IntFormat` (the points check :func:`eligible`), and only where the caller says its
@@ -42,7 +42,7 @@ __all__ = ["eligible", "lookup", "record", "propagate", "forget", "enabled", "se
 #: source entries kept at most (each holds its quantized result alive)
 MAX_SOURCES = 8
 
-_sources: OrderedDict[int, tuple[weakref.ref, int, Format, Tensor]] = OrderedDict()
+_sources: OrderedDict[int, tuple[weakref.ref, int, Format, Tensor, int]] = OrderedDict()
 _fixed: dict[int, tuple[weakref.ref, int, Format]] = {}
 _on = True
 
@@ -89,7 +89,7 @@ def _same(a: Format, b: Format) -> bool:
 def lookup(fmt: Format, x: Tensor) -> Tensor | None:
     """The result ``fmt`` would give on ``x`` if it is known, else ``None`` (call only when :func:`eligible`)."""
     e = _entry(_sources, x)
-    if e is not None and _same(e[2], fmt):
+    if e is not None and _same(e[2], fmt) and e[3]._version == e[4]:  # nor the result written into since
         return e[3]
     if _idempotent(fmt, x):
         e = _entry(_fixed, x)
@@ -121,7 +121,7 @@ def record(fmt: Format, x: Tensor, y: Tensor, source: bool) -> None:
     if source and x is not y:
         key = id(x)
         ref = weakref.ref(x, lambda r, k=key: _drop(_sources, k, r))
-        _sources[key] = (ref, x._version, fmt, y)
+        _sources[key] = (ref, x._version, fmt, y, y._version)
         _sources.move_to_end(key)
         while len(_sources) > MAX_SOURCES:
             _sources.popitem(last=False)

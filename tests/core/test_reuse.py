@@ -149,6 +149,10 @@ def test_a_write_into_the_source_makes_the_result_miss():
         x[0, 0] = 1e3  # a write through indexing
         y3 = a(x, reuse_ok=True)
     assert y3 is not y2 and torch.equal(y3, E4M3(x))
+    with torch.no_grad():
+        y3.add_(1.0)  # a consumer that wrote into the result after all
+        y4 = b(x, reuse_ok=True)
+    assert y4 is not y3 and torch.equal(y4, E4M3(x))
 
 
 def test_a_write_into_a_grid_tensor_or_its_view_makes_it_quantized_again():
