@@ -9,7 +9,7 @@ alike), each keeps its minimum over the rounds, and the range of its per-round r
 it. The fused kernels compile on first use; the first round's warm-up absorbs that.
 
     PYTHONPATH=. .venv/bin/python tools/bench_overhead.py [--rounds 5] [--calls 2] [--only resnet|bert]
-        [--previous] [--intfp] [--threads 1 --clock cpu] [--json]
+        [--previous] [--intfp] [--threads 1 --clock cpu] [--profile] [--json]
 
 ``--previous`` adds the quantized configurations with :mod:`qsim_hooks.reuse` off (the path before it);
 ``--intfp`` adds INT-FP-QSim's way (qtorch E4M3 everywhere, weights every call: slow).
@@ -178,6 +178,22 @@ def _measure(models: list[tuple[torch.nn.Module, Callable[[], Any], list[Config]
                             undo()
 
 
+def _profile(model: torch.nn.Module, run: Callable[[], Any], config: Config) -> str:
+    """torch.profiler's table (self CPU time, top operators) of one forward under ``config``."""
+    from torch.profiler import ProfilerActivity, profile  # deferred: only for --profile
+
+    undo = config.setup(model) if config.setup is not None else None
+    try:
+        with torch.no_grad():
+            run()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                run()
+    finally:
+        if undo is not None:
+            undo()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40)
+
+
 def _rows(configs: list[Config]) -> list[dict[str, Any]]:
     ref = configs[0]
     out = []
@@ -200,6 +216,8 @@ def main() -> None:
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: this thread's CPU time (with --threads 1 it is all the work, "
                          "and a machine shared with other jobs disturbs it less)")
+    ap.add_argument("--profile", action="store_true",
+                    help="then print torch.profiler's operator table for each model's first quantized config")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     # the coverage warnings at detach (SDPA's P·V with attention=None) say nothing about time
@@ -243,6 +261,11 @@ def main() -> None:
         tt.add_row(r["target"], f"{r['ratio']:.3f}", f"{r['range'][0]:.3f}-{r['range'][1]:.3f}", f"<= {r['bound']}",
                    "met" if r["met"] else "not met")
     console.print(tt)
+    if args.profile:
+        for model, run, configs in models:
+            quantized = next(c for c in configs if c.setup is not None and c.label.startswith("e4m3"))
+            console.print(f"\n{configs[0].model}, {quantized.label}: one forward, by operator")
+            console.print(_profile(model, run, quantized), markup=False, highlight=False)
 
 
 if __name__ == "__main__":
