@@ -19,11 +19,12 @@ seen (and of the result, for a source entry), so any in-place write through the 
 of it (``add_``, ``copy_``, an optimizer step) makes the entry miss. Writes that bump no version
 counter (through ``.data`` or a numpy view) are not seen: the entries live for one forward of the
 model (:func:`forget` at its start and end, and when the session detaches).
-Nothing is reused while autograd records the call, with statistics or an observer, for
-stochastic rounding, a static amax, or a format that is not a plain :class:`FloatFormat` /
-:class:`IntFormat` (the points check :func:`eligible`), and only where the caller says its
-consumer does not write into what it is given (``reuse=True``: attention operands, the inputs
-of PyTorch's own Linear and Conv layers).
+Nothing is reused while autograd records the call, under ``torch.inference_mode`` (its tensors
+have no version counter), with statistics or an observer, for stochastic rounding, a static
+amax, or a format that is not a plain :class:`FloatFormat` / :class:`IntFormat` (the points
+check :func:`eligible`), and only where the caller says its consumer does not write into what
+it is given (``reuse_ok=True``: attention operands, the inputs of PyTorch's own Linear and Conv
+layers).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def set_enabled(on: bool) -> None:
 def eligible(fmt: Any, x: Tensor) -> bool:
     """Whether ``fmt`` on ``x`` may be reused: a plain deterministic format, no autograd, real values."""
     return (_on and type(fmt) in (FloatFormat, IntFormat) and fmt.rounding is not Rounding.STOCHASTIC
-            and not (x.requires_grad and torch.is_grad_enabled()) and not x.is_meta)
+            and not (x.requires_grad and torch.is_grad_enabled()) and not x.is_meta
+            and not x.is_inference() and not torch.is_inference_mode_enabled())  # no version counter there
 
 
 def _idempotent(fmt: Format, t: Tensor) -> bool:
@@ -132,7 +134,8 @@ def record(fmt: Format, x: Tensor, y: Tensor, source: bool) -> None:
 def propagate(src: Any, out: Any) -> None:
     """``out`` is a value-preserving copy of ``src`` (a reshape, ``contiguous``, indexing): if ``src`` is on
     a format's grid, so is ``out``."""
-    if not (_on and isinstance(src, Tensor) and isinstance(out, Tensor)) or out is src or out.dtype != src.dtype:
+    if not (_on and isinstance(src, Tensor) and isinstance(out, Tensor)) or out is src or out.dtype != src.dtype \
+            or out.is_inference() or src.is_inference():
         return
     e = _entry(_fixed, src)
     if e is None and src._base is not None:

@@ -244,3 +244,13 @@ def test_threads_running_the_model_at_once_get_the_bits_of_one_thread():
         for t in threads:
             t.join()
     assert all(torch.equal(got[i], want[i]) for i in range(4))
+
+
+def test_inference_mode_tensors_have_no_version_counter_so_nothing_is_reused(counted):
+    model, x = _models()["sdpa"]
+    want = _run(model, x, CONFIGS["e4m3"], False)
+    n = len(counted)
+    counted.clear()
+    with torch.inference_mode(), qh.quantized(model, CONFIGS["e4m3"]):
+        got = model(x)
+    assert torch.equal(got, want) and len(counted) == n
