@@ -11,6 +11,9 @@ caches).
 While a layer with an input point runs with grad on, saved quantized tensors are kept as recipes
 (re-made in the backward from their unquantized source: :mod:`.formats.saved`), so training does
 not keep a quantized copy of every layer input beside the original.
+
+The input of one of PyTorch's own GEMM layers (:data:`READ_ONLY`, not a subclass: its ``forward`` is
+known) is only read, so a result known for the same tensor may be given again (:mod:`.reuse`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ import inspect
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .formats import saved
 from .points import QuantPoint
 from .undo import UndoStack
 
-__all__ = ["attach_input", "attach_output"]
+__all__ = ["attach_input", "attach_output", "READ_ONLY"]
+
+#: layers whose forward only reads its input (exact classes: a subclass may write into it)
+READ_ONLY: frozenset[type] = frozenset({nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                        nn.ConvTranspose2d, nn.ConvTranspose3d})
 
 
 def _first_param_name(module: nn.Module) -> str | None:
@@ -41,13 +49,14 @@ def _first_param_name(module: nn.Module) -> str | None:
 def attach_input(module: nn.Module, point: QuantPoint) -> UndoStack:
     first = _first_param_name(module)
     scopes: list[bool] = []  # one per running forward of this module (recursion nests them)
+    read_only = parametrize.type_before_parametrizations(module) in READ_ONLY
 
     def pre_hook(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         scopes.append(saved.enter_scope())
         if args:
             x = args[0]
             if isinstance(x, Tensor):
-                q = point(x)
+                q = point(x, reuse_ok=read_only)
                 # self-attention passes one tensor as query, key and value: keep them one object
                 rest = tuple(q if a is x else a for a in args[1:])
                 kwargs = {k: (q if v is x else v) for k, v in kwargs.items()}
@@ -57,7 +66,7 @@ def attach_input(module: nn.Module, point: QuantPoint) -> UndoStack:
             (k for k, v in kwargs.items() if isinstance(v, Tensor) and v.is_floating_point()), None)
         if key is not None and isinstance(kwargs.get(key), Tensor):
             kwargs = dict(kwargs)
-            kwargs[key] = point(kwargs[key])
+            kwargs[key] = point(kwargs[key], reuse_ok=read_only)
             return args, kwargs
         return None
 

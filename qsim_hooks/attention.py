@@ -239,7 +239,8 @@ class AttentionScope(TorchFunctionMode):
             return x
         base, axis, steps = self.steps.peel(x, axis) if self.steps is not None else (x, axis, [])
         flip = base.dim() >= 2 and axis == -2
-        y = p(base.transpose(-2, -1), axis=-1).transpose(-2, -1) if flip else p(base, axis=axis)
+        y = p(base.transpose(-2, -1), axis=-1, reuse_ok=True).transpose(-2, -1) if flip else \
+            p(base, axis=axis, reuse_ok=True)
         for s in steps:
             y = s.replay(y)
         return y

@@ -60,13 +60,13 @@ class AttentionPoints:
         p = self.p[name]
         if p is None or not is_float(x):
             return x
-        return p(x, axis=axis)
+        return p(x, axis=axis, reuse_ok=True)  # the operands go to a product, which only reads them
 
     def linear(self, child: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``F.linear`` of the borrowed child ``child``, with that child's input and output points."""
         b = self.borrowed.get(child)
         if b is not None and b.input is not None:
-            x = b.input(x)
+            x = b.input(x, reuse_ok=True)
         y = F.linear(x, weight, bias)
         if b is not None and b.output is not None:
             y = b.output(y)
@@ -94,17 +94,35 @@ def borrowing_modules(modules: Mapping[str, nn.Module], points: Mapping[Key, Qua
     return [n for n, m in modules.items() if borrowed_points(m, n, points)]
 
 
+def _recording(t: Tensor) -> bool:
+    return t.requires_grad and torch.is_grad_enabled()
+
+
 def _safe_softmax(s: Tensor) -> Tensor:
     """Softmax over the last axis whose fully masked rows (all ``-inf``) are zeros, not NaN.
 
     That is what the fused SDPA kernels return (PyTorch >= 2.5); a NaN row would leak into every
-    position through the next layer's P·V (left-padded batches give such rows).
+    position through the next layer's P·V (left-padded batches give such rows). Outside autograd the
+    same bits come cheaper than from ``torch._safe_softmax`` (which compares every score with ``-inf``,
+    reduces that, and selects): a row is fully masked exactly when its max is ``-inf`` (a NaN makes the
+    max NaN, as it makes "all -inf" false), and its zeros are written in place, only when there is one.
     """
     f = getattr(torch, "_safe_softmax", None)
-    if f is not None:
+    if f is not None and (_recording(s) or s.size(-1) == 0):
         return f(s, -1)
     p = torch.softmax(s, dim=-1)
-    return p.masked_fill((s == float("-inf")).all(-1, keepdim=True), 0.0)
+    dead = s.amax(-1, keepdim=True) == float("-inf") if s.size(-1) else (s == float("-inf")).all(-1, keepdim=True)
+    if p.device.type != "cpu" or bool(dead.any()):  # no host sync on an accelerator
+        if _recording(p):
+            return p.masked_fill(dead, 0.0)
+        p.masked_fill_(dead, 0.0)
+    return p
+
+
+def _in_place_ok(s: Tensor, other: Tensor) -> bool:
+    """``s += other`` gives what ``s + other`` gives: same shape and dtype, and no autograd to keep."""
+    return not _recording(s) and not _recording(other) and torch.broadcast_shapes(s.shape, other.shape) == s.shape \
+        and torch.result_type(s, other) == s.dtype
 
 
 def sdpa_decomposed(pts: AttentionPoints, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
@@ -120,16 +138,20 @@ def sdpa_decomposed(pts: AttentionPoints, query: Tensor, key: Tensor, value: Ten
         rep = q.size(-3) // k.size(-3)
         k = k.repeat_interleave(rep, dim=-3)
         v = v.repeat_interleave(rep, dim=-3)
-    s = torch.matmul(q, k.transpose(-2, -1))
-    s = pts.apply("scores", s, -1) * scale_f
+    s = pts.apply("scores", torch.matmul(q, k.transpose(-2, -1)), -1)
+    # outside autograd, scale and masks are written into the scores (a tensor made here, read by nothing
+    # else): the same operations in the same order, without a new tensor for each
+    own = not _recording(s)
+    s = s.mul_(scale_f) if own else s * scale_f
     if is_causal:
         keep = torch.ones(L, S, dtype=torch.bool, device=s.device).tril(diagonal=0)
-        s = s.masked_fill(~keep, float("-inf"))
+        s = s.masked_fill_(~keep, float("-inf")) if own else s.masked_fill(~keep, float("-inf"))
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            s = s.masked_fill(~attn_mask, float("-inf"))
+            m = ~attn_mask
+            s = s.masked_fill_(m, float("-inf")) if own and _in_place_ok(s, m) else s.masked_fill(m, float("-inf"))
         else:
-            s = s + attn_mask
+            s = s.add_(attn_mask) if _in_place_ok(s, attn_mask) else s + attn_mask
     p = _safe_softmax(s)
     if dropout_p > 0.0:
         p = F.dropout(p, p=dropout_p, training=True)

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from . import gemms
+from . import gemms, reuse
 from .coverage import Operand, Recorder, layout_reason
 from .functional import COPIES, FunctionalWeights, ParamTracker, Source
 from .marks import copy_mark, marked_by
@@ -291,6 +291,7 @@ class Interception:
         out = func(*args, **kwargs)
         if args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
             copy_mark(args[0], out)
+            reuse.propagate(args[0], out)
             if func in COPIES:
                 self.tracker.derive(func, args, kwargs, out)
         return out
@@ -307,6 +308,7 @@ class Interception:
 
     def end_forward(self) -> None:
         self.tracker.clear()
+        reuse.forget()
 
 
 _ROUTES: dict[Callable[..., Any], Callable[[Interception, Callable[..., Any], tuple, dict], Any]] = {}
@@ -343,6 +345,7 @@ def attach_interception(model: nn.Module, state: Interception, also: list[nn.Mod
         if stack is None:
             stack = local.stack = []
         if not stack:
+            reuse.forget()  # nothing known from before this forward (a layer called on its own, say)
             local.mode = _Mode(state)
             local.mode.__enter__()
         stack.append(id(mod))
@@ -372,4 +375,5 @@ def attach_interception(model: nn.Module, state: Interception, also: list[nn.Mod
         handles.push(m.register_forward_pre_hook(pre, prepend=True))
         handles.push(m.register_forward_hook(post, always_call=True))
     handles.callback(state.weights.clear)
+    handles.callback(reuse.forget)
     return handles

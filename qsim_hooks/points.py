@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from . import guards
+from . import guards, reuse
 from .formats import Format
 from .formats.base import check_tensor
 from .marks import mark
@@ -172,9 +172,10 @@ class QuantPoint:
         check_tensor(x, f"format {fmt.name}")
         return fmt._quantize_checked(x, amax, self.generator)  # amax was checked once, by set_amax
 
-    def __call__(self, x: Tensor, axis: int | None = None, *, rows: bool = False) -> Tensor:
+    def __call__(self, x: Tensor, axis: int | None = None, *, rows: bool = False, reuse_ok: bool = False) -> Tensor:
         """Quantize ``x``; ``axis`` fills an open scaling axis (attention operands); ``rows`` gives each row of a
-        2-D ``x`` its own scale where the format has one per tensor (:meth:`rows_format`)."""
+        2-D ``x`` its own scale where the format has one per tensor (:meth:`rows_format`). ``reuse_ok``: the
+        caller's consumer only reads the result, so a known one may be handed out again (:mod:`.reuse`)."""
         traced = torch.compiler.is_compiling()  # no bookkeeping inside a traced region (guards, weakrefs)
         if not traced:
             self.fired += 1
@@ -192,8 +193,22 @@ class QuantPoint:
         # the format's own torch calls are no model code: no torch-function mode sees them (the session's
         # interception would only pass them on, and a fused kernel compiled under a mode would recompile)
         with torch._C.DisableTorchFunction():
-            y = self._apply(fmt, x)
+            if self.stats is None and self.observer is None and self._amax is None and reuse.eligible(fmt, x):
+                y = self._reused(fmt, x, reuse_ok)
+            else:
+                y = self._apply(fmt, x)
         mark(y, self)
+        return y
+
+    def _reused(self, fmt: Format, x: Tensor, known_ok: bool) -> Tensor:
+        """:meth:`_apply` through :mod:`.reuse`: a known result if the caller allows it, and the result
+        remembered for the next point (exactly what ``_apply`` gives; the flush check sees the same pair)."""
+        y = reuse.lookup(fmt, x) if known_ok else None
+        if y is None:
+            y = self._quantize(fmt, x, None)
+        reuse.record(fmt, x, y, known_ok)
+        if self._flush_check:
+            self._flush_check = guards.check_flushed(self.describe(), fmt, x, y)
         return y
 
     def _apply(self, fmt: Format, x: Tensor) -> Tensor:
