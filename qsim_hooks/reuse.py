@@ -9,9 +9,11 @@ Two kinds of repeated work are common in a forward, and both have a result known
 * *a tensor already on the format's grid*: a Linear's quantized output reaching an attention
   point (``q``, ``k``, ``v``) or the next Linear's input point in the same cast format. An
   unscaled float cast with deterministic rounding leaves a value of its grid unchanged, so the
-  point's result is the tensor itself, laid out as the format would return it
-  (``x.contiguous()``). Views of such a tensor and value-preserving copies of it
-  (:func:`propagate`, called by the interception for reshapes, ``contiguous``, indexing) count too.
+  point's result is the tensor itself, laid out as the format would return it (the
+  strides ``torch.empty_like`` keeps: a transposed or channels-last tensor stays as it is,
+  an expanded or strided one becomes dense; a different layout changes a GEMM's rounding).
+  Views of such a tensor and value-preserving copies of it (:func:`propagate`, called by the
+  interception for reshapes, ``contiguous``, indexing) count too.
 
 Entries are keyed by ``id`` with a weak reference to the tensor (an entry dies with its tensor
 and cannot name a new tensor that reuses the id) and the tensor's version counter when it was
@@ -98,8 +100,19 @@ def lookup(fmt: Format, x: Tensor) -> Tensor | None:
         if e is None and x._base is not None and x._base.dtype == torch.float32:
             e = _entry(_fixed, x._base)  # a view shares its base's version counter and values
         if e is not None and _same(e[2], fmt):
-            return x.contiguous()
+            return _laid_out_as_format(fmt, x)
     return None
+
+
+def _laid_out_as_format(fmt: FloatFormat, x: Tensor) -> Tensor:
+    """``x`` in the layout ``fmt.cast`` gives its result, ``x`` itself when it has it: float32's own grid
+    is a ``clone`` / ``clamp`` (``empty_like``'s strides: a transposed tensor stays transposed), every
+    other cast a dense kernel (contiguous). tests/core/test_reuse.py checks both against the casts."""
+    if fmt.exp_bits == 8 and fmt.man_bits == 23:
+        if torch.empty_like(x, device="meta").stride() == x.stride():
+            return x
+        return torch.empty_like(x).copy_(x)
+    return x.contiguous()
 
 
 def _remember_fixed(fmt: Format, y: Tensor) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 
 import qsim_hooks as qh
 from qsim_hooks import reuse
-from qsim_hooks.formats import FloatFormat, registry
+from qsim_hooks.formats import FloatFormat, kernels, registry
 from qsim_hooks.planning import PlanEntry
 from qsim_hooks.points import QuantPoint
 
@@ -254,3 +254,24 @@ def test_inference_mode_tensors_have_no_version_counter_so_nothing_is_reused(cou
     with torch.inference_mode(), qh.quantized(model, CONFIGS["e4m3"]):
         got = model(x)
     assert torch.equal(got, want) and len(counted) == n
+
+
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+@pytest.mark.parametrize("name", ["e4m3", "fp16", "bf16", "fp32", "e5m2"])
+def test_a_grid_tensor_is_given_back_in_the_layout_the_cast_gives(name, backend):
+    """A GEMM's rounding depends on its operands' strides: a reused result must be laid out exactly as
+    the format's own result (float32's grid keeps a transposed tensor transposed, the kernels do not)."""
+    fmt = registry.get(name)
+    a, b = _point(fmt, "a"), _point(fmt, "b")
+    old = kernels.get_backend()
+    kernels.set_backend(backend)
+    try:
+        with torch.no_grad():
+            y = a(torch.randn(2, 4, 8, 8))
+            views = [y.transpose(-1, -2), y.permute(0, 2, 1, 3), y[:, :1].expand(2, 4, 8, 8), y[..., ::2],
+                     y.contiguous(memory_format=torch.channels_last)]
+            for v in views:
+                got, want = b(v, reuse_ok=True), fmt(v)
+                assert got.stride() == want.stride() and torch.equal(got, want), (v.stride(), got.stride())
+    finally:
+        kernels.set_backend(old)

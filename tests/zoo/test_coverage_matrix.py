@@ -31,6 +31,7 @@ import pytest
 import torch
 
 import qsim_hooks as qh
+from qsim_hooks import reuse
 from qsim_hooks.report_coverage import coverage_line
 from tests.core.model_check import snapshot, verify_unchanged
 from tests.zoo import CASES, impl_cases, outputs
@@ -109,16 +110,33 @@ def _row_calls(rows: list[dict]) -> Counter:
     return c
 
 
-def test_the_warned_products_are_covered_by_the_points_that_made_their_operands():
-    """DeBERTa-v2: the two extra bmm's per layer run on query_proj's and key_proj's quantized outputs."""
+@pytest.mark.parametrize("reuse_on", [False, True], ids=["fresh", "reuse"])
+def test_the_warned_products_are_covered_by_the_points_that_made_their_operands(reuse_on):
+    """DeBERTa-v2: the two extra bmm's per layer run on query_proj's and key_proj's quantized outputs.
+
+    With reuse on, a q/k point given a tensor already on its grid returns that tensor (no copy), so one
+    object stands for both the projection's output and the attention operand: a product is then named
+    after whichever point marked the object or its base last, but every call stays covered.
+    """
     case = CASES["deberta_v2"]
     m = case.build("eager")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with qh.quantized(m, ALL) as qs:
-            case.run(m)
+    reuse.set_enabled(reuse_on)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with qh.quantized(m, ALL) as qs:
+                case.run(m)
+    finally:
+        reuse.set_enabled(True)
     scopes = [n for n, x in m.named_modules() if type(x).__name__ in case.attention]
     for s in scopes:
-        pts = [tuple(o["point"] for o in r["operands"]) for r in qs.coverage().rows if r["module"] == s]
-        assert pts == [(f"{s}[q]", f"{s}[k]"), (f"{s}.query_proj[output]", f"{s}.key_proj[output]"),
-                       (f"{s}.key_proj[output]", f"{s}.query_proj[output]"), (f"{s}[probs]", f"{s}[v]")]
+        rows = [r for r in qs.coverage().rows if r["module"] == s]
+        pts = [tuple(o["point"] for o in r["operands"]) for r in rows]
+        if not reuse_on:
+            assert pts == [(f"{s}[q]", f"{s}[k]"), (f"{s}.query_proj[output]", f"{s}.key_proj[output]"),
+                           (f"{s}.key_proj[output]", f"{s}.query_proj[output]"), (f"{s}[probs]", f"{s}[v]")]
+            continue
+        assert sum(r["calls"] for r in rows) == 4 and all(r["status"] == "simulated" for r in rows), rows
+        allowed = {f"{s}[{p}]" for p in ("q", "k", "probs", "v")} | \
+            {f"{s}.{p}_proj[output]" for p in ("query", "key")}
+        assert all(p in allowed for t in pts for p in t), pts
