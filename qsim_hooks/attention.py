@@ -62,6 +62,7 @@ from .decompose import (
     sdpa_decomposed,
 )
 from .lineage import PROBS, Marks, Steps, einsum_reduction_axes, scores_bit
+from .marks import marked_by
 from .points import QuantPoint
 from .undo import UndoStack
 
@@ -134,7 +135,9 @@ class AttentionScope(TorchFunctionMode):
         self.open_qk: str | None = None  # the Q·Kᵀ awaiting its softmax
         self.open_probs = False  # a softmax output that reached no P·V yet
         self.intercepted = 0
-        self.calls: dict[str, Counter] = {k: Counter() for k in ("qk", "pv", "extra", "fused")}
+        # "extra": further products before the softmax; "extra_covered": those whose two operands other
+        # points had already quantized (DeBERTa's c2p/p2c on the projections' outputs)
+        self.calls: dict[str, Counter] = {k: Counter() for k in ("qk", "pv", "extra", "extra_covered", "fused")}
         self.odd: Counter = Counter()  # what did not fit: reason -> count
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -222,7 +225,8 @@ class AttentionScope(TorchFunctionMode):
             self.calls["pv"][label] += 1
             return pts.apply("context", _issue(module, _PV, call, a, b), -1)
         if self.open_qk is not None:
-            self.calls["extra"][label] += 1
+            covered = marked_by(a) is not None and marked_by(b) is not None
+            self.calls["extra_covered" if covered else "extra"][label] += 1
             return _issue(module, (), call, a, b)
         a, b = self._qk_operand("q", a, ra), self._qk_operand("k", b, rb)
         out = pts.apply("scores", _issue(module, _QK, call, a, b), -1)
@@ -293,8 +297,8 @@ def _calls(c: Counter) -> str:
 
 def _misfit(owner: _Module, scope: AttentionScope) -> str | None:
     """The warning for a forward that did not fit Q·Kᵀ → softmax → P·V (None if it fit)."""
-    extra, odd = scope.calls["extra"], scope.odd
-    if not extra and not odd:
+    extra, covered, odd = scope.calls["extra"], scope.calls["extra_covered"], scope.odd
+    if not extra and not covered and not odd:
         return None
     done = []
     if scope.calls["qk"]:
@@ -306,6 +310,9 @@ def _misfit(owner: _Module, scope: AttentionScope) -> str | None:
     issues = []
     if extra:
         issues.append(f"left {sum(extra.values())} other product(s) [{_calls(extra)}] at full precision")
+    if covered:
+        issues.append(f"{sum(covered.values())} other product(s) [{_calls(covered)}] took no attention point "
+                      "(their operands came quantized from other points: qs.coverage() names them)")
     issues += [f"{n} {why}" for why, n in odd.items()]
     return (f"qsim_hooks: attention module {owner.name!r} ({owner.tname}) does not fit Q·Kᵀ -> softmax -> P·V: "
             f"quantized {'; '.join(done) or 'nothing'}; {'; '.join(issues)} (its first such forward; warned once)")

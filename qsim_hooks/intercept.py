@@ -90,7 +90,10 @@ def _off(entry: PlanEntry | None, default_asked: bool, why: str) -> tuple[bool, 
         return default_asked, why
     if entry.format is not None:
         return True, why
-    return False, "not configured" if entry.decided_by.startswith("cfg") else f"off by {entry.decided_by}"
+    if entry.decided_by.startswith("cfg"):
+        return False, "not configured"
+    rule = entry.decided_by  # "rule[i]" for an unnamed rule, else the rule's own name
+    return False, f"off by {rule}" if rule.startswith("rule[") else f"off by rule {rule!r}"
 
 
 class Interception:

@@ -26,7 +26,7 @@ def test_report_prints_the_coverage_line(files, capsys):
     out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines at its width
     line = out[out.index("coverage: "):]
     assert line.startswith("coverage: 6 GEMMs: 4 fully simulated, 2 not: fc3 (")
-    assert "weight: off by fc3-full-precision)" in line and "against the config" not in line
+    assert "weight: off by rule 'fc3-full-precision')" in line and "against the config" not in line
 
 
 def test_report_json_carries_the_coverage_summary(files, capsys):

@@ -50,7 +50,7 @@ SINKS = {"gpt_oss"}
 #: scales the ALiBi bias in eager only): their SDPA probabilities are not compared with the eager ones
 EAGER_SDPA_DIFFER = {"falcon_alibi"}
 #: cases whose attention does not fit Q·Kᵀ -> softmax -> P·V, and what their warning must say
-MISFIT = {"deberta_v2": "left 2 other product(s) [torch.bmm x2] at full precision"}
+MISFIT = {"deberta_v2": "2 other product(s) [torch.bmm x2] took no attention point (their operands came quantized"}
 
 
 class _Softmaxes(TorchFunctionMode):
