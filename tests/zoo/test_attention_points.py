@@ -46,8 +46,9 @@ SDPA_RTOL = 1e-5
 FOLDED = {("bloom", "eager"), ("unet", "eager"), ("dit", "eager")}
 #: rows of probs that may sum to less than 1 (attention sinks take the rest)
 SINKS = {"gpt_oss"}
-#: cases whose plain eager and SDPA builds compute different attention (transformers' Falcon with ALiBi
-#: scales the ALiBi bias in eager only): their SDPA probabilities are not compared with the eager ones
+#: cases whose plain eager and SDPA builds may compute different attention (transformers' Falcon with ALiBi
+#: scaled the ALiBi bias in eager only, in some versions): where the plain builds' outputs differ, their SDPA
+#: probabilities are not compared with the eager ones (where they agree, they are)
 EAGER_SDPA_DIFFER = {"falcon_alibi"}
 #: cases whose attention does not fit Q·Kᵀ -> softmax -> P·V, and what their warning must say
 MISFIT = {"deberta_v2": "2 other product(s) [torch.bmm x2] took no attention point (their operands came quantized"}
@@ -188,8 +189,7 @@ def test_attention_points_see_what_their_names_say(name, impl):
     eager = None
     if impl.partition("+")[0] == "sdpa" and "eager" in case.impls:
         eager, eager_out = _eager(name)
-        if name in EAGER_SDPA_DIFFER:  # the allowance holds only while the plain builds really differ
-            assert _rel(ref, eager_out) > 1e-3
+        if name in EAGER_SDPA_DIFFER and _rel(ref, eager_out) > 1e-3:  # (transformers versions differ here)
             eager = None
     for mod in sorted(names):
         check_points(seen[mod], name, impl, params)
