@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import qsim_hooks as qh  # noqa: E402
 from qsim_hooks.formats import set_backend  # noqa: E402
+from qsim_hooks.report_coverage import coverage_line  # noqa: E402
 from tests.core.model_check import snapshot, verify_unchanged  # noqa: E402
 from tests.zoo import CASES, Case, outputs  # noqa: E402
 from tests.zoo.probe import (  # noqa: E402
@@ -76,6 +77,13 @@ def analyse_session(events: list[dict[str, Any]], probe: Probe, plan: qh.Plan,
             act = "layer"
         else:
             act = "uncovered"
+        if act == "uncovered" and g.get("on_grid"):
+            # no point of the calling module, but every activation operand on the e4m3 grid: a point of
+            # another module quantized it (a layer's points fired for its weight used functionally, or a
+            # projection's output point), which the probe sees as values, not as a provenance it can name
+            acts = [og for og, src in zip(g["on_grid"][:2], g["sources"][:2]) if not src and og is not None]
+            if acts and all(acts):
+                act = "on grid"
         scope = next((m for m in g["stack"] if m in attn_modules), None)
         if act == "attention" and scope is not None and g["module"] != scope:
             act = "child"  # a child module's own GEMM given attention roles
@@ -128,8 +136,10 @@ def analyse_session(events: list[dict[str, Any]], probe: Probe, plan: qh.Plan,
             softmax_per_module[e["module"]] += 1
     many = {m: (n, softmax_per_module[m]) for m, n in roles_per_module.items()
             if m is not None and softmax_per_module[m] and n > 2 * softmax_per_module[m]}
-    uncovered = Counter()
+    uncovered, on_grid = Counter(), Counter()
     for r in rows:
+        if r["act"] == "on grid":
+            on_grid[(pattern(r["module"]), f"{r['fn']} -> aten.{r['op']}")] += 1
         if not r["full"]:
             what = "weight raw" if r["weight"] == "raw" else ""
             what += (" + " if what else "") + {"uncovered": "activation uncovered",
@@ -139,6 +149,7 @@ def analyse_session(events: list[dict[str, Any]], probe: Probe, plan: qh.Plan,
         "gemms": len(rows), "full": sum(r["full"] for r in rows),
         "by_op": dict(Counter(f"{r['fn']} -> aten.{r['op']}" for r in rows)),
         "not_full": [{"module": m, "call": c, "what": w, "count": n} for (m, c, w), n in sorted(uncovered.items())],
+        "on_grid": [{"module": m, "call": c, "count": n} for (m, c), n in sorted(on_grid.items())],
         "raw_weights": {n: {**d, "calls": dict(d["calls"])} for n, d in sorted(raw_causes.items())},
         "functional_weight_use": [{"param": p, "called_from": m, "call": c, "count": n}
                                   for (p, m, c), n in sorted(functional.items())],
@@ -195,7 +206,7 @@ def instrumented_session(case: Case, model: nn.Module, cfg: qh.QuantConfig, ref:
     rec: dict[str, Any] = {"errors": {}}
     plan = qh.plan(model, cfg)
     attn_modules = {e.module for e in plan if e.point in POINTS}
-    probe = Probe(model)
+    probe = Probe(model, grid=qh.formats.get("e4m3"))  # the survey's configs are e4m3 everywhere
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -206,6 +217,7 @@ def instrumented_session(case: Case, model: nn.Module, cfg: qh.QuantConfig, ref:
                     got = outputs(case.run(model))
                 rec["clean"] = _clean(model, snap, inner)
             rec["session"] = analyse_session(probe.events, probe, plan, attn_modules)
+            rec["library_coverage"] = coverage_line(qs.coverage().summary)  # what the library itself says
             rec["e4m3_rel_change"] = _rel(got, ref)
             rec["never_fired"] = sorted({f"{pattern(r['module'])}:{r['point']}" for r in qs.stats()
                                          if not r["calls"]})
@@ -304,7 +316,7 @@ def _table(records: list[dict[str, Any]]):
 
     t = Table(title="qsim-hooks coverage survey (e4m3 input/weight/output)", show_lines=False)
     for col in ("case", "impl", "GEMMs", "full", "raw W", "uncov A", "attn plan/like", "missed", "pt viol",
-                "child", "unfired", "ident", "e4m3 Δ", "gen", "clean", "warn", "error"):
+                "child", "unfired", "ident", "e4m3 Δ", "gen", "clean", "warn", "error", "qs.coverage()"):
         t.add_column(col, overflow="fold")
     for r in records:
         s = r.get("session", {})
@@ -324,7 +336,8 @@ def _table(records: list[dict[str, Any]]):
             "" if "e4m3_rel_change" not in r else f"{r['e4m3_rel_change']:.3f}",
             "-" if gen is None else ("ok" if gen["identity_same_tokens"] and gen["e4m3_shape_ok"] else "DIFF"),
             "ok" if not r.get("clean") and not r.get("clean_identity") else "LEFT",
-            str(len(r.get("warnings", [])) or ""), "; ".join(f"{k}: {v[:60]}" for k, v in r["errors"].items()))
+            str(len(r.get("warnings", [])) or ""), "; ".join(f"{k}: {v[:60]}" for k, v in r["errors"].items()),
+            r.get("library_coverage", "-"))
     return t
 
 
@@ -335,6 +348,9 @@ def _findings(r: dict[str, Any]) -> list[str]:
         out.append(f"raw weight {n} {d['shape']} [{d['cause']}] via {', '.join(d['calls'])} x{d['count']}")
     for x in s.get("functional_weight_use", []):
         out.append(f"functional use of {x['param']} from {x['called_from'] or '<model>'} ({x['call']}) x{x['count']}")
+    for x in s.get("on_grid", []):
+        out.append(f"activations on the e4m3 grid from another module's point: {x['module'] or '<model>'} "
+                   f"{x['call']} x{x['count']}")
     for x in s.get("not_full", []):
         if x["what"] in ("activation uncovered",):
             out.append(f"uncovered activation: {x['module'] or '<model>'} {x['call']} x{x['count']}")
@@ -343,7 +359,8 @@ def _findings(r: dict[str, Any]) -> list[str]:
     for m, d in s.get("roles_per_softmax", {}).items():
         out.append(f"{pattern(m)}: {d['matmuls_with_roles']} intercepted matmuls for {d['softmax']} softmax")
     for x in s.get("einsum_axes", []):
-        out.append(f"einsum in {pattern(x['scope'] or '')}: {x['issue']}")
+        out.append(f"einsum in {pattern(x['scope'] or '')}: {x['issue']} (block formats must run along the "
+                   "contracted axis; the library's choice is checked in tests/attention/test_pairing.py)")
     for m, c in s.get("point_violations", {}).items():
         for msg, n in c.items():
             out.append(f"point check {pattern(m)}: {msg} x{n}")

@@ -360,5 +360,5 @@ def einsum_axes(eq: str, roles: list[str]) -> list[str]:
     for sub, role in zip((a, b), roles or ("?", "?")):
         if sub[-1] not in red:
             axes = [i - len(sub) for i, ch in enumerate(sub) if ch in red]
-            out.append(f"{role} '{sub}': blocks along -1 ('{sub[-1]}'), reduction over axis {axes}")
+            out.append(f"{role} '{sub}': contracted over axis {axes}, not the last ('{sub[-1]}')")
     return out
