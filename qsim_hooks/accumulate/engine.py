@@ -37,10 +37,43 @@ def _is_fp32(fmt: FloatFormat) -> bool:
             and fmt.overflow == "special" and fmt.rounding.mode_id == FloatFormat(8, 23).rounding.mode_id)
 
 
+def _wide_bits(fmt: FloatFormat) -> int:
+    """Low mantissa bits of fp32 that ``fmt`` drops when it is fp32 with fewer mantissa bits (8 exponent bits,
+    bias 127, IEEE specials, subnormals, nearest-even: fp22 = ``FloatFormat(8, 13)``, tf32); 0 otherwise."""
+    if (fmt.exp_bits == 8 and fmt.bias == 127 and fmt.subnormals and fmt.specials == "ieee" and fmt.scaling is None
+            and fmt.rounding.mode_id == FloatFormat(8, 23).rounding.mode_id and fmt.man_bits < 23):
+        return 23 - fmt.man_bits
+    return 0
+
+
+def _bit_round_(x: Tensor, shift: int, tmp: Tensor) -> Tensor:
+    """Nearest-even rounding of float32 ``x`` in place to ``23 - shift`` mantissa bits on its int32 bits:
+    add half an ulp less one plus the kept last bit, clear the dropped bits (fp32's subnormals share the
+    narrower grid's bit positions; a carry into the exponent is the next binade, or infinity past the
+    largest value). ``tmp``: an int32 buffer of ``x``'s shape. NaN and saturation are the caller's."""
+    xi = x.view(torch.int32)
+    torch.bitwise_right_shift(xi, shift, out=tmp)
+    tmp.bitwise_and_(1).add_((1 << (shift - 1)) - 1)
+    xi.add_(tmp).bitwise_and_(-(1 << shift))
+    return x
+
+
+def _bit_rounder(fmt: FloatFormat, shift: int) -> Round:
+    mx = fmt.max
+
+    def r(x: Tensor) -> Tensor:
+        y = _bit_round_(x.clone(), shift, torch.empty(x.shape, dtype=torch.int32, device=x.device))
+        y = torch.where(torch.isnan(x), x, y)
+        return y.clamp_(-mx, mx) if fmt.saturates else y
+    return r
+
+
 def rounder(fmt: FloatFormat | None) -> Round | None:
     """``fmt``'s cast on float32 tensors; ``None`` when rounding to it changes nothing (IEEE fp32)."""
     if fmt is None or _is_fp32(fmt):
         return None
+    if shift := _wide_bits(fmt):  # fp22, tf32: integer ops on fp32's bits (what fmt.cast gives, bit for bit)
+        return _bit_rounder(fmt, shift)
     native = fmt._native_dtype()
     if native is not None:  # fp16 / bf16: torch's own cast, as FloatFormat.cast does on small tensors (never
         # its fused kernel, whose compiled graph a loop of ever-new shapes would keep recompiling)
@@ -72,15 +105,19 @@ def _sequential(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: R
     p = torch.empty_like(s)
     native = _native(fmt) if prod is None else None
     low = torch.empty_like(s, dtype=native) if native is not None else None
+    shift = _wide_bits(fmt) if prod is None and native is None else 0
+    tmp = torch.empty_like(s, dtype=torch.int32) if shift else None
     at, bc = a.transpose(2, 3).contiguous(), b.contiguous()  # a step's column and row: contiguous reads
     for k in range(a.shape[3]):
         torch.mul(at[:, :, k, :, None], bc[:, :, k:k + 1, :], out=p)  # this step's products of every chunk, fp32
         if low is not None:  # s + p in fp32, then the round trip through fp16 / bf16 in place (no allocation)
             s.copy_(low.copy_(s.add_(p)))
+        elif tmp is not None:  # fp22 / tf32: s + p in fp32, rounded in place on its bits
+            _bit_round_(s.add_(p), shift, tmp)
         else:
             s = apply_round(r, s.add_(apply_round(prod, p)))
-    if low is not None and fmt.saturates and not bool(torch.isfinite(s).all()):
-        return _sequential(a, b, fmt, r, lambda x: x)  # an overflow (or a NaN): clamp at every step
+    if (low is not None or tmp is not None) and not bool(torch.isfinite(s).all()):
+        return _sequential(a, b, fmt, r, lambda x: x)  # an overflow or a NaN: the full rounding at every step
     return s
 
 
@@ -169,22 +206,38 @@ def _tile(a: Tensor, b: Tensor, acc: Accumulator) -> int:
 
 def _int_sum(a: Tensor, b: Tensor, fmt: IntAccumulation, want_over: bool) -> tuple[Tensor, Tensor | None]:
     """Integer codes summed in int64, wrapped or clamped to ``fmt`` after every addition; the overflow mask.
-    Wrapping is modular arithmetic: without a mask to report, one exact sum wrapped once is the same."""
-    ai, bi = a.to(torch.int64), b.to(torch.int64)
+
+    An output overflowed iff one of its exact partial sums left the range (until the first such step the
+    wrapped or clamped sum is the exact one). So: when ``K * max|a| * max|b|`` is within the range no partial
+    sum can leave it, and the sum is one float64 matmul of the codes (every partial sum an integer below 2**53:
+    exact in any order); wrapping is modular, so it is the exact sum wrapped once, and its mask is whether the
+    exact partial sums' running maximum or minimum left the range (a loop of in-place adds); saturation
+    clamps at every step."""
     span = 1 << fmt.bits
+    K = a.shape[2]
+    top = float(a.abs().amax()) * float(b.abs().amax()) * K if a.numel() and b.numel() else 0.0
+    if top <= fmt.hi:
+        s = torch.matmul(a.double(), b.double()).round_().to(torch.int64)
+        return s, torch.zeros(s.shape, dtype=torch.bool, device=a.device) if want_over else None
+    ai, bi = a.to(torch.int64), b.to(torch.int64)
     if fmt.overflow == "wrap" and not want_over:
         s = torch.matmul(ai, bi)
         return torch.remainder(s - fmt.lo, span) + fmt.lo, None
     s = torch.zeros(a.shape[0], a.shape[1], b.shape[2], dtype=torch.int64, device=a.device)
+    p = torch.empty_like(s)
+    at = ai.transpose(1, 2).contiguous()
+    if fmt.overflow == "wrap":  # exact partial sums; their extremes say whether one left the range
+        hi, lo = s.clone(), s.clone()
+        for k in range(K):
+            s.add_(torch.mul(at[:, k, :, None], bi[:, k:k + 1, :], out=p))
+            torch.maximum(hi, s, out=hi)
+            torch.minimum(lo, s, out=lo)
+        return torch.remainder(s - fmt.lo, span) + fmt.lo, (hi > fmt.hi) | (lo < fmt.lo)
     over = torch.zeros(s.shape, dtype=torch.bool, device=a.device)
-    for k in range(a.shape[2]):
-        s += ai[:, :, k:k + 1] * bi[:, k:k + 1, :]
-        out = (s < fmt.lo) | (s > fmt.hi)
-        over |= out
-        if fmt.overflow == "wrap":
-            s = torch.where(out, torch.remainder(s - fmt.lo, span) + fmt.lo, s)
-        else:
-            s = s.clamp_(fmt.lo, fmt.hi)
+    for k in range(K):
+        s.add_(torch.mul(at[:, k, :, None], bi[:, k:k + 1, :], out=p))
+        over |= (s < fmt.lo) | (s > fmt.hi)
+        s.clamp_(fmt.lo, fmt.hi)
     return s, over
 
 

@@ -168,3 +168,32 @@ def test_int_accumulator_refuses_float_operands():
         accumulate_matmul(torch.randn(2, 3), torch.randn(3, 2), Accumulator("int32"))
     assert IntAccumulation(24, "saturate").hi == 2**23 - 1
     assert math.isfinite(accumulate_matmul(torch.ones(1, 3), torch.ones(3, 1), Accumulator("int32")).item())
+
+
+@pytest.mark.parametrize("fmt", [FloatFormat(8, 13), FloatFormat(8, 13, overflow="special"), FloatFormat(8, 10),
+                                 FloatFormat(8, 1), FloatFormat(8, 22)], ids=lambda f: f"{f.name}-{f.overflow}")
+def test_fp32_exponent_formats_round_on_the_bits_like_the_format(fmt):
+    """fp22 / tf32-like accumulators round on fp32's bits (the engine's fast path): the format's own cast,
+    bit for bit, on random bit patterns (every binade, subnormals, infinities, NaNs) and on ties."""
+    from qsim_hooks.accumulate.engine import rounder
+    g = torch.Generator().manual_seed(fmt.man_bits)
+    bits = torch.randint(-2**31, 2**31 - 1, (1 << 16,), generator=g, dtype=torch.int64).to(torch.int32)
+    ulp = 2.0 ** -fmt.man_bits
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 3.4028235e38, 1e-45, 1.1754942e-38,
+                            1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + ulp / 2), fmt.max * (1 + ulp / 4)])
+    for x in (bits.view(torch.float32), special):
+        got, want = rounder(fmt)(x), fmt.cast(x)
+        same = (got.view(torch.int32) == want.view(torch.int32)) | (torch.isnan(got) & torch.isnan(want))
+        assert bool(same.all()), (x[~same][:4], got[~same][:4], want[~same][:4])
+    assert not torch.equal(rounder(fmt)(special[8:10]), special[8:10])  # the ties did round
+
+
+def test_int_accumulator_without_possible_overflow_is_the_exact_sum():
+    """K * max|a| * max|b| within the range: no partial sum can leave it (the float64-matmul path)."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(-127, 128, (4, 130), generator=g)
+    b = torch.randint(-127, 128, (130, 3), generator=g)
+    assert 130 * 127 * 127 <= 2**31 - 1
+    got, over = matmul_with_overflow(a.float(), b.float(), Accumulator("int32", overflow="saturate"))
+    np.testing.assert_array_equal(got.numpy(), a.numpy().astype(np.int64) @ b.numpy().astype(np.int64))
+    assert got.dtype == torch.int64 and not over.any()
