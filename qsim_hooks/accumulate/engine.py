@@ -219,11 +219,24 @@ def _int_sum(a: Tensor, b: Tensor, fmt: IntAccumulation, want_over: bool) -> tup
     if top <= fmt.hi:
         s = torch.matmul(a.double(), b.double()).round_().to(torch.int64)
         return s, torch.zeros(s.shape, dtype=torch.bool, device=a.device) if want_over else None
-    ai, bi = a.to(torch.int64), b.to(torch.int64)
     if fmt.overflow == "wrap" and not want_over:
-        s = torch.matmul(ai, bi)
+        s = torch.matmul(a.to(torch.int64), b.to(torch.int64))
         return torch.remainder(s - fmt.lo, span) + fmt.lo, None
-    s = torch.zeros(a.shape[0], a.shape[1], b.shape[2], dtype=torch.int64, device=a.device)
+    tn = max(1, SEQUENTIAL_TILE // max(1, a.shape[0] * a.shape[1]))  # the loop's buffers stay in cache
+    if b.shape[2] > tn:
+        parts = [_int_loop(a, b[:, :, n0:n0 + tn], fmt, top) for n0 in range(0, b.shape[2], tn)]
+        return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)
+    return _int_loop(a, b, fmt, top)
+
+
+def _int_loop(a: Tensor, b: Tensor, fmt: IntAccumulation, top: float) -> tuple[Tensor, Tensor]:
+    """:func:`_int_sum`'s loop over K, in int32 when no value it holds can leave int32: the exact partial sums
+    (``top``) when wrapping, a clamped sum plus one product when saturating."""
+    span, K = 1 << fmt.bits, a.shape[2]
+    bound = top if fmt.overflow == "wrap" else fmt.hi + top / max(K, 1)
+    dt = torch.int32 if bound < 2**31 - 1 else torch.int64
+    ai, bi = a.to(dt), b.to(dt)
+    s = torch.zeros(a.shape[0], a.shape[1], b.shape[2], dtype=dt, device=a.device)
     p = torch.empty_like(s)
     at = ai.transpose(1, 2).contiguous()
     if fmt.overflow == "wrap":  # exact partial sums; their extremes say whether one left the range
@@ -232,13 +245,14 @@ def _int_sum(a: Tensor, b: Tensor, fmt: IntAccumulation, want_over: bool) -> tup
             s.add_(torch.mul(at[:, k, :, None], bi[:, k:k + 1, :], out=p))
             torch.maximum(hi, s, out=hi)
             torch.minimum(lo, s, out=lo)
+        s = s.to(torch.int64)
         return torch.remainder(s - fmt.lo, span) + fmt.lo, (hi > fmt.hi) | (lo < fmt.lo)
     over = torch.zeros(s.shape, dtype=torch.bool, device=a.device)
     for k in range(K):
         s.add_(torch.mul(at[:, k, :, None], bi[:, k:k + 1, :], out=p))
         over |= (s < fmt.lo) | (s > fmt.hi)
         s.clamp_(fmt.lo, fmt.hi)
-    return s, over
+    return s.to(torch.int64), over
 
 
 def simulated_matmul(a: Tensor, b: Tensor, acc: Accumulator, bias: Tensor | None,
