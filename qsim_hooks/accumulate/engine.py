@@ -121,8 +121,46 @@ def _sequential(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: R
     return s
 
 
+def _tree_products(a: Tensor, b: Tensor) -> Tensor:
+    """(S, B, C, M, N) products from operands made contiguous with S leading (a broadcast product of
+    transposed views iterates slowly)."""
+    return a.movedim(3, 0).contiguous()[..., None] * b.movedim(2, 0).contiguous()[:, :, :, None, :]
+
+
 def _pairwise(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Round | None) -> Tensor:
-    # (S, B, C, M, N): the tree runs over the leading axis, so each level adds two contiguous halves
+    # (S, B, C, M, N): the tree runs over the leading axis; level by level, adjacent pairs (strided reads of
+    # whole (B, C, M, N) blocks) are added into a second buffer, half as long, so nothing is allocated per level
+    p = apply_round(prod, _tree_products(a, b))
+    native = _native(fmt)
+    shift = _wide_bits(fmt) if native is None else 0
+    if p.shape[0] == 1:
+        return apply_round(r, p[0])
+    shape = p.shape[1:]
+    p = p.reshape(p.shape[0], -1)  # (S, outputs): a level's strided halves iterate as two dense dims
+    cur, nxt = p, torch.empty_like(p[:(p.shape[0] + 1) // 2])
+    low = torch.empty_like(nxt, dtype=native) if native is not None else None
+    tmp = torch.empty_like(nxt, dtype=torch.int32) if shift else None
+    while cur.shape[0] > 1:
+        n, h = cur.shape[0], cur.shape[0] // 2
+        if low is not None:  # fp32 sum, then the round trip through fp16 / bf16 (vectorised copies)
+            torch.add(cur[0:2 * h:2], cur[1:2 * h:2], out=nxt[:h])
+            nxt[:h].copy_(low[:h].copy_(nxt[:h]))
+        elif tmp is not None:
+            _bit_round_(torch.add(cur[0:2 * h:2], cur[1:2 * h:2], out=nxt[:h]), shift, tmp[:h])
+        else:
+            nxt[:h] = apply_round(r, cur[0:2 * h:2] + cur[1:2 * h:2])
+        if n % 2:  # the odd last element, carried up unchanged
+            nxt[h].copy_(cur[n - 1])
+        m = h + n % 2
+        cur, nxt = nxt[:m], cur[:(m + 1) // 2]
+    out = apply_round(r, cur[0]).reshape(shape)
+    if (low is not None or tmp is not None) and not bool(torch.isfinite(out).all()):
+        return _pairwise_checked(a, b, r, prod)  # an overflow or a NaN: the full rounding at every level
+    return out
+
+
+def _pairwise_checked(a: Tensor, b: Tensor, r: Round | None, prod: Round | None) -> Tensor:
+    """The pairwise tree with the format's full rounding (saturation, NaN) at every level."""
     p = apply_round(prod, a.movedim(3, 0)[..., None] * b.movedim(2, 0)[:, :, :, None, :])
     while p.shape[0] > 1:
         n, h = p.shape[0], p.shape[0] // 2
@@ -140,7 +178,8 @@ def _aligned(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None) ->
     """The running sum and each next ``group`` products aligned to their largest exponent, truncated toward
     zero to ``bits`` significant bits, added exactly (float64 holds every such sum exactly)."""
     s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3], dtype=torch.float64)
-    at, bt = a.movedim(3, 0)[..., None], b.movedim(2, 0)[:, :, :, None, :]  # (S, B, C, M, 1), (S, B, C, 1, N)
+    # (S, B, C, M, 1), (S, B, C, 1, N), contiguous: a broadcast product of transposed views iterates slowly
+    at, bt = a.movedim(3, 0).contiguous()[..., None], b.movedim(2, 0).contiguous()[:, :, :, None, :]
     for g0 in range(0, a.shape[3], group):
         p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group]).double()  # (G, B, C, M, N), fp32 products
         top = torch.maximum(p.abs().amax(dim=0), s.abs())
@@ -191,15 +230,17 @@ def _float_sum(a: Tensor, b: Tensor, acc: Accumulator) -> Tensor:
 
 
 def _tile(a: Tensor, b: Tensor, acc: Accumulator) -> int:
-    """Columns per tile, so that a tile's temporaries stay under :data:`TILE_ELEMENTS`."""
-    depth = 1
+    """Columns per tile, so that a tile's temporaries stay under :data:`TILE_ELEMENTS` (every chunk's: the
+    chunks run side by side)."""
+    chunks = 1 if acc.chunk is None else -(-a.shape[2] // acc.chunk)
     if acc.order == "sequential" and acc.align_bits is None:
-        chunks = 1 if acc.chunk is None else -(-a.shape[2] // acc.chunk)
         return max(1, min(b.shape[2], SEQUENTIAL_TILE // max(1, a.shape[0] * a.shape[1] * chunks)))
-    if acc.align_bits is not None:
-        depth = acc.group + 1
+    if acc.align_bits is not None:  # one group's products of every chunk, in float64 (two fp32 elements each)
+        depth = 2 * (min(acc.group, a.shape[2]) + 1) * chunks
     elif acc.order == "pairwise" or acc.product is not None:
-        depth = a.shape[2] if acc.chunk is None else min(acc.chunk, a.shape[2])
+        depth = a.shape[2]  # every product of every chunk
+    else:
+        depth = chunks
     per_col = max(1, a.shape[0] * a.shape[1] * max(depth, 1))
     return max(1, min(b.shape[2], TILE_ELEMENTS // per_col))
 

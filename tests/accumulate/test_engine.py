@@ -197,3 +197,22 @@ def test_int_accumulator_without_possible_overflow_is_the_exact_sum():
     got, over = matmul_with_overflow(a.float(), b.float(), Accumulator("int32", overflow="saturate"))
     np.testing.assert_array_equal(got.numpy(), a.numpy().astype(np.int64) @ b.numpy().astype(np.int64))
     assert got.dtype == torch.int64 and not over.any()
+
+
+@pytest.mark.parametrize("em", [(5, 10), (8, 7), (8, 13)], ids=lambda em: f"e{em[0]}m{em[1]}")
+@pytest.mark.parametrize("order", ["sequential", "pairwise"])
+def test_saturation_and_nan_against_the_loop(em, order):
+    """Sums that pass the format's largest value (saturating: clamped at every step, not only at the end) and
+    a NaN product: the fast in-place paths hand these to the full rounding, which the loop agrees with."""
+    a, b = _data(3, 23, 4, seed=7)
+    b = b.abs() + 1
+    if em == (5, 10):  # row 0 runs past fp16's largest value (fp32 sums and products stay finite)
+        a[0] = a[0].abs() * 2.0**12
+    a[1, 5] = math.nan
+    r = ref.rounder(em)
+    want = ref.matmul(a, b, lambda ps: ref.reduce_products(ps, r, order, None, ref.f32))
+    got = accumulate_matmul(a, b, Accumulator(FloatFormat(*em), order=order)).double().numpy()
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
+    if em == (5, 10):
+        assert (got[0] == 65504).all()  # saturated
