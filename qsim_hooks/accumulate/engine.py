@@ -176,16 +176,39 @@ def _chunked(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Roun
 
 def _aligned(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None) -> Tensor:
     """The running sum and each next ``group`` products aligned to their largest exponent, truncated toward
-    zero to ``bits`` significant bits, added exactly (float64 holds every such sum exactly)."""
-    s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3], dtype=torch.float64)
+    zero to ``bits`` significant bits, added exactly. Every truncated term is an integer times the group's
+    ulp, below ``2**bits`` of them, so a group's sum (``group + 1`` terms) is exact in float32 when
+    ``bits + log2(group + 1) <= 24`` and every exponent is far from float32's limits; otherwise (or when a
+    group's exponent is not) the same arithmetic runs in float64, which holds every such sum exactly."""
+    if bits + (group + 1).bit_length() <= 24:
+        out = _aligned_in(a, b, bits, group, prod, torch.float32)
+        if out is not None:
+            return out
+    out = _aligned_in(a, b, bits, group, prod, torch.float64)
+    assert out is not None
+    return out
+
+
+def _aligned_in(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None,
+                dtype: torch.dtype) -> Tensor | None:
+    s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3], dtype=dtype)
+    narrow = dtype == torch.float32
+    far = torch.zeros(s.shape, dtype=torch.bool, device=s.device) if narrow else None
     # (S, B, C, M, 1), (S, B, C, 1, N), contiguous: a broadcast product of transposed views iterates slowly
     at, bt = a.movedim(3, 0).contiguous()[..., None], b.movedim(2, 0).contiguous()[:, :, :, None, :]
     for g0 in range(0, a.shape[3], group):
-        p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group]).double()  # (G, B, C, M, N), fp32 products
+        p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group])  # (G, B, C, M, N), fp32 products
+        p = p if narrow else p.double()
         top = torch.maximum(p.abs().amax(dim=0), s.abs())
         e = torch.frexp(top).exponent  # top = m * 2**e, m in [0.5, 1)
-        up = torch.ldexp(torch.ones_like(s), (bits - e).double())  # 1 / ulp
+        if far is not None:  # 1 / ulp and every sum / ulp must stay normal float32 numbers
+            far |= (e > 100) | ((e < bits - 120) & (top > 0))
+            up = ((bits - e + 127) << 23).view(torch.float32)  # 2**(bits - e), built exactly
+        else:
+            up = torch.ldexp(torch.ones_like(s), (bits - e).double())
         s = (p.mul_(up).trunc_().sum(dim=0) + torch.trunc(s * up)) / up
+    if far is not None and bool(far.any()):
+        return None
     return s.float()
 
 

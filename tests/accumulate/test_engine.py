@@ -216,3 +216,34 @@ def test_saturation_and_nan_against_the_loop(em, order):
     assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
     if em == (5, 10):
         assert (got[0] == 65504).all()  # saturated
+
+
+@pytest.mark.parametrize("scale", [2.0**-70, 1.0, 2.0**60], ids=["tiny", "unit", "huge"])
+def test_hopper_alignment_far_from_unit_against_the_loop(scale):
+    """Products near float32's limits (the engine's float32 path hands those groups to float64) and
+    ordinary ones, with rows of mixed magnitude: the loop reference, bit for bit."""
+    a, b = _data(4, 64, 3, seed=11)
+    a[0] *= scale
+    a[1] *= scale * 2.0**-20
+    acc = Accumulator("fp32", align_bits=14, group=32, chunk=None, promote="fp32")
+    want = ref.matmul(a, b, lambda ps: ref.f32(ref.aligned_products(ps, 14, 32)))
+    np.testing.assert_array_equal(accumulate_matmul(a, b, acc).double().numpy(), want)
+
+
+def test_hopper_float32_path_is_the_float64_one_bit_for_bit():
+    """The aligned sums run in float32 when every group's exponent allows it: the same bits as float64 (which
+    holds every aligned sum exactly), on operands spread over 120 binades; far groups fall back."""
+    from qsim_hooks.accumulate.engine import _aligned_in
+    g = torch.Generator().manual_seed(0)
+    narrow = 0
+    for t in range(30):
+        spread = lambda shape: torch.exp2(torch.randint(-30, 30, shape, generator=g).float())  # noqa: E731
+        a = torch.randn(2, 3, 5, 70, generator=g) * spread((2, 3, 5, 70)) * (2.0**-60 if t % 3 == 0 else 1)
+        b = torch.randn(2, 3, 70, 4, generator=g) * spread((2, 3, 70, 4))
+        for bits, group in ((14, 32), (10, 4), (14, 1)):
+            x = _aligned_in(a, b, bits, group, None, torch.float32)
+            y = _aligned_in(a, b, bits, group, None, torch.float64)
+            if x is not None:
+                narrow += 1
+                assert torch.equal(x.view(torch.int32), y.view(torch.int32)), (t, bits, group)
+    assert 0 < narrow < 90  # both paths ran
