@@ -199,14 +199,17 @@ def _aligned_in(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None,
     for g0 in range(0, a.shape[3], group):
         p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group])  # (G, B, C, M, N), fp32 products
         p = p if narrow else p.double()
-        top = torch.maximum(p.abs().amax(dim=0), s.abs())
+        top = torch.maximum(torch.maximum(p.amax(dim=0), p.amin(dim=0).neg_()), s.abs())  # no |p| temporary
         e = torch.frexp(top).exponent  # top = m * 2**e, m in [0.5, 1)
         if far is not None:  # 1 / ulp and every sum / ulp must stay normal float32 numbers
             far |= (e > 100) | ((e < bits - 120) & (top > 0))
             up = ((bits - e + 127) << 23).view(torch.float32)  # 2**(bits - e), built exactly
+            # every term times 1/ulp is below 2**bits: the int32 cast truncates it toward zero, exactly
+            total = p.mul_(up).to(torch.int32).sum(dim=0, dtype=torch.int32) + (s * up).to(torch.int32)
+            s = total.float() / up
         else:
             up = torch.ldexp(torch.ones_like(s), (bits - e).double())
-        s = (p.mul_(up).trunc_().sum(dim=0) + torch.trunc(s * up)) / up
+            s = (p.mul_(up).trunc_().sum(dim=0) + torch.trunc(s * up)) / up
     if far is not None and bool(far.any()):
         return None
     return s.float()
