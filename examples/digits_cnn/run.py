@@ -21,7 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples import common  # noqa: E402
-from examples.digits_cnn import digits  # noqa: E402
+from examples.digits_cnn import accumulators, digits  # noqa: E402
 from qsim_hooks import report  # noqa: E402
 
 
@@ -51,6 +51,7 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         p.error(str(exc))
     digits.render(result, common.console(), top=args.top)
+    accumulators.render(accumulators.run(settings), common.console())
     out = result.as_dict()
     if args.json:
         Path(args.json).write_text(report.to_json(out))

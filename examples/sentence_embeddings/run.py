@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from examples import common  # noqa: E402
-from examples.sentence_embeddings import sentences  # noqa: E402
+from examples.sentence_embeddings import accumulators, sentences  # noqa: E402
 from qsim_hooks import report  # noqa: E402
 
 
@@ -52,6 +52,7 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         p.error(str(exc))
     sentences.render(result, common.console(), top=args.top, k=args.k)
+    accumulators.render(accumulators.run(threads=args.threads or None), common.console())
     out = asdict(result)
     if args.json:
         Path(args.json).write_text(report.to_json(out))

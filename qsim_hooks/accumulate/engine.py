@@ -37,10 +37,43 @@ def _is_fp32(fmt: FloatFormat) -> bool:
             and fmt.overflow == "special" and fmt.rounding.mode_id == FloatFormat(8, 23).rounding.mode_id)
 
 
+def _wide_bits(fmt: FloatFormat) -> int:
+    """Low mantissa bits of fp32 that ``fmt`` drops when it is fp32 with fewer mantissa bits (8 exponent bits,
+    bias 127, IEEE specials, subnormals, nearest-even: fp22 = ``FloatFormat(8, 13)``, tf32); 0 otherwise."""
+    if (fmt.exp_bits == 8 and fmt.bias == 127 and fmt.subnormals and fmt.specials == "ieee" and fmt.scaling is None
+            and fmt.rounding.mode_id == FloatFormat(8, 23).rounding.mode_id and fmt.man_bits < 23):
+        return 23 - fmt.man_bits
+    return 0
+
+
+def _bit_round_(x: Tensor, shift: int, tmp: Tensor) -> Tensor:
+    """Nearest-even rounding of float32 ``x`` in place to ``23 - shift`` mantissa bits on its int32 bits:
+    add half an ulp less one plus the kept last bit, clear the dropped bits (fp32's subnormals share the
+    narrower grid's bit positions; a carry into the exponent is the next binade, or infinity past the
+    largest value). ``tmp``: an int32 buffer of ``x``'s shape. NaN and saturation are the caller's."""
+    xi = x.view(torch.int32)
+    torch.bitwise_right_shift(xi, shift, out=tmp)
+    tmp.bitwise_and_(1).add_((1 << (shift - 1)) - 1)
+    xi.add_(tmp).bitwise_and_(-(1 << shift))
+    return x
+
+
+def _bit_rounder(fmt: FloatFormat, shift: int) -> Round:
+    mx = fmt.max
+
+    def r(x: Tensor) -> Tensor:
+        y = _bit_round_(x.clone(), shift, torch.empty(x.shape, dtype=torch.int32, device=x.device))
+        y = torch.where(torch.isnan(x), x, y)
+        return y.clamp_(-mx, mx) if fmt.saturates else y
+    return r
+
+
 def rounder(fmt: FloatFormat | None) -> Round | None:
     """``fmt``'s cast on float32 tensors; ``None`` when rounding to it changes nothing (IEEE fp32)."""
     if fmt is None or _is_fp32(fmt):
         return None
+    if shift := _wide_bits(fmt):  # fp22, tf32: integer ops on fp32's bits (what fmt.cast gives, bit for bit)
+        return _bit_rounder(fmt, shift)
     native = fmt._native_dtype()
     if native is not None:  # fp16 / bf16: torch's own cast, as FloatFormat.cast does on small tensors (never
         # its fused kernel, whose compiled graph a loop of ever-new shapes would keep recompiling)
@@ -72,20 +105,62 @@ def _sequential(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: R
     p = torch.empty_like(s)
     native = _native(fmt) if prod is None else None
     low = torch.empty_like(s, dtype=native) if native is not None else None
+    shift = _wide_bits(fmt) if prod is None and native is None else 0
+    tmp = torch.empty_like(s, dtype=torch.int32) if shift else None
     at, bc = a.transpose(2, 3).contiguous(), b.contiguous()  # a step's column and row: contiguous reads
     for k in range(a.shape[3]):
         torch.mul(at[:, :, k, :, None], bc[:, :, k:k + 1, :], out=p)  # this step's products of every chunk, fp32
         if low is not None:  # s + p in fp32, then the round trip through fp16 / bf16 in place (no allocation)
             s.copy_(low.copy_(s.add_(p)))
+        elif tmp is not None:  # fp22 / tf32: s + p in fp32, rounded in place on its bits
+            _bit_round_(s.add_(p), shift, tmp)
         else:
             s = apply_round(r, s.add_(apply_round(prod, p)))
-    if low is not None and fmt.saturates and not bool(torch.isfinite(s).all()):
-        return _sequential(a, b, fmt, r, lambda x: x)  # an overflow (or a NaN): clamp at every step
+    if (low is not None or tmp is not None) and not bool(torch.isfinite(s).all()):
+        return _sequential(a, b, fmt, r, lambda x: x)  # an overflow or a NaN: the full rounding at every step
     return s
 
 
+def _tree_products(a: Tensor, b: Tensor) -> Tensor:
+    """(S, B, C, M, N) products from operands made contiguous with S leading (a broadcast product of
+    transposed views iterates slowly)."""
+    return a.movedim(3, 0).contiguous()[..., None] * b.movedim(2, 0).contiguous()[:, :, :, None, :]
+
+
 def _pairwise(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Round | None) -> Tensor:
-    # (S, B, C, M, N): the tree runs over the leading axis, so each level adds two contiguous halves
+    # (S, B, C, M, N): the tree runs over the leading axis; level by level, adjacent pairs (strided reads of
+    # whole (B, C, M, N) blocks) are added into a second buffer, half as long, so nothing is allocated per level
+    p = apply_round(prod, _tree_products(a, b))
+    native = _native(fmt)
+    shift = _wide_bits(fmt) if native is None else 0
+    if p.shape[0] == 1:
+        return apply_round(r, p[0])
+    shape = p.shape[1:]
+    p = p.reshape(p.shape[0], -1)  # (S, outputs): a level's strided halves iterate as two dense dims
+    cur, nxt = p, torch.empty_like(p[:(p.shape[0] + 1) // 2])
+    low = torch.empty_like(nxt, dtype=native) if native is not None else None
+    tmp = torch.empty_like(nxt, dtype=torch.int32) if shift else None
+    while cur.shape[0] > 1:
+        n, h = cur.shape[0], cur.shape[0] // 2
+        if low is not None:  # fp32 sum, then the round trip through fp16 / bf16 (vectorised copies)
+            torch.add(cur[0:2 * h:2], cur[1:2 * h:2], out=nxt[:h])
+            nxt[:h].copy_(low[:h].copy_(nxt[:h]))
+        elif tmp is not None:
+            _bit_round_(torch.add(cur[0:2 * h:2], cur[1:2 * h:2], out=nxt[:h]), shift, tmp[:h])
+        else:
+            nxt[:h] = apply_round(r, cur[0:2 * h:2] + cur[1:2 * h:2])
+        if n % 2:  # the odd last element, carried up unchanged
+            nxt[h].copy_(cur[n - 1])
+        m = h + n % 2
+        cur, nxt = nxt[:m], cur[:(m + 1) // 2]
+    out = apply_round(r, cur[0]).reshape(shape)
+    if (low is not None or tmp is not None) and not bool(torch.isfinite(out).all()):
+        return _pairwise_checked(a, b, r, prod)  # an overflow or a NaN: the full rounding at every level
+    return out
+
+
+def _pairwise_checked(a: Tensor, b: Tensor, r: Round | None, prod: Round | None) -> Tensor:
+    """The pairwise tree with the format's full rounding (saturation, NaN) at every level."""
     p = apply_round(prod, a.movedim(3, 0)[..., None] * b.movedim(2, 0)[:, :, :, None, :])
     while p.shape[0] > 1:
         n, h = p.shape[0], p.shape[0] // 2
@@ -101,15 +176,42 @@ def _chunked(a: Tensor, b: Tensor, fmt: FloatFormat, r: Round | None, prod: Roun
 
 def _aligned(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None) -> Tensor:
     """The running sum and each next ``group`` products aligned to their largest exponent, truncated toward
-    zero to ``bits`` significant bits, added exactly (float64 holds every such sum exactly)."""
-    s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3], dtype=torch.float64)
-    at, bt = a.movedim(3, 0)[..., None], b.movedim(2, 0)[:, :, :, None, :]  # (S, B, C, M, 1), (S, B, C, 1, N)
+    zero to ``bits`` significant bits, added exactly. Every truncated term is an integer times the group's
+    ulp, below ``2**bits`` of them, so a group's sum (``group + 1`` terms) is exact in float32 when
+    ``bits + log2(group + 1) <= 24`` and every exponent is far from float32's limits; otherwise (or when a
+    group's exponent is not) the same arithmetic runs in float64, which holds every such sum exactly."""
+    if bits + (group + 1).bit_length() <= 24:
+        out = _aligned_in(a, b, bits, group, prod, torch.float32)
+        if out is not None:
+            return out
+    out = _aligned_in(a, b, bits, group, prod, torch.float64)
+    assert out is not None
+    return out
+
+
+def _aligned_in(a: Tensor, b: Tensor, bits: int, group: int, prod: Round | None,
+                dtype: torch.dtype) -> Tensor | None:
+    s = a.new_zeros(a.shape[0], a.shape[1], a.shape[2], b.shape[3], dtype=dtype)
+    narrow = dtype == torch.float32
+    far = torch.zeros(s.shape, dtype=torch.bool, device=s.device) if narrow else None
+    # (S, B, C, M, 1), (S, B, C, 1, N), contiguous: a broadcast product of transposed views iterates slowly
+    at, bt = a.movedim(3, 0).contiguous()[..., None], b.movedim(2, 0).contiguous()[:, :, :, None, :]
     for g0 in range(0, a.shape[3], group):
-        p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group]).double()  # (G, B, C, M, N), fp32 products
-        top = torch.maximum(p.abs().amax(dim=0), s.abs())
+        p = apply_round(prod, at[g0:g0 + group] * bt[g0:g0 + group])  # (G, B, C, M, N), fp32 products
+        p = p if narrow else p.double()
+        top = torch.maximum(torch.maximum(p.amax(dim=0), p.amin(dim=0).neg_()), s.abs())  # no |p| temporary
         e = torch.frexp(top).exponent  # top = m * 2**e, m in [0.5, 1)
-        up = torch.ldexp(torch.ones_like(s), (bits - e).double())  # 1 / ulp
-        s = (p.mul_(up).trunc_().sum(dim=0) + torch.trunc(s * up)) / up
+        if far is not None:  # 1 / ulp and every sum / ulp must stay normal float32 numbers
+            far |= (e > 100) | ((e < bits - 120) & (top > 0))
+            up = ((bits - e + 127) << 23).view(torch.float32)  # 2**(bits - e), built exactly
+            # every term times 1/ulp is below 2**bits: the int32 cast truncates it toward zero, exactly
+            total = p.mul_(up).to(torch.int32).sum(dim=0, dtype=torch.int32) + (s * up).to(torch.int32)
+            s = total.float() / up
+        else:
+            up = torch.ldexp(torch.ones_like(s), (bits - e).double())
+            s = (p.mul_(up).trunc_().sum(dim=0) + torch.trunc(s * up)) / up
+    if far is not None and bool(far.any()):
+        return None
     return s.float()
 
 
@@ -154,38 +256,70 @@ def _float_sum(a: Tensor, b: Tensor, acc: Accumulator) -> Tensor:
 
 
 def _tile(a: Tensor, b: Tensor, acc: Accumulator) -> int:
-    """Columns per tile, so that a tile's temporaries stay under :data:`TILE_ELEMENTS`."""
-    depth = 1
+    """Columns per tile, so that a tile's temporaries stay under :data:`TILE_ELEMENTS` (every chunk's: the
+    chunks run side by side)."""
+    chunks = 1 if acc.chunk is None else -(-a.shape[2] // acc.chunk)
     if acc.order == "sequential" and acc.align_bits is None:
-        chunks = 1 if acc.chunk is None else -(-a.shape[2] // acc.chunk)
         return max(1, min(b.shape[2], SEQUENTIAL_TILE // max(1, a.shape[0] * a.shape[1] * chunks)))
-    if acc.align_bits is not None:
-        depth = acc.group + 1
+    if acc.align_bits is not None:  # one group's products of every chunk, in float64 (two fp32 elements each)
+        depth = 2 * (min(acc.group, a.shape[2]) + 1) * chunks
     elif acc.order == "pairwise" or acc.product is not None:
-        depth = a.shape[2] if acc.chunk is None else min(acc.chunk, a.shape[2])
+        depth = a.shape[2]  # every product of every chunk
+    else:
+        depth = chunks
     per_col = max(1, a.shape[0] * a.shape[1] * max(depth, 1))
     return max(1, min(b.shape[2], TILE_ELEMENTS // per_col))
 
 
 def _int_sum(a: Tensor, b: Tensor, fmt: IntAccumulation, want_over: bool) -> tuple[Tensor, Tensor | None]:
     """Integer codes summed in int64, wrapped or clamped to ``fmt`` after every addition; the overflow mask.
-    Wrapping is modular arithmetic: without a mask to report, one exact sum wrapped once is the same."""
-    ai, bi = a.to(torch.int64), b.to(torch.int64)
+
+    An output overflowed iff one of its exact partial sums left the range (until the first such step the
+    wrapped or clamped sum is the exact one). So: when ``K * max|a| * max|b|`` is within the range no partial
+    sum can leave it, and the sum is one float64 matmul of the codes (every partial sum an integer below 2**53:
+    exact in any order); wrapping is modular, so it is the exact sum wrapped once, and its mask is whether the
+    exact partial sums' running maximum or minimum left the range (a loop of in-place adds); saturation
+    clamps at every step."""
     span = 1 << fmt.bits
+    K = a.shape[2]
+    top = float(a.abs().amax()) * float(b.abs().amax()) * K if a.numel() and b.numel() else 0.0
+    if top <= fmt.hi:
+        s = torch.matmul(a.double(), b.double()).round_().to(torch.int64)
+        return s, torch.zeros(s.shape, dtype=torch.bool, device=a.device) if want_over else None
     if fmt.overflow == "wrap" and not want_over:
-        s = torch.matmul(ai, bi)
+        s = torch.matmul(a.to(torch.int64), b.to(torch.int64))
         return torch.remainder(s - fmt.lo, span) + fmt.lo, None
-    s = torch.zeros(a.shape[0], a.shape[1], b.shape[2], dtype=torch.int64, device=a.device)
+    tn = max(1, SEQUENTIAL_TILE // max(1, a.shape[0] * a.shape[1]))  # the loop's buffers stay in cache
+    if b.shape[2] > tn:
+        parts = [_int_loop(a, b[:, :, n0:n0 + tn], fmt, top) for n0 in range(0, b.shape[2], tn)]
+        return torch.cat([p[0] for p in parts], dim=2), torch.cat([p[1] for p in parts], dim=2)
+    return _int_loop(a, b, fmt, top)
+
+
+def _int_loop(a: Tensor, b: Tensor, fmt: IntAccumulation, top: float) -> tuple[Tensor, Tensor]:
+    """:func:`_int_sum`'s loop over K, in int32 when no value it holds can leave int32: the exact partial sums
+    (``top``) when wrapping, a clamped sum plus one product when saturating."""
+    span, K = 1 << fmt.bits, a.shape[2]
+    bound = top if fmt.overflow == "wrap" else fmt.hi + top / max(K, 1)
+    dt = torch.int32 if bound < 2**31 - 1 else torch.int64
+    ai, bi = a.to(dt), b.to(dt)
+    s = torch.zeros(a.shape[0], a.shape[1], b.shape[2], dtype=dt, device=a.device)
+    p = torch.empty_like(s)
+    at = ai.transpose(1, 2).contiguous()
+    if fmt.overflow == "wrap":  # exact partial sums; their extremes say whether one left the range
+        hi, lo = s.clone(), s.clone()
+        for k in range(K):
+            s.add_(torch.mul(at[:, k, :, None], bi[:, k:k + 1, :], out=p))
+            torch.maximum(hi, s, out=hi)
+            torch.minimum(lo, s, out=lo)
+        s = s.to(torch.int64)
+        return torch.remainder(s - fmt.lo, span) + fmt.lo, (hi > fmt.hi) | (lo < fmt.lo)
     over = torch.zeros(s.shape, dtype=torch.bool, device=a.device)
-    for k in range(a.shape[2]):
-        s += ai[:, :, k:k + 1] * bi[:, k:k + 1, :]
-        out = (s < fmt.lo) | (s > fmt.hi)
-        over |= out
-        if fmt.overflow == "wrap":
-            s = torch.where(out, torch.remainder(s - fmt.lo, span) + fmt.lo, s)
-        else:
-            s = s.clamp_(fmt.lo, fmt.hi)
-    return s, over
+    for k in range(K):
+        s.add_(torch.mul(at[:, k, :, None], bi[:, k:k + 1, :], out=p))
+        over |= (s < fmt.lo) | (s > fmt.hi)
+        s.clamp_(fmt.lo, fmt.hi)
+    return s.to(torch.int64), over
 
 
 def simulated_matmul(a: Tensor, b: Tensor, acc: Accumulator, bias: Tensor | None,

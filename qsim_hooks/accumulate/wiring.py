@@ -29,7 +29,9 @@ import torch
 from torch import Tensor
 
 from ..formats import IntFormat
+from ..formats.scaling import from_blocks, to_blocks
 from ..marks import marked_by
+from .engine import apply_round, rounder, simulated_matmul
 from .layers import simulate
 from .spec import Accumulator
 
@@ -97,14 +99,38 @@ def check_operands(name: str, acc: Accumulator, formats: Mapping[str, Any]) -> N
 
 
 _CHANNEL_OUT = {"linear": -1, "conv": 1}  # where a weight's output channel (its axis 0) lands in the result
+_GEMM_OPS = ("linear", "matmul", "mm", "bmm")  # rebuilt on codes with any scale layout (groups along K)
 
 
-def _codes(t: Tensor, which: str, weight_axis: bool) -> tuple[Tensor, Tensor] | str:
-    """``t`` as integer codes and the scale that multiplies them (a 0-d tensor, or one per index of axis 0)."""
+def _fail(module: str, acc: Accumulator, op: str, why: str) -> ValueError:
+    return ValueError(f"module {module or '<model>'!r}: integer accumulator {acc.name!r} on {op}: {why}; use a "
+                      "float accumulator, or integer formats whose scales do not vary along the reduction (per "
+                      "tensor, per token, a weight's per output channel) or vary in blocks along it")
+
+
+def _point(t: Tensor, which: str) -> tuple[IntFormat, str] | str:
     p = marked_by(t)
     fmt = getattr(p, "format", None)
     if not isinstance(fmt, IntFormat):
         return f"operand {which} is not from an integer point ({getattr(fmt, 'name', 'no point')})"
+    return fmt, f"{getattr(getattr(p, 'entry', None), 'point', which)} operand ({fmt.name})"
+
+
+def _whole(t: Tensor, scale: Tensor, role: str) -> Tensor | str:
+    codes = t.detach().float() / torch.where(scale > 0, scale, torch.ones_like(scale))
+    whole = torch.round(codes)
+    if not bool(((codes - whole).abs() <= 1e-3).all()):
+        return f"the {role} is not on one integer grid (a static scale no value reached?)"
+    return whole
+
+
+def _codes(t: Tensor, which: str, weight_axis: bool) -> tuple[Tensor, Tensor] | str:
+    """``t`` as integer codes and the scale that multiplies them (a 0-d tensor, or one per index of axis 0):
+    the convolutions' and einsums' path, which takes per-tensor scales and a weight's per-output-channel one."""
+    got = _point(t, which)
+    if isinstance(got, str):
+        return got
+    fmt, role = got
     gran = fmt.scaling.granularity
     if gran == "channel" and weight_axis and fmt.scaling.axis in (None, 0):
         top = t.detach().abs().reshape(t.shape[0], -1).amax(dim=1)
@@ -112,25 +138,78 @@ def _codes(t: Tensor, which: str, weight_axis: bool) -> tuple[Tensor, Tensor] | 
     elif gran == "tensor":
         scale = t.detach().abs().amax() / fmt.qmax
     else:
-        return (f"operand {which} ({fmt.name}) has a {gran} scale along the reduction: codes x scales do not "
-                "factor out of the sum")
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = t.detach().float() / scale
-    whole = torch.round(codes)
-    if not bool(((codes - whole).abs() <= 1e-3).all()):
-        return f"operand {which} ({fmt.name}) is not on one integer grid (a static scale no value reached?)"
-    return whole, scale
+        return f"the {role} has a {fmt.scaling.describe()} scale, which this call does not rebuild on codes"
+    whole = _whole(t, scale, role)
+    return whole if isinstance(whole, str) else (whole, torch.where(scale > 0, scale, torch.ones_like(scale)))
+
+
+def _scales(t: Tensor, which: str, red: int) -> tuple[Tensor, Tensor, list[int]] | str:
+    """``t``'s codes, its scale as a tensor of ``t``'s shape, and where its scale may change along the
+    reduction axis ``red`` (block starts): what a GEMM on codes needs. A scale that changes with every index
+    of the reduction (per channel along it, blocks across it) is refused."""
+    got = _point(t, which)
+    if isinstance(got, str):
+        return got
+    fmt, role = got
+    sc, n, red = fmt.scaling, t.dim(), red % t.dim()
+    a, starts = t.detach().abs().float(), []
+    if sc.granularity == "tensor":
+        top = a.amax()
+    elif sc.axis is None:  # filled where the point ran (attention): the layout here is not known
+        return f"the {role} has a {sc.describe()} scale whose axis the point chose at run time"
+    elif sc.granularity == "channel":
+        ax = sc.axis % n
+        if ax == red:
+            return f"the {role} has a {sc.describe()} scale: one per index of the reduction, nothing to sum"
+        top = a.amax(dim=[d for d in range(n) if d != ax], keepdim=True)
+    else:
+        if sc.axis % n != red:
+            return f"the {role} has a {sc.describe()} scale: blocks across the reduction, so it changes with each k"
+        xb, shape, length = to_blocks(a, red, sc.block_size)
+        top = from_blocks(xb.amax(dim=-1, keepdim=True).expand_as(xb), shape, length, red, n)
+        starts = list(range(sc.block_size, t.shape[red], sc.block_size))
+    scale = (top / fmt.qmax).expand(t.shape)
+    whole = _whole(t, scale, role)
+    return whole if isinstance(whole, str) else (whole, torch.where(scale > 0, scale, torch.ones_like(scale)), starts)
+
+
+def _integer_gemm(g: Any, a: Tensor, b: Tensor, acc: Accumulator, over: bool, module: str) -> Any:
+    """linear / matmul / mm / bmm on codes, in groups along K: the intervals between the block starts of both
+    operands' scales (one group when neither has blocks along K). Each group's codes are summed by the integer
+    accumulator and rescaled, ``fp32(sum) * (scale_a * scale_b)``; the groups are added in index order in
+    ``promote`` (fp32 when ``None``), then the bias in fp32."""
+    lin = g.op == "linear"
+    ca, cb = _scales(a, "a", -1), _scales(b, "b", -1 if lin else -2)
+    for c in (ca, cb):
+        if isinstance(c, str):
+            raise _fail(module, acc, g.op, c)
+    (xa, sa, ka), (xb, sb, kb) = ca, cb  # type: ignore[misc]
+    if lin:
+        xb, sb = xb.transpose(-1, -2), sb.transpose(-1, -2)
+    bias = g.args[2] if len(g.args) > 2 else g.kwargs.get("bias")
+    bounds = sorted({0, a.shape[-1], *ka, *kb})
+    rp = rounder(acc.promote)
+    y = ov = None
+    for k0, k1 in zip(bounds, bounds[1:]):
+        s, o = simulated_matmul(xa[..., k0:k1], xb[..., k0:k1, :], acc, None, over)
+        v = s.float() * (sa[..., k0:k0 + 1] * sb[..., k0:k0 + 1, :]).float()
+        y, ov = (v, o) if y is None else (apply_round(rp, y.add_(v)), None if o is None else ov | o)
+    assert y is not None
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(torch.result_type(a, b)), ov
 
 
 def _integer(g: Any, a: Tensor, b: Tensor, acc: Accumulator, over: bool, module: str) -> Any:
     """The integer accumulator's GEMM on the operands' codes, rescaled; a reason (str) when it cannot run."""
     if g.op not in ("linear", "conv", "matmul", "mm", "bmm") and not g.op.startswith("einsum:"):
         return f"an integer accumulator on {g.op} (linear, conv, matmul, mm, bmm, einsum are rebuilt)"
+    if g.op in _GEMM_OPS and a.dim() >= 2 and b.dim() >= 2:
+        return _integer_gemm(g, a, b, acc, over, module)
     ca, cb = _codes(a, "a", False), _codes(b, "b", g.op in _CHANNEL_OUT)
     for c in (ca, cb):
         if isinstance(c, str):
-            raise ValueError(f"module {module or '<model>'!r}: integer accumulator {acc.name!r} on {g.op}: {c}; "
-                             "use a float accumulator, or integer formats with a per-tensor scale")
+            raise _fail(module, acc, g.op, c)
     (xa, sa), (xb, sb) = ca, cb  # type: ignore[misc]
     bias = None
     if g.op in _CHANNEL_OUT:  # the bias joins after the rescale, in fp32

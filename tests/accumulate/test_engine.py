@@ -168,3 +168,82 @@ def test_int_accumulator_refuses_float_operands():
         accumulate_matmul(torch.randn(2, 3), torch.randn(3, 2), Accumulator("int32"))
     assert IntAccumulation(24, "saturate").hi == 2**23 - 1
     assert math.isfinite(accumulate_matmul(torch.ones(1, 3), torch.ones(3, 1), Accumulator("int32")).item())
+
+
+@pytest.mark.parametrize("fmt", [FloatFormat(8, 13), FloatFormat(8, 13, overflow="special"), FloatFormat(8, 10),
+                                 FloatFormat(8, 1), FloatFormat(8, 22)], ids=lambda f: f"{f.name}-{f.overflow}")
+def test_fp32_exponent_formats_round_on_the_bits_like_the_format(fmt):
+    """fp22 / tf32-like accumulators round on fp32's bits (the engine's fast path): the format's own cast,
+    bit for bit, on random bit patterns (every binade, subnormals, infinities, NaNs) and on ties."""
+    from qsim_hooks.accumulate.engine import rounder
+    g = torch.Generator().manual_seed(fmt.man_bits)
+    bits = torch.randint(-2**31, 2**31 - 1, (1 << 16,), generator=g, dtype=torch.int64).to(torch.int32)
+    ulp = 2.0 ** -fmt.man_bits
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 3.4028235e38, 1e-45, 1.1754942e-38,
+                            1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + ulp / 2), fmt.max * (1 + ulp / 4)])
+    for x in (bits.view(torch.float32), special):
+        got, want = rounder(fmt)(x), fmt.cast(x)
+        same = (got.view(torch.int32) == want.view(torch.int32)) | (torch.isnan(got) & torch.isnan(want))
+        assert bool(same.all()), (x[~same][:4], got[~same][:4], want[~same][:4])
+    assert not torch.equal(rounder(fmt)(special[8:10]), special[8:10])  # the ties did round
+
+
+def test_int_accumulator_without_possible_overflow_is_the_exact_sum():
+    """K * max|a| * max|b| within the range: no partial sum can leave it (the float64-matmul path)."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(-127, 128, (4, 130), generator=g)
+    b = torch.randint(-127, 128, (130, 3), generator=g)
+    assert 130 * 127 * 127 <= 2**31 - 1
+    got, over = matmul_with_overflow(a.float(), b.float(), Accumulator("int32", overflow="saturate"))
+    np.testing.assert_array_equal(got.numpy(), a.numpy().astype(np.int64) @ b.numpy().astype(np.int64))
+    assert got.dtype == torch.int64 and not over.any()
+
+
+@pytest.mark.parametrize("em", [(5, 10), (8, 7), (8, 13)], ids=lambda em: f"e{em[0]}m{em[1]}")
+@pytest.mark.parametrize("order", ["sequential", "pairwise"])
+def test_saturation_and_nan_against_the_loop(em, order):
+    """Sums that pass the format's largest value (saturating: clamped at every step, not only at the end) and
+    a NaN product: the fast in-place paths hand these to the full rounding, which the loop agrees with."""
+    a, b = _data(3, 23, 4, seed=7)
+    b = b.abs() + 1
+    if em == (5, 10):  # row 0 runs past fp16's largest value (fp32 sums and products stay finite)
+        a[0] = a[0].abs() * 2.0**12
+    a[1, 5] = math.nan
+    r = ref.rounder(em)
+    want = ref.matmul(a, b, lambda ps: ref.reduce_products(ps, r, order, None, ref.f32))
+    got = accumulate_matmul(a, b, Accumulator(FloatFormat(*em), order=order)).double().numpy()
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[1]).all() and np.isfinite(got[0]).all()
+    if em == (5, 10):
+        assert (got[0] == 65504).all()  # saturated
+
+
+@pytest.mark.parametrize("scale", [2.0**-70, 1.0, 2.0**60], ids=["tiny", "unit", "huge"])
+def test_hopper_alignment_far_from_unit_against_the_loop(scale):
+    """Products near float32's limits (the engine's float32 path hands those groups to float64) and
+    ordinary ones, with rows of mixed magnitude: the loop reference, bit for bit."""
+    a, b = _data(4, 64, 3, seed=11)
+    a[0] *= scale
+    a[1] *= scale * 2.0**-20
+    acc = Accumulator("fp32", align_bits=14, group=32, chunk=None, promote="fp32")
+    want = ref.matmul(a, b, lambda ps: ref.f32(ref.aligned_products(ps, 14, 32)))
+    np.testing.assert_array_equal(accumulate_matmul(a, b, acc).double().numpy(), want)
+
+
+def test_hopper_float32_path_is_the_float64_one_bit_for_bit():
+    """The aligned sums run in float32 when every group's exponent allows it: the same bits as float64 (which
+    holds every aligned sum exactly), on operands spread over 120 binades; far groups fall back."""
+    from qsim_hooks.accumulate.engine import _aligned_in
+    g = torch.Generator().manual_seed(0)
+    narrow = 0
+    for t in range(30):
+        spread = lambda shape: torch.exp2(torch.randint(-30, 30, shape, generator=g).float())  # noqa: E731
+        a = torch.randn(2, 3, 5, 70, generator=g) * spread((2, 3, 5, 70)) * (2.0**-60 if t % 3 == 0 else 1)
+        b = torch.randn(2, 3, 70, 4, generator=g) * spread((2, 3, 70, 4))
+        for bits, group in ((14, 32), (10, 4), (14, 1)):
+            x = _aligned_in(a, b, bits, group, None, torch.float32)
+            y = _aligned_in(a, b, bits, group, None, torch.float64)
+            if x is not None:
+                narrow += 1
+                assert torch.equal(x.view(torch.int32), y.view(torch.int32)), (t, bits, group)
+    assert 0 < narrow < 90  # both paths ran

