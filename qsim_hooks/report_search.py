@@ -72,13 +72,19 @@ def search_tables(result: Any) -> list[Table]:
     return [units, configs]
 
 
-def front_table(result: Any) -> Table:
-    """The predicted Pareto front, cheapest first: cost, prediction, the assignment (built, not printed)."""
-    rows = [{**p, "choice": ", ".join(f"{u or '<model>'} {c}" for u, c in p["choice"].items())}
-            for p in result.front]
+def front_table(result: Any, max_rows: int = 12) -> Table:
+    """The predicted Pareto front, cheapest first: cost, prediction, the assignment (built, not printed); a
+    long front is shown as ``max_rows`` points evenly spread over it, the cheapest and the dearest included."""
+    pts = result.front
+    n = len(pts)
+    keep = sorted({round(i * (n - 1) / (max_rows - 1)) for i in range(max_rows)}) if n > max_rows else range(n)
+    rows = [{**pts[i], "choice": ", ".join(f"{u or '<model>'} {c}" for u, c in pts[i]["choice"].items())}
+            for i in keep]
+    shown = f"{len(rows)} of {n} assignments" if n > len(rows) else f"{n} assignments"
     return build_table(rows, search_front_columns(result),
-                       title=f"Pareto front (predicted, {len(rows)} assignments): {result.cost_unit} vs "
-                             f"{result.predicted_label}")
+                       title=f"Pareto front (predicted, {shown}): {result.cost_unit} vs {result.predicted_label}",
+                       caption=None if n == len(rows) else "the whole front: the result JSON (--result, or "
+                                                           "--out's .front.json)")
 
 
 def search_renderable(result: Any) -> Group:
