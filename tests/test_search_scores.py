@@ -241,3 +241,14 @@ def test_bad_input_each_one_clear_error(resnetish):
     with pytest.raises(ValueError, match="score='kl' needs outputs with a class axis last"):
         qh.search(nn.Sequential(nn.Linear(4, 1)), [torch.randn(3, 4)], candidates=["int8", "fp16"], budget=16,
                   score="kl")
+
+
+def test_reuse_takes_the_losses_and_solves_another_budget(resnetish):
+    m, x = resnetish
+    first = qh.search(m, x, candidates=CANDS, budget=6)
+    fresh = qh.search(m, x, candidates=CANDS, budget=9)
+    again = qh.search(m, x, candidates=CANDS, budget=9, reuse=first)
+    assert again.sensitivity == fresh.sensitivity and again.choice == fresh.choice
+    assert again.best.score == fresh.best.score and again.budget == 9
+    with pytest.raises(ValueError, match=r"reuse: the earlier search differs in \['score'\]"):
+        qh.search(m, x, candidates=CANDS, budget=9, score="kl", reuse=first)

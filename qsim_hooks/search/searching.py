@@ -112,12 +112,28 @@ def _pass_losses(runner: Runner, base: QuantConfig, cands: list[Candidate], unit
     return out
 
 
+def _reused(prev: SearchResult, cands: list[Candidate], units: dict[str, list[str]], sc: Score,
+            estimate: str) -> list[dict[str, float]]:
+    if not isinstance(prev, SearchResult):
+        raise TypeError(f"reuse must be a SearchResult (of an earlier search), got {type(prev).__name__}")
+    mine = {"candidates": [c.name for c in cands], "units": units, "score": sc.name, "estimate": estimate}
+    theirs = {"candidates": prev.candidates, "units": prev.units, "score": prev.score, "estimate": prev.estimate}
+    differ = [k for k in mine if mine[k] != theirs[k]]
+    if differ:
+        there = ", ".join(f"{k}={theirs[k]!r}" for k in differ)
+        here = ", ".join(f"{k}={mine[k]!r}" for k in differ)
+        raise ValueError(f"reuse: the earlier search differs in {differ} ({there} there, {here} here); its losses "
+                         "do not apply")
+    by_unit = {r["unit"]: r for r in prev.sensitivity}
+    return [{u: by_unit[u][c.name]["loss"] for u in units} for c in cands]
+
+
 def search(model: nn.Module, batches: Iterable[Any], *, candidates: Sequence[Any], budget: float,
            cost: Any = "bits", score: str | Callable[..., float] = "output_sqnr", estimate: str = "pass",
            loss: Callable[[nn.Module, Any], Any] | None = None, base: QuantConfig | None = None,
            granularity: Any = "layer", forward: Forward | None = None, output: OutputFn | None = None,
            metric: Metric | None = None, calibration: Any = None, progress: bool | None = None,
-           replay: bool = True) -> SearchResult:
+           replay: bool = True, reuse: SearchResult | None = None) -> SearchResult:
     """Choose one candidate per layer (or block) so the cost is within ``budget`` and the score best.
 
     Args:
@@ -145,6 +161,9 @@ def search(model: nn.Module, batches: Iterable[Any], *, candidates: Sequence[Any
         progress: progress bars (``None``: when stderr is a terminal).
         replay: replay the unchanged part of the model before a unit from the reference run in the
             one-at-a-time runs (bit-identical, faster; :mod:`.runs`); ``False`` runs everything.
+        reuse: an earlier result on the same model, data, candidates, granularity, score and estimate: its
+            per-unit losses are taken instead of measured again (another budget, or another cost model, costs
+            only the verification runs).
         The rest as in :func:`~qsim_hooks.analysis.compare`.
 
     Returns:
@@ -179,7 +198,9 @@ def search(model: nn.Module, batches: Iterable[Any], *, candidates: Sequence[Any
                          f"{float(hi / scale):.6g}] {cm.unit} (cost={cm.name!r}, candidates "
                          f"{[c.name for c in cands]})")
 
-    if estimate == "pass":
+    if reuse is not None:
+        losses = _reused(reuse, cands, units, sc, estimate)
+    elif estimate == "pass":
         losses = _pass_losses(runner, base, cands, units, progress)
     else:
         assert loss is not None
