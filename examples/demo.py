@@ -33,7 +33,9 @@ import torch  # noqa: E402
 import qsim_hooks  # noqa: E402
 from examples import common  # noqa: E402
 from examples.digits_cnn import digits  # noqa: E402
+from examples.digits_cnn import search as digits_search  # noqa: E402
 from examples.efficientnet_lite import evaluate as effnet  # noqa: E402
+from examples.sentence_embeddings import search as sentences_search  # noqa: E402
 from examples.sentence_embeddings import sentences  # noqa: E402
 from examples.tiny_lm import evaluate as tiny_lm  # noqa: E402
 from qsim_hooks import formats, report, stats  # noqa: E402
@@ -43,6 +45,7 @@ __all__ = ["EVALUATIONS", "main"]
 
 def _digits(console: Any, seed: int) -> None:
     digits.render(digits.run(dataclasses.replace(digits.Settings(), seed=seed)), console)
+    digits_search.render(digits_search.run(dataclasses.replace(digits.Settings(), seed=seed)), console)
 
 
 def _sentences(console: Any, seed: int) -> None:  # the model is fixed: nothing to seed
@@ -52,6 +55,7 @@ def _sentences(console: Any, seed: int) -> None:  # the model is fixed: nothing 
         console.print(f"all-MiniLM-L6-v2 evaluation skipped: {exc}", markup=False, highlight=False)
         return
     sentences.render(result, console)
+    sentences_search.render(sentences_search.run(), console)
 
 
 def _effnet(console: Any, seed: int) -> None:  # real weights and photos: nothing to seed

