@@ -77,3 +77,9 @@ def render(outcome: SearchOutcome, console: Any = None) -> None:
                          f"{100 * outcome.fp_accuracy:.2f}%); searched at least as good as every uniform format "
                          f"within its budget: {'yes' if outcome.searched_is_best else 'NO'}; "
                          f"{outcome.seconds:.1f} s")
+
+
+if __name__ == "__main__":  # python -m examples.digits_cnn.search
+    from ..common import console
+
+    render(run(), console())

@@ -114,3 +114,9 @@ def render(outcome: SearchOutcome, console: Any = None) -> None:
                          f"{outcome.sentences} sentences; searched at least as good as every uniform format "
                          f"within its budget: {'yes' if outcome.searched_is_best else 'NO'}; "
                          f"{outcome.seconds:.1f} s")
+
+
+if __name__ == "__main__":  # python -m examples.sentence_embeddings.search
+    from ..common import console
+
+    render(run(), console())
