@@ -252,3 +252,17 @@ def test_reuse_takes_the_losses_and_solves_another_budget(resnetish):
     assert again.best.score == fresh.best.score and again.budget == 9
     with pytest.raises(ValueError, match=r"reuse: the earlier search differs in \['score'\]"):
         qh.search(m, x, candidates=CANDS, budget=9, score="kl", reuse=first)
+
+
+def test_front_plot_data_and_png(resnetish, tmp_path):
+    from qsim_hooks.search.plot import front_data, front_plot
+    m, x = resnetish
+    r = qh.search(m, x, candidates=CANDS, budget=6, score="kl")
+    d = front_data(r)
+    assert d.chosen == (float(r.best.cost), r.best.measured, r.best.source)
+    assert {n for _, _, n in d.uniform} == {u.source.split(" ", 1)[1] for u in r.uniform if u.config is not None}
+    assert {n for _, _, n in d.over_budget} == {u.source.split(" ", 1)[1] for u in r.uniform if u.config is None}
+    assert len(d.front) == len(r.front) and d.log_y and "lower is better" in d.ylabel  # a KL: log axis
+    assert all(c <= 6 for c, _, _ in (*d.searched, *d.uniform))
+    png = front_plot(r, tmp_path / "f.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

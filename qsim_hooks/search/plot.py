@@ -76,8 +76,10 @@ def _figure(d: FrontData) -> Any:
     if d.over_budget:
         ax.plot([p[0] for p in d.over_budget], [p[1] for p in d.over_budget], "s", mfc="none", mec="tab:orange",
                 markersize=8, label="uniform over budget (predicted)")
-    for x, y, name in (*d.uniform, *d.over_budget):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:orange")
+    for x, y, name in (*d.uniform, *d.over_budget):  # over each square, clear of the star beside it
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(-8, 7),
+                    fontsize=8, color="tab:orange", zorder=6,
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
     x, y, src = d.chosen
     if y is not None and math.isfinite(y):
         ax.plot([x], [y], "*", color="tab:red", markersize=18, mec="black", mew=0.6, zorder=5,
