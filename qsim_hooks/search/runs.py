@@ -10,7 +10,9 @@ place). Only the *maximal* such calls are kept (those whose parent call was stil
 unit started), and only modules called once per batch and appearing once in the module tree are
 replayed; a module's forward is replaced for the run by an instance attribute and put back afterwards
 (also on an exception). Results are bit-identical to running everything (tested); the saving is the
-part of the model before the unit, about half a forward on average for a chain of blocks.
+part of the model before the unit, about half a forward on average for a chain of blocks. What it
+assumes: a module hands later ones what it computed through its output only (eval mode, no state set in
+``forward`` that a later module reads); a model that does otherwise needs ``search(..., replay=False)``.
 """
 
 from __future__ import annotations
