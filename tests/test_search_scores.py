@@ -266,3 +266,35 @@ def test_front_plot_data_and_png(resnetish, tmp_path):
     assert all(c <= 6 for c, _, _ in (*d.searched, *d.uniform))
     png = front_plot(r, tmp_path / "f.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _clean(m):
+    return all(not mod._forward_hooks and not mod._forward_pre_hooks and "forward" not in mod.__dict__
+               and not hasattr(mod, "parametrizations") for mod in m.modules())
+
+
+def test_the_model_is_left_as_it_was_when_a_run_raises(resnetish):
+    m, x = resnetish
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    calls = []
+
+    def output(out):  # fine for the reference, raises inside a replayed one-at-a-time run
+        calls.append(1)
+        if len(calls) > 5:
+            raise RuntimeError("boom in output")
+        return out
+
+    with pytest.raises(RuntimeError, match="boom in output"):
+        qh.search(m, x, candidates=CANDS, budget=6, output=output)
+    assert _clean(m) and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+
+    def loss(model, batch):  # the full-precision backward runs, a candidate's forward raises
+        calls.append(1)
+        if len(calls) > 8:
+            raise RuntimeError("boom in loss")
+        return model(batch).logsumexp(-1).mean()
+
+    with pytest.raises(RuntimeError, match="boom in loss"):
+        qh.search(m, x, candidates=CANDS, budget=6, estimate="fisher", loss=loss)
+    assert _clean(m) and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in m.parameters()) and not m.training
