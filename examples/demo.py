@@ -34,8 +34,10 @@ import qsim_hooks  # noqa: E402
 from examples import common  # noqa: E402
 from examples.digits_cnn import accumulators as digits_acc  # noqa: E402
 from examples.digits_cnn import digits  # noqa: E402
+from examples.digits_cnn import search as digits_search  # noqa: E402
 from examples.efficientnet_lite import evaluate as effnet  # noqa: E402
 from examples.sentence_embeddings import accumulators as sentences_acc  # noqa: E402
+from examples.sentence_embeddings import search as sentences_search  # noqa: E402
 from examples.sentence_embeddings import sentences  # noqa: E402
 from examples.tiny_lm import evaluate as tiny_lm  # noqa: E402
 from qsim_hooks import formats, report, stats  # noqa: E402
@@ -46,6 +48,7 @@ __all__ = ["EVALUATIONS", "main"]
 def _digits(console: Any, seed: int) -> None:
     digits.render(digits.run(dataclasses.replace(digits.Settings(), seed=seed)), console)
     digits_acc.render(digits_acc.run(dataclasses.replace(digits.Settings(), seed=seed)), console)
+    digits_search.render(digits_search.run(dataclasses.replace(digits.Settings(), seed=seed)), console)
 
 
 def _sentences(console: Any, seed: int) -> None:  # the model is fixed: nothing to seed
@@ -56,6 +59,7 @@ def _sentences(console: Any, seed: int) -> None:  # the model is fixed: nothing 
         return
     sentences.render(result, console)
     sentences_acc.render(sentences_acc.run(), console)
+    sentences_search.render(sentences_search.run(), console)
 
 
 def _effnet(console: Any, seed: int) -> None:  # real weights and photos: nothing to seed

@@ -6,8 +6,9 @@
   ``build_model()``, and ``batches`` (a list of batches; one tensor is one
   batch) or ``get_batches()``; optionally ``metric(model, batches) -> float``
   (a task metric, higher or lower is the file's business),
-  ``forward(model, batch)`` and ``output(model_output) -> Tensor`` (see
-  :mod:`qsim_hooks.analysis`); ``examples/small_cnn.py`` is one;
+  ``forward(model, batch)``, ``output(model_output) -> Tensor`` (see
+  :mod:`qsim_hooks.analysis`) and ``loss(model, batch) -> scalar tensor`` (``search --estimate
+  fisher``); ``examples/small_cnn.py`` is one;
 * a torchvision classification model name (``resnet18``, ``mobilenet_v3_small``,
   ...) - random weights (nothing is downloaded), synthetic N(0, 1) batches
   of 3 x size x size images. torchvision is the optional ``[vision]`` extra,
@@ -64,6 +65,7 @@ class ModelSource:
     forward: Callable[[nn.Module, Any], Any] | None = None
     output: Callable[[Any], torch.Tensor] | None = None
     metric: Callable[[nn.Module, Any], float] | None = None
+    loss: Callable[[nn.Module, Any], Any] | None = None
 
 
 def _torchvision() -> Any:
@@ -165,7 +167,7 @@ def _from_file(path: Path) -> ModelSource:
     if not batches:
         raise SourceError(f"{path}: batches is empty")
     hooks = {}
-    for attr in ("forward", "output", "metric"):
+    for attr in ("forward", "output", "metric", "loss"):
         fn = getattr(mod, attr, None)
         if fn is not None and not callable(fn):
             raise SourceError(f"{path}: {attr} must be a function, got {type(fn).__name__}")

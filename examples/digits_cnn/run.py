@@ -22,6 +22,7 @@ if __package__ in (None, ""):
 
 from examples import common  # noqa: E402
 from examples.digits_cnn import accumulators, digits  # noqa: E402
+from examples.digits_cnn import search as digits_search  # noqa: E402
 from qsim_hooks import report  # noqa: E402
 
 
@@ -52,7 +53,9 @@ def main(argv=None) -> dict:
         p.error(str(exc))
     digits.render(result, common.console(), top=args.top)
     accumulators.render(accumulators.run(settings), common.console())
-    out = result.as_dict()
+    searched = digits_search.run(settings)
+    digits_search.render(searched, common.console())
+    out = {**result.as_dict(), "search": searched.as_dict()}
     if args.json:
         Path(args.json).write_text(report.to_json(out))
     return out

@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 
 from examples import common  # noqa: E402
 from examples.sentence_embeddings import accumulators, sentences  # noqa: E402
+from examples.sentence_embeddings import search as sentences_search  # noqa: E402
 from qsim_hooks import report  # noqa: E402
 
 
@@ -53,7 +54,10 @@ def main(argv=None) -> dict:
         p.error(str(exc))
     sentences.render(result, common.console(), top=args.top, k=args.k)
     accumulators.render(accumulators.run(threads=args.threads or None), common.console())
-    out = asdict(result)
+    searched = sentences_search.run(sentences_search.SearchSettings(per_topic=args.per_topic,
+                                                                    threads=args.threads or None))
+    sentences_search.render(searched, common.console())
+    out = {**asdict(result), "search": searched.as_dict()}
     if args.json:
         Path(args.json).write_text(report.to_json(out))
     return out

