@@ -4,9 +4,9 @@ Each table row of the README's Examples section is parsed and the same configura
 (EfficientNet-Lite0 on its shipped weights and photos; the tiny LM trained from seed 0 into a
 temporary cache, sdpa only). The tolerances are those of another CPU's float kernels, not of a
 different result: one photo of 17 for agreement (three where KL exceeds 1 nat), 15% of a KL, 0.3% of
-a perplexity, one greedy continuation of eight. Where the fp32 perplexity itself is off by more, the LM trained here is another
-model (training on other kernels drifts: an AMD EPYC gave 7.633 for 7.576) and only what quantization
-does to it, relative to its own fp32, is compared (to 2 percentage points).
+a perplexity, one greedy continuation of eight. Where the fp32 perplexity itself is off by more, the LM
+trained here is another model (training on other kernels drifts: an AMD EPYC gave 7.633 for 7.576)
+and only what quantization does to it, relative to its own fp32, is compared (to 2 percentage points).
 """
 
 from __future__ import annotations
