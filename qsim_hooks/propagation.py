@@ -43,11 +43,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .batches import feed
 from .planning import Plan
 from .progress import track
 from .stats import power_sums, sqnr_db_from_sums
 
-__all__ = ["Propagation", "propagate", "plan_layers", "Recording", "ROW_KEYS", "Run", "first_tensor"]
+__all__ = ["Propagation", "propagate", "plan_layers", "Recording", "session_runs", "ROW_KEYS", "Run", "first_tensor"]
 
 #: the keys of a per-layer row, in order
 ROW_KEYS = ("layer", "type", "formats", "accumulated_sqnr_db", "added_sqnr_db", "calls", "numel")
@@ -303,3 +304,27 @@ class Recording:
 
     def runs(self) -> list[Run]:
         return [lambda m, a=a, k=k: m(*a, **k) for a, k in self.calls]
+
+
+def session_runs(recording: Recording | None, batch: Any, batches: Any, forward: Any) -> list[Run]:
+    """What ``Session.report(propagated=True)`` runs again: ``batch=`` / ``batches=`` (fed as ``compare`` feeds
+    them, ``forward(model, batch)`` when given), else the calls the session recorded (``record=True``)."""
+    if batch is not None and batches is not None:
+        raise TypeError("pass either batch= (one batch) or batches= (several), not both")
+    if batch is not None or batches is not None:
+        if isinstance(batches, Tensor):
+            raise TypeError("batches= must be an iterable of batches (a list); for one tensor batch pass batch=")
+        data = [batch] if batch is not None else list(batches)
+        if not data:
+            raise ValueError("batches= is empty: give at least one batch")
+        return [lambda m, b=b: feed(m, b, forward) for b in data]
+    if forward is not None:
+        raise TypeError("forward= says how batch= or batches= is fed: pass the batches too")
+    if recording is None or not recording.calls:
+        why = ("was created without record=True" if recording is None else
+               "recorded no call of the model")
+        raise ValueError(f"qs.report(propagated=True) runs the batches again, in full precision and simulated, and "
+                         f"this session {why}: create it with qh.quantized(model, cfg, record=True) (its model "
+                         "calls are kept and run again), pass batch= or batches=, or use "
+                         "qh.compare(model, cfg, batches=..., per_layer=True)")
+    return recording.runs()
