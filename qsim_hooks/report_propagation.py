@@ -51,7 +51,7 @@ def propagation_summary(rows: Rows) -> str:
 
 
 def propagation_table(rows: Rows, *, notes: Sequence[str] = (),
-                      title: str | None = "Where the error starts: per-layer SQNR against full precision",
+                      title: str | None = "Where the error starts: per-layer SQNR",
                       caption: str | None = None) -> FittedTable:
     """The per-layer table in execution order (built, not printed); ``notes`` (layers left out) go under it."""
     text = PROPAGATION_CAPTION if caption is None else caption
