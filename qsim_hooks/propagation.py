@@ -48,7 +48,8 @@ from .planning import Plan
 from .progress import track
 from .stats import power_sums, sqnr_db_from_sums
 
-__all__ = ["Propagation", "propagate", "plan_layers", "Recording", "session_runs", "ROW_KEYS", "Run", "first_tensor"]
+__all__ = ["Propagation", "propagate", "plan_layers", "check_plan", "Recording", "session_runs", "ROW_KEYS", "Run",
+           "first_tensor"]
 
 #: the keys of a per-layer row, in order
 ROW_KEYS = ("layer", "type", "formats", "accumulated_sqnr_db", "added_sqnr_db", "calls", "numel")
@@ -57,9 +58,11 @@ Run = Callable[[nn.Module], Any]
 _ROLE = {"input": "in", "weight": "w", "output": "out"}
 
 
-class _Stop(BaseException):
-    """Raised by a capture hook after the layer's last call of a batch: the rest of the forward is not needed
-    (a BaseException, so a model's own ``except Exception`` does not swallow it)."""
+class _Stop(Exception):
+    """Raised by a capture hook after the layer's last call of a batch: the rest of the forward is not needed.
+
+    An ``Exception``: PyTorch runs the ``always_call`` forward hooks (which leave the session's function modes
+    and scopes) only for those. A model that swallows it runs on; the hooks then take no more calls."""
 
 
 @dataclass
@@ -91,14 +94,19 @@ def first_tensor(out: Any) -> Tensor | None:
     return None
 
 
-def _copy(v: Any) -> Any:
-    """A detached copy of every tensor in ``v`` (tuples, lists, dicts kept as they are)."""
+def _copy(v: Any, memo: dict[int, Tensor] | None = None) -> Any:
+    """A detached copy of every tensor in ``v`` (tuples, lists, dicts kept as they are); a tensor passed twice
+    is copied once (``mha(x, x, x)`` takes its self-attention path on the copies too)."""
+    memo = {} if memo is None else memo
     if isinstance(v, Tensor):
-        return _Held.keep(v.detach().clone())
+        if id(v) not in memo:
+            memo[id(v)] = _Held.keep(v.detach().clone())
+        return memo[id(v)]
     if isinstance(v, (tuple, list)):
-        return type(v)(_copy(x) for x in v) if not hasattr(v, "_fields") else type(v)(*(_copy(x) for x in v))
+        items = [_copy(x, memo) for x in v]
+        return type(v)(*items) if hasattr(v, "_fields") else type(v)(items)
     if isinstance(v, dict):
-        return {k: _copy(x) for k, x in v.items()}
+        return {k: _copy(x, memo) for k, x in v.items()}
     return v
 
 
@@ -123,6 +131,18 @@ def plan_layers(plan: Plan) -> dict[str, tuple[str, str]]:
             if text not in fmts:
                 fmts.append(text)
     return {n: (t, ", ".join(f) or "-") for n, (t, f) in layers.items()}
+
+
+def check_plan(plan: Plan) -> dict[str, tuple[str, str]]:
+    """The plan's layers (:func:`plan_layers`); a ValueError when it has none, or quantizes nothing."""
+    layers = plan_layers(plan)
+    if not layers:
+        raise ValueError("per-layer error: the model has no layer qsim_hooks quantizes (Linear, convolutions, "
+                         "... or a register_layer type), so there is nothing to report per layer")
+    if not plan.active():
+        raise ValueError("per-layer error: the config quantizes nothing on this model (every point is off): "
+                         "every layer would read inf; give the layers a format")
+    return layers
 
 
 @dataclass
@@ -193,10 +213,12 @@ def _layer_pass(model: nn.Module, module: nn.Module, name: str, run: Run, calls:
     outputs: list[Tensor] = []
 
     def keep_in(mod: nn.Module, args: Any, kwargs: Any) -> None:
-        inputs.append((_copy(args), _copy(kwargs)))
+        if not (stop and len(inputs) >= calls):
+            inputs.append(_copy((args, kwargs)))
 
     def keep_out(mod: nn.Module, args: Any, out: Any) -> None:
-        outputs.append(_copy(first_tensor(out)))
+        if not (stop and len(outputs) >= calls):
+            outputs.append(_copy(first_tensor(out)))
         if stop and len(outputs) == calls:
             raise _Stop
 
@@ -210,6 +232,8 @@ def _layer_pass(model: nn.Module, module: nn.Module, name: str, run: Run, calls:
 
     def compare(mod: nn.Module, args: Any, out: Any) -> None:
         nonlocal seen
+        if stop and seen >= calls:
+            raise _Stop
         if seen < len(outputs):
             acc.add(first_tensor(out), outputs[seen], f"{name}, call {seen + 1}: full-precision vs simulated output")
         seen += 1
@@ -243,15 +267,10 @@ def propagate(model: nn.Module, plan: Plan, simulated: Callable[[], AbstractCont
         ValueError: the plan has no layer, or quantizes nothing; a layer ran a different number of times
             simulated and in full precision.
     """
-    layers = plan_layers(plan)
-    if not layers:
-        raise ValueError("per-layer error: the model has no layer qsim_hooks quantizes (Linear, convolutions, "
-                         "... or a register_layer type), so there is nothing to report per layer")
-    if not plan.active():
-        raise ValueError("per-layer error: the config quantizes nothing on this model (every point is off): "
-                         "every layer would read inf; give the layers a format")
+    layers = check_plan(plan)
+    attention = list(dict.fromkeys(e.module for e in plan.active() if e.kind == "attention"))
     with _eval_no_grad(model):
-        return _propagate(model, layers, simulated, runs, stop_early, progress)
+        return _propagate(model, layers, attention, simulated, runs, stop_early, progress)
 
 
 @contextmanager
@@ -266,13 +285,17 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _propagate(model: nn.Module, layers: Mapping[str, tuple[str, str]],
+def _propagate(model: nn.Module, layers: Mapping[str, tuple[str, str]], attention: Sequence[str],
                simulated: Callable[[], AbstractContextManager[Any]], runs: Sequence[Run], stop_early: bool,
                progress: bool | None) -> Propagation:
     named = dict(model.named_modules(remove_duplicate=False))
     modules = {n: named[n] for n in layers}
     order, counts, no_tensor = _order(model, modules, runs)
     notes = [f"{n}: its output holds no tensor ({t}), left out" for n, t in no_tensor.items()]
+    if attention:
+        notes.append(f"attention points of {len(attention)} module(s) ({', '.join(attention[:3])}"
+                     f"{', ...' if len(attention) > 3 else ''}) are no row: their error is in the accumulated "
+                     "SQNR of the layers after them")
     skipped = [n for n in layers if n not in order]
     if skipped:
         notes.append(f"{len(skipped)} layer(s) did not run on this data: {', '.join(skipped[:6])}"
@@ -300,7 +323,7 @@ class Recording:
         self.calls: list[tuple[Any, Any]] = []
 
     def hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        self.calls.append((_copy(args), _copy(kwargs)))
+        self.calls.append(_copy((args, kwargs)))
 
     def runs(self) -> list[Run]:
         return [lambda m, a=a, k=k: m(*a, **k) for a, k in self.calls]

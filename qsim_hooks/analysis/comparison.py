@@ -235,6 +235,8 @@ def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: I
     check_model_cfg(model, cfg)
     if not isinstance(per_layer, bool):
         raise TypeError(f"per_layer must be True or False, got {type(per_layer).__name__} {per_layer!r}")
+    if per_layer:  # before any run
+        propagation.check_plan(plan(model, cfg))
     ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1, progress=progress)
     res = simulate(ref, cfg, calibration=calibration, stats=stats, progress=progress)
     if per_layer:
