@@ -8,11 +8,14 @@ inf), the quantized one has accumulated == added, and the layers after it add no
 accumulated SQNR stays finite.
 """
 
-import gc
+import csv
+import functools
 import io
+import json
 import math
 import weakref
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +24,8 @@ from rich.console import Console
 from torch import nn
 
 import qsim_hooks as qh
-from qsim_hooks import propagation
+from qsim_hooks import cli, propagation
+from qsim_hooks.modelsrc import load_model
 
 from .core.model_check import snapshot
 from .core.model_check import verify_unchanged as _verify_unchanged
@@ -313,7 +317,6 @@ def test_at_most_one_layers_captures_are_alive_at_a_time(monkeypatch):
     assert [r["layer"] for r in res.per_layer] == ["fc", "head"]
     # fc runs twice per batch: its two inputs and two outputs of one batch, never both batches'
     assert worst[0] == 4
-    gc.collect()
     assert all(r() is None for _, r in alive)
 
 
@@ -412,3 +415,44 @@ def test_a_failure_in_a_pass_leaves_the_model_unchanged(n):
     with pytest.raises(RuntimeError, match="boom"):
         qh.compare(m, qh.QuantConfig(input="int8", weight="int8"), torch.randn(2, 4), per_layer=True)
     verify_unchanged(m, snap)
+
+
+# ---------------------------------------------------------------------------
+# the command line: report --propagated, in process, against the library call
+# ---------------------------------------------------------------------------
+SMALL_CNN = str(Path(__file__).resolve().parents[1] / "examples" / "small_cnn.py")
+
+
+@functools.cache
+def _library_rows():
+    src = load_model(SMALL_CNN)
+    cfg = qh.QuantConfig(input="int8", weight="e4m3", output="fp16")  # the command line's default output
+    return qh.compare(src.model, cfg, batches=src.batches, forward=src.forward, output=src.output,
+                      per_layer=True, stats=False).per_layer
+
+
+def test_cli_report_propagated_json_and_csv_are_the_library_rows(capsys):
+    want = _library_rows()
+    argv = ["report", "--model", SMALL_CNN, "--input", "int8", "--weight", "e4m3", "--propagated"]
+    assert cli.main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["per_layer"] == json.loads(json.dumps(want.rows)) and data["per_layer_notes"] == want.notes
+    assert "per_layer" not in data["summary"] or data["summary"]["per_layer"] == data["per_layer"]
+    assert cli.main([*argv, "--csv"]) == 0
+    got = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["layer"] for r in got] == [r["layer"] for r in want]
+    assert [float(r["added_sqnr_db"]) for r in got] == [r["added_sqnr_db"] for r in want]
+
+
+def test_cli_report_propagated_table_fits_80_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    want = _library_rows()
+    assert cli.main(["report", "--model", SMALL_CNN, "--input", "int8", "--weight", "e4m3", "--propagated"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(ln) for ln in out.splitlines()) <= 80
+    table = out[out.index("Where the error starts"):]
+    for r in want:
+        line = next(ln for ln in table.splitlines() if ln.startswith(r["layer"] + " "))
+        assert f"{r['accumulated_sqnr_db']:.2f}" in line and f"{r['added_sqnr_db']:.2f}" in line
+    assert cli.main(["report", "--model", SMALL_CNN]) == 0  # without the option: no per-layer table
+    assert "Where the error starts" not in capsys.readouterr().out
