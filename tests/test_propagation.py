@@ -289,6 +289,45 @@ def test_a_tuple_output_is_compared_on_its_first_tensor_and_a_layer_that_never_r
     assert any("did not run" in n and "out_proj" in n for n in res.per_layer.notes)
 
 
+class Counter(nn.Linear):
+    """A layer whose output holds no tensor."""
+
+    def forward(self, x):
+        super().forward(x)
+        return {"rows": int(x.shape[0])}
+
+
+class Branchy(nn.Module):
+    """fc2 runs only when fc1's output is exactly 17 everywhere: in full precision, not under e4m3 (16)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.count = nn.Linear(2, 2, bias=False), nn.Linear(2, 2), Counter(2, 2)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.eye(2))
+
+    def forward(self, x):
+        h = self.fc1(x)
+        self.count(h)
+        if bool((h == 17).all()):
+            h = self.fc2(h)
+        return h
+
+
+def test_a_layer_with_no_tensor_output_is_noted_and_differing_calls_are_an_error():
+    m = Branchy()
+    with pytest.warns(RuntimeWarning, match="fc2.weight"):  # compare's own run says it once
+        ok = qh.compare(m, qh.QuantConfig(weight="int8"), torch.full((3, 2), 5.0), per_layer=True).per_layer
+    assert [r["layer"] for r in ok] == ["fc1"]
+    assert any(n.startswith("count: its output holds no tensor (dict)") for n in ok.notes)
+    assert any("did not run" in n and "fc2" in n for n in ok.notes)
+    snap = snapshot(m)
+    with pytest.raises(ValueError, match="fc2 ran 0 time.*simulated and 1 in full precision"), \
+            pytest.warns(RuntimeWarning, match="fc2.input"):
+        qh.compare(m, qh.QuantConfig(input="e4m3"), torch.full((3, 2), 17.0), per_layer=True)
+    verify_unchanged(m, snap)
+
+
 # ---------------------------------------------------------------------------
 # memory: at most one layer's activations alive, and passes that stop at the layer's last call
 # ---------------------------------------------------------------------------
