@@ -269,7 +269,8 @@ def propagate(model: nn.Module, plan: Plan, simulated: Callable[[], AbstractCont
     """
     layers = check_plan(plan)
     attention = list(dict.fromkeys(e.module for e in plan.active() if e.kind == "attention"))
-    with _eval_no_grad(model):
+    with _eval_no_grad(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the caller's runs of the same data have said it
         return _propagate(model, layers, attention, simulated, runs, stop_early, progress)
 
 
@@ -301,9 +302,7 @@ def _propagate(model: nn.Module, layers: Mapping[str, tuple[str, str]], attentio
         notes.append(f"{len(skipped)} layer(s) did not run on this data: {', '.join(skipped[:6])}"
                      + (", ..." if len(skipped) > 6 else ""))
     rows = []
-    with warnings.catch_warnings(), track([n for n in order if n not in no_tensor], "per-layer error",
-                                          enabled=progress) as each:
-        warnings.simplefilter("ignore")
+    with track([n for n in order if n not in no_tensor], "per-layer error", enabled=progress) as each:
         for name in each:
             acc, added = _Sums(), _Sums()
             for run, count in zip(runs, counts):
