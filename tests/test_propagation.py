@@ -429,6 +429,16 @@ def test_bad_input():
         qh.compare(m, qh.QuantConfig(), x, per_layer=True)
     with pytest.raises(ValueError, match="no layer"):
         qh.compare(nn.Sequential(nn.ReLU()), qh.QuantConfig(weight="int8"), x, per_layer=True)
+    with pytest.raises(TypeError, match="record must be True or False, got int"):
+        qh.quantized(m, qh.QuantConfig(weight="int8"), record=1)
+    with qh.quantized(m, qh.QuantConfig(weight="int8"), record=True) as qs:
+        pass  # the model never ran: nothing to run again
+    with pytest.raises(ValueError, match="recorded no call of the model"):
+        qs.report(propagated=True)
+    with pytest.raises(TypeError, match="either batch= .* or batches="):
+        qs.report(propagated=True, batch=x, batches=[x])
+    with pytest.raises(ValueError, match="batches= is empty"):
+        qs.report(propagated=True, batches=[])
     verify_unchanged(m, snap)
 
 
