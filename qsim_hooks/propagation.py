@@ -8,8 +8,8 @@ order the model first enters it, two SQNRs over every call of the layer on every
   full-precision run: all the error the network has gathered up to and including this layer;
 * **added**: the layer's simulated output against the layer's own full-precision function (the un-instrumented
   module: weights, input and output points off) applied to the input it received *in the simulated run*,
-  before its own input point: the error this layer adds by itself. ``inf`` for a layer that adds nothing (no
-  point on it); for the first quantized layer of a chain the two are equal (its input is still exact).
+  before its own input point: the error this layer adds by itself (measured for every layer: one with no
+  point reads ``inf``); for the first quantized layer of a chain the two are equal (its input is still exact).
 
 How it runs, and why: at most one layer's activations are held at a time. Holding every layer's
 full-precision outputs for one comparison pass would cost a whole network's activations (an LLM's, at every
@@ -19,8 +19,9 @@ cannot change them); with the model restored, the layer is called in full precis
 (the added error) and the inputs are dropped; then a full-precision pass compares the layer's outputs with
 the kept simulated ones as they come (the accumulated error) and drops them. Each pass stops at the layer's
 last call when it runs one batch (the call count comes from a first full-precision pass that also fixes the
-order), so the cost is about one forward per layer and batch, not two. A ``forward_loop`` runs whole each
-pass and the layer's activations of all its batches are held.
+order), so N layers of similar cost take about N/2 simulated and N/2 full-precision forwards per batch
+(``tools/bench_propagation.py`` measures it). A ``forward_loop`` runs whole in each pass, and the layer's
+activations of all its batches are held. Everything runs in eval mode under ``torch.no_grad()``.
 
 A module that runs more than once per forward (shared) is one row: its calls are paired in order between
 the runs and merged. A layer whose output is a tuple or a mapping is compared on its first tensor
