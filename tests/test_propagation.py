@@ -59,6 +59,14 @@ def _chain():
     return m
 
 
+def _has_pandas():
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _int8(t):
     return torch.fake_quantize_per_tensor_affine(t, float(t.abs().max()) / 127, 0, -127, 127)
 
@@ -105,6 +113,10 @@ def test_chain_with_one_quantized_layer_against_hand_computation(fmt):
     assert res.per_layer.notes == []
     d = res.as_dict(stats=False)
     assert d["per_layer"] == res.per_layer.rows and d["per_layer_notes"] == []
+    assert f"error starts at fc2 ({expected:.2f} dB)" in repr(res)
+    assert "Where the error starts" in res._repr_html_() and "fc3" in res._repr_html_()
+    if _has_pandas():
+        assert list(res.per_layer.to_pandas()["layer"]) == ["fc1", "fc2", "fc3"]
 
 
 def test_a_later_quantized_layer_adds_its_own_error_only():
