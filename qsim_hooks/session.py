@@ -33,6 +33,7 @@ what a user means and would make the report ambiguous.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
@@ -44,9 +45,11 @@ from torch import nn
 from . import (
     coverage,
     distributed,
+    propagation,
     report,
     report_accumulators,
     report_coverage,
+    report_propagation,
 )
 from .accumulate import wiring as accumulate_wiring
 from .attachers import ATTACHERS, Key, PointKind, Site
@@ -82,7 +85,7 @@ class Session:
     """One instrumentation of one model. Use as a context manager or attach()/detach()."""
 
     def __init__(self, model: nn.Module, cfg: QuantConfig, *, stats: bool = False,
-                 calibration: StaticScales | None = None) -> None:
+                 calibration: StaticScales | None = None, record: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(cfg, QuantConfig):
@@ -102,6 +105,10 @@ class Session:
         self._configured: tuple[Key, ...] = ()
         self._reported = True
         self._accumulation: accumulate_wiring.Accumulation | None = None
+        if not isinstance(record, bool):
+            raise TypeError(f"record must be True or False, got {type(record).__name__}")
+        self.record = record  # keep the model's calls (copied arguments) for report(propagated=True)
+        self._recording: propagation.Recording | None = None
 
     # -- lifecycle --------------------------------------------------------
     def attach(self) -> Session:
@@ -122,6 +129,10 @@ class Session:
                 claim(modules, self, self._undo)
             self.plan = p
             self._attach_plan(p, candidates, named, modules)
+            if self.record:  # prepended: the arguments as the caller gave them
+                self._recording = propagation.Recording()
+                self._undo.push(self.model.register_forward_pre_hook(self._recording.hook, with_kwargs=True,
+                                                                     prepend=True))
         self.attached = True
         self._reported = False
         return self
@@ -254,14 +265,38 @@ class Session:
                  not self.points[k].fired]
         return coverage.Coverage(table, coverage.summarize(table, never))
 
-    def report(self, *, coverage: bool = False, **kwargs: Any) -> None:
+    def report(self, *, coverage: bool = False, propagated: bool = False, batch: Any = None, batches: Any = None,
+               forward: Any = None, **kwargs: Any) -> None:
         """Render the per-point table (see :func:`qsim_hooks.report.render_stats`) and the coverage summary
         line (and the accumulator table when layers ran through one); ``coverage=True`` adds the coverage
-        table. Returns nothing."""
+        table. Returns nothing.
+
+        ``propagated=True`` adds where the error starts: per layer, the SQNR of its output against full
+        precision (accumulated) and the SQNR it adds itself (:mod:`qsim_hooks.propagation`). The session saw
+        only the simulated run, so this runs the data again, in full precision and simulated (sessions of
+        its own, this one's config and calibration): the calls it recorded (``quantized(model, cfg,
+        record=True)``), or ``batch=`` / ``batches=`` (``forward=`` as in ``compare``). It needs the model
+        without this session: call it after the with-block (a ValueError inside it, or with no data)."""
+        if not isinstance(propagated, bool):
+            raise TypeError(f"propagated must be True or False, got {type(propagated).__name__}")
+        rows = None
+        if propagated:
+            if self.attached:
+                raise ValueError("qs.report(propagated=True) runs the model in full precision too, which needs it "
+                                 "without this session: call it after the with-block (or qs.detach())")
+            runs = propagation.session_runs(self._recording, batch, batches, forward)
+            quiet = dataclasses.replace(self.cfg, require_coverage=False)  # this session's run was checked
+            got = propagation.propagate(self.model, self.plan or plan(self.model, self.cfg),
+                                        lambda: Session(self.model, quiet, calibration=self.calibration), runs)
+            rows = got.rows, got.notes
+        elif batch is not None or batches is not None or forward is not None:
+            raise TypeError("batch=, batches= and forward= are the data of report(propagated=True)")
         report.render_stats(self.stats(), **kwargs)
         if self.accumulator_stats:
             report_accumulators.render_accumulators(self.accumulator_rows(), kwargs.get("console"))
         report_coverage.render_coverage(self.coverage(), kwargs.get("console"), table=coverage)
+        if rows is not None:
+            report_propagation.render_propagation(rows[0], kwargs.get("console"), notes=rows[1])
 
     @property
     def accumulator_stats(self) -> dict[str, accumulate_wiring.AccumulatorStats]:
@@ -296,19 +331,20 @@ def _granularity(f: Any, static: bool) -> str:
 
 
 def quantized(model: nn.Module, cfg: QuantConfig | None = None, *, stats: bool = False,
-              calibration: StaticScales | None = None, **cfg_kwargs: Any) -> Session:
+              calibration: StaticScales | None = None, record: bool = False, **cfg_kwargs: Any) -> Session:
     """Context manager: ``with quantized(model, cfg) as qs: model(x)``.
 
     ``cfg`` may be omitted in favour of keyword arguments of QuantConfig
-    (``quantized(model, input="int8", weight="int4")``).
+    (``quantized(model, input="int8", weight="int4")``). ``record=True`` keeps a copy of the arguments of
+    every call of the model, for ``qs.report(propagated=True)`` after the block.
     """
-    return Session(model, _cfg(cfg, cfg_kwargs), stats=stats, calibration=calibration)
+    return Session(model, _cfg(cfg, cfg_kwargs), stats=stats, calibration=calibration, record=record)
 
 
 def attach(model: nn.Module, cfg: QuantConfig | None = None, *, stats: bool = False,
-           calibration: StaticScales | None = None, **cfg_kwargs: Any) -> Session:
+           calibration: StaticScales | None = None, record: bool = False, **cfg_kwargs: Any) -> Session:
     """Attach now and return the session; call ``.detach()`` (or :func:`detach` on the model) to restore it."""
-    return Session(model, _cfg(cfg, cfg_kwargs), stats=stats, calibration=calibration).attach()
+    return Session(model, _cfg(cfg, cfg_kwargs), stats=stats, calibration=calibration, record=record).attach()
 
 
 def detach(model: nn.Module) -> int:

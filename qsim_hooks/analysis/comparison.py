@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from rich.console import Group
 from torch import Tensor, nn
 
-from .. import report
-from ..batches import ForwardLoop
+from .. import propagation, report
+from ..batches import ForwardLoop, feed, run_forward_loop
 from ..config import QuantConfig
 from ..coverage import Coverage, CoverageSummary
 from ..report_coverage import render_coverage
-from ..session import Session
+from ..session import Session, plan
 from ..stats import power_sums, sqnr_db_from_sums
 from .feeding import (
     Feed,
@@ -32,8 +33,9 @@ from .feeding import (
     make_feed,
     model_outputs,
 )
+from .results import PerLayerResult
 
-__all__ = ["Comparison", "compare", "Reference", "reference", "simulate"]
+__all__ = ["Comparison", "compare", "Reference", "reference", "simulate", "layer_errors"]
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Comparison:
         coverage: the session's GEMM coverage summary (``Session.coverage().summary``; rendered by
             :func:`qsim_hooks.report_coverage.coverage_line`).
         coverage_rows: its rows (``Session.coverage().rows``; left out with ``stats``).
+        per_layer: with ``compare(..., per_layer=True)``, the accumulated and added SQNR of every layer in
+            execution order (:class:`~qsim_hooks.analysis.results.PerLayerResult`); ``None`` otherwise.
     """
 
     output_sqnr_db: float
@@ -73,10 +77,14 @@ class Comparison:
     stats: list[dict[str, Any]] = field(default_factory=list)
     coverage: CoverageSummary | None = None
     coverage_rows: list[dict[str, Any]] = field(default_factory=list)
+    per_layer: PerLayerResult | None = None
 
     def as_dict(self, *, stats: bool = True) -> dict[str, Any]:
-        """Plain data (``stats=False`` leaves out the per-point rows)."""
-        d = dataclasses.asdict(self)
+        """Plain data (``stats=False`` leaves out the per-point rows; ``per_layer``: its rows, and
+        ``per_layer_notes``)."""
+        d = dataclasses.asdict(dataclasses.replace(self, per_layer=None))
+        d["per_layer"] = None if self.per_layer is None else self.per_layer.rows
+        d["per_layer_notes"] = None if self.per_layer is None else list(self.per_layer.notes)
         if self.coverage is not None:
             d["coverage"]["fraction"] = self.coverage.fraction
         if not stats:
@@ -85,21 +93,26 @@ class Comparison:
 
     def render(self, console: Any = None, *, coverage: bool = False, **stats_options: Any) -> None:
         """Print the summary line, the per-point table (options as :func:`qsim_hooks.report.stats_table`) and
-        the coverage line (``coverage=True``: the coverage table too)."""
+        the coverage line (``coverage=True``: the coverage table too), then the per-layer table if there is one."""
         console = report.wide_console(console)
         report.render_compare(self, console, **stats_options)
         if self.coverage is not None:
             render_coverage(Coverage(self.coverage_rows, self.coverage), console, table=coverage)
+        if self.per_layer is not None:
+            self.per_layer.render(console)
 
     def __repr__(self) -> str:
-        return f"<qsim_hooks.Comparison: {report.compare_line(self)}; {len(self.stats)} points>"
+        layers = "" if self.per_layer is None else f"; per layer: {self.per_layer.summary()}"
+        return f"<qsim_hooks.Comparison: {report.compare_line(self)}; {len(self.stats)} points{layers}>"
 
     def __rich__(self) -> Any:
-        return report.compare_renderable(self)
+        parts = report.compare_renderable(self)
+        return parts if self.per_layer is None else Group(parts, "", self.per_layer.table())
 
     def _repr_html_(self) -> str:
         return (f"<div><b>Simulated vs full precision</b>: {html.escape(report.compare_line(self))}</div>"
-                + (report.stats_table(self.stats)._repr_html_() if self.stats else ""))
+                + (report.stats_table(self.stats)._repr_html_() if self.stats else "")
+                + (self.per_layer._repr_html_() if self.per_layer is not None else ""))
 
 
 def _figures(refs: Sequence[Tensor], sims: Sequence[Tensor], top1: bool | None) -> dict[str, Any]:
@@ -184,7 +197,7 @@ def simulate(ref: Reference, cfg: QuantConfig, *, calibration: Any = None, stats
 def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: Iterable[Any] | None = None,
             forward: Forward | None = None, forward_loop: ForwardLoop | None = None, output: OutputFn | None = None,
             metric: Metric | None = None, calibration: Any = None, stats: bool = True, top1: bool | None = None,
-            progress: bool | None = None) -> Comparison:
+            per_layer: bool = False, progress: bool | None = None) -> Comparison:
     """Run ``model`` in full precision and simulated under ``cfg`` on the same input; compare the outputs.
 
     Args:
@@ -207,6 +220,12 @@ def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: I
         top1: ``None`` (default) computes top-1 agreement for 2-D outputs with
             two or more columns; ``True`` over the last dim of any output;
             ``False`` never.
+        per_layer: also where the error starts (``Comparison.per_layer``): for every layer, in the order the
+            model runs them, the SQNR of its output against the full-precision run's (accumulated) and
+            against its own full-precision function of the input it got in the simulated run (added). Costs
+            about one more forward per layer and batch, holding one layer's activations at a time (the
+            design, shared modules and tuple outputs: :mod:`qsim_hooks.propagation`). A ValueError when the
+            config quantizes nothing on the model.
         progress: a progress bar over the batches of each run (stderr): ``None`` (default) in a terminal
             when there is more than one batch, ``True`` always, ``False`` never.
 
@@ -214,5 +233,28 @@ def compare(model: nn.Module, cfg: QuantConfig, batch: Any = None, *, batches: I
         a :class:`Comparison` (``.as_dict()`` for plain data).
     """
     check_model_cfg(model, cfg)
+    if not isinstance(per_layer, bool):
+        raise TypeError(f"per_layer must be True or False, got {type(per_layer).__name__} {per_layer!r}")
+    if per_layer:  # before any run
+        propagation.check_plan(plan(model, cfg))
     ref = reference(model, make_feed(batch, batches, forward, forward_loop), output, metric, top1, progress=progress)
-    return simulate(ref, cfg, calibration=calibration, stats=stats, progress=progress)
+    res = simulate(ref, cfg, calibration=calibration, stats=stats, progress=progress)
+    if per_layer:
+        res.per_layer = layer_errors(model, cfg, ref.feed, calibration=calibration, progress=progress)
+    return res
+
+
+def layer_errors(model: nn.Module, cfg: QuantConfig, data: Feed, *, calibration: Any = None,
+                 progress: bool | None = None) -> PerLayerResult:
+    """The per-layer rows of ``compare(..., per_layer=True)`` on ``data`` (:func:`qsim_hooks.propagation.propagate`,
+    its simulated runs in sessions of their own: no coverage check, that was the compared run's)."""
+    quiet = dataclasses.replace(cfg, require_coverage=False)
+    if data.forward_loop is not None:
+        loop = data.forward_loop
+        runs: list[propagation.Run] = [lambda m: run_forward_loop(m, loop)]
+    else:
+        assert data.batches is not None
+        runs = [lambda m, b=b: feed(m, b, data.forward) for b in data.batches]
+    got = propagation.propagate(model, plan(model, cfg), lambda: Session(model, quiet, calibration=calibration),
+                                runs, stop_early=data.forward_loop is None, progress=progress)
+    return PerLayerResult(got.rows, got.notes)

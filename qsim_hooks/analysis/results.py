@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .. import report
+from .. import report, report_propagation
 from ..report_layout import FittedTable
 from ..report_values import fmt_db
 
-__all__ = ["ResultRows", "SweepResult", "SensitivityResult", "to_pandas"]
+__all__ = ["ResultRows", "SweepResult", "SensitivityResult", "PerLayerResult", "to_pandas"]
 
 PANDAS_HINT = "pip install pandas (any version from 1.5 on)"
 
@@ -101,3 +101,21 @@ class SensitivityResult(ResultRows):
         if first.get("gain_db") is not None:
             head += f" (+{fmt_db(first['gain_db'])} dB)"
         return head
+
+
+class PerLayerResult(ResultRows):
+    """``Comparison.per_layer`` (``compare(..., per_layer=True)``): one row per layer in execution order
+    (``layer``, ``type``, ``formats``, ``accumulated_sqnr_db``, ``added_sqnr_db``, ``calls``, ``numel``;
+    :mod:`qsim_hooks.propagation` says how they are measured), and ``notes``: the layers left out, and why."""
+
+    what = "layers"
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = (), notes: Iterable[str] = ()) -> None:
+        super().__init__(dict(r) for r in rows)
+        self.notes = list(notes)
+
+    def table(self, **options: Any) -> FittedTable:
+        return report_propagation.propagation_table(self, notes=self.notes, **options)
+
+    def summary(self) -> str:
+        return report_propagation.propagation_summary(self)

@@ -15,6 +15,7 @@ from .. import analysis, report
 from ..config import ATTENTION_POINTS, ROLES
 from ..modelsrc import ModelSource
 from ..plots import sweep_plot
+from ..propagation import ROW_KEYS
 from ..rows import select_points
 from ..session import plan
 from .base import UsageError, accumulator_names, comma_list, console, format_names, positive_int, roles
@@ -79,6 +80,11 @@ def report_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--coverage", action="store_true",
                    help="also the GEMM coverage table: every distinct GEMM call, the point that covered each operand "
                         "(the coverage line is always printed; --json: the rows under \"coverage\")")
+    g.add_argument("--propagated", action="store_true",
+                   help="also where the error starts: per layer, in execution order, the SQNR of its output "
+                        "against full precision (accumulated) and the SQNR it adds itself (its output vs its "
+                        "full-precision function of the input it got); about one more forward per layer and "
+                        "batch (--json: the rows under \"per_layer\"; --csv: these rows instead of the points)")
     h = p.add_argument_group("histograms")
     h.add_argument("--histogram", action="append", default=None, metavar="MODULE[:POINT]",
                    help="also draw the |x| distribution this point saw (or every point of this module), with "
@@ -106,7 +112,8 @@ def report_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--histogram: {exc}") from None
     cal = calibrator(args, src)(cfg)
     res = analysis.compare(src.model, cfg, batches=src.batches, forward=src.forward, output=src.output,
-                           metric=src.metric, calibration=cal, stats=True, progress=_progress(args))
+                           metric=src.metric, calibration=cal, stats=True, per_layer=args.propagated,
+                           progress=_progress(args))
     options = {"sort": args.sort, "top": args.top, "point": args.point, "group": args.group}
     rows = report.select_stats(res.stats, **options)
     pngs = write_histograms(src, cfg, cal, args.histogram, args.plot_dir) if args.histogram else []
@@ -117,6 +124,10 @@ def report_run(args: argparse.Namespace) -> int:
             "points": rows, "histograms": pngs}
     if args.coverage:
         data["coverage"] = res.coverage_rows
+    if res.per_layer is not None:
+        data["per_layer"], data["per_layer_notes"] = res.per_layer.rows, res.per_layer.notes
+        if args.csv:
+            rows, keys = res.per_layer.rows, list(ROW_KEYS)
     if not _write(args, src, cfg, data, rows, keys):
         con = console()
         lines = [src.description, f"simulation: {describe_config(cfg)}", *_calibration_line(args, cal)]
