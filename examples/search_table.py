@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from qsim_hooks import report
+from qsim_hooks.report_propagation import render_propagation
 
-__all__ = ["rows_for", "searched_is_best", "render_table"]
+__all__ = ["rows_for", "searched_is_best", "render_table", "worst_run", "render_worst"]
 
 
 def _choice(result: Any) -> str:
@@ -58,3 +59,20 @@ def render_table(rows: Sequence[dict[str, Any]], console: Any, *, title: str, sc
             report.Column("output_sqnr_db", "output\nSQNR dB", report.fmt_db),
             report.Column("metric", metric_label, metric_fmt))
     report.print_table(report.build_table(list(rows), cols, title=title, caption=caption), console)
+
+
+def worst_run(results: Sequence[Any]) -> tuple[str, Any]:
+    """The configuration with the worst measured score among everything the searches ran (the searched,
+    greedy and uniform ones at every budget): its label and its ``QuantConfig``."""
+    runs = [(f"{e.source} at budget {r.budget:g}", e, r.higher_is_better) for r in results for e in r.evaluated
+            if e.config is not None and e.score is not None]
+    label, e, _ = min(runs, key=lambda t: t[1].score if t[2] else -t[1].score)
+    return label, e.config
+
+
+def render_worst(label: str, rows: Sequence[dict[str, Any]], notes: Sequence[str], console: Any, *,
+                 what: str) -> None:
+    """The propagated-error view (``qh.compare(..., per_layer=True)``) of the worst configuration."""
+    render_propagation(list(rows), console, notes=list(notes),
+                              title=f"{what}: where the error of the worst configuration ({label}) starts "
+                                    "(qh.compare(per_layer=True))")

@@ -29,7 +29,7 @@ from qsim_hooks.formats import Scaling, get
 from qsim_hooks.search import Candidate
 
 from ..evaluations import pinned
-from ..search_table import render_table, rows_for, searched_is_best
+from ..search_table import render_table, render_worst, rows_for, searched_is_best, worst_run
 from . import sentences
 
 __all__ = ["SearchSettings", "SearchOutcome", "run", "render"]
@@ -61,6 +61,9 @@ class SearchOutcome:
     sentences: int
     rows: list[dict[str, Any]] = field(default_factory=list)
     searched_is_best: bool = False
+    worst: str = ""  # the worst configuration the searches ran, and its per-layer propagated error
+    per_layer: list[dict[str, Any]] = field(default_factory=list)
+    per_layer_notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -88,14 +91,19 @@ def run(search: SearchSettings | None = None) -> SearchOutcome:
             return F.normalize((out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 
         out = SearchOutcome(ss, len(texts))
-        previous = None
+        previous, results = None, []
         with warnings.catch_warnings():  # int4 weights flush many values on purpose; the table says what it costs
             warnings.filterwarnings("ignore", message=r"qsim_hooks: .* flushed .* to zero", category=RuntimeWarning)
             for budget in ss.budgets:
                 previous = qh.search(model, [enc], candidates=[CANDIDATES[c]() for c in ss.candidates],
                                      budget=budget, granularity=ss.granularity, output=pooled, metric=cosine,
                                      reuse=previous)
+                results.append(previous)
                 out.rows += rows_for(previous)
+            out.worst, cfg = worst_run(results)
+            per_layer = qh.compare(model, cfg, batches=[enc], output=pooled, per_layer=True, stats=False,
+                                   progress=False).per_layer
+        out.per_layer, out.per_layer_notes = per_layer.rows, list(per_layer.notes)
     out.searched_is_best = searched_is_best(out.rows)
     out.seconds = time.perf_counter() - t0
     return out
@@ -114,6 +122,8 @@ def render(outcome: SearchOutcome, console: Any = None) -> None:
                          f"{outcome.sentences} sentences; searched at least as good as every uniform format "
                          f"within its budget: {'yes' if outcome.searched_is_best else 'NO'}; "
                          f"{outcome.seconds:.1f} s")
+    if outcome.per_layer:
+        render_worst(outcome.worst, outcome.per_layer, outcome.per_layer_notes, console, what="all-MiniLM-L6-v2")
 
 
 if __name__ == "__main__":  # python -m examples.sentence_embeddings.search

