@@ -139,3 +139,32 @@ def test_eager_float_round_uses_split_and_fast_false_does_not(monkeypatch, eager
     away = FloatFormat(3, 2, specials="none", rounding="nearest_away")
     away(x)
     assert len(calls) == 1, "the split only does round to nearest even"
+
+
+def test_block_formats_eager_split_equals_their_kernel_without_it(monkeypatch, eager_kernels) -> None:
+    """Every named block format with float elements, one after another (formats sharing a kernel structure
+    must not share the split's constants), against the same kernel with the split off."""
+    import dataclasses
+
+    from qsim_hooks.formats import _block_kernels, block, get
+
+    calls = []
+    real = _block_kernels.split_round
+    monkeypatch.setattr(_block_kernels, "split_round", lambda t, k: calls.append(k) or real(t, k))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(256, 128, generator=g) * torch.logspace(-30, 30, 128)
+    x[0, 0], x[1, 3], x[2] = float("nan"), float("inf"), 0.0
+    x[3] = torch.cat([torch.full((64,), 1e-41), torch.full((64,), -3e-39)])  # fp32 subnormal blocks
+    used = []
+    for name in block.NAMED:
+        f = get(name)
+        k = f._kernel
+        if k.split is None:
+            continue
+        n = len(calls)
+        got, _ = k.quantize(x, None, None, False)
+        assert len(calls) > n, f"{name}: the split was not used"
+        want, _ = dataclasses.replace(k, split=None).quantize(x, None, None, False)
+        assert_same_bits(got, want, inputs=x, what=name)
+        used.append(name)
+    assert {"mxfp8_e4m3", "mxfp8_e5m2", "mxfp4"} <= set(used)
