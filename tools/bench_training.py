@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = run(args.batch, args.rounds, args.size)
     q = rows[-1]
-    targets = [Met("resnet50 b8 QAT step time, e4m3 everywhere", q["time_ratio"], TIME_TARGET, *q["range"]),
-               Met("resnet50 b8 QAT step peak memory, e4m3 everywhere", q["memory_ratio"], MEMORY_TARGET)]
+    what = f"resnet50 b{args.batch} {args.size}px QAT step"
+    targets = [Met(f"{what} time, e4m3 everywhere", q["time_ratio"], TIME_TARGET, *q["range"]),
+               Met(f"{what} peak memory, e4m3 everywhere", q["memory_ratio"], MEMORY_TARGET)]
     if args.json:
         print(json.dumps(rows, indent=2))
         summary(targets, "issue 19 training targets", out=sys.stderr)
