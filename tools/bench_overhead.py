@@ -9,7 +9,7 @@ alike), each keeps its minimum over the rounds, and the range of its per-round r
 it. The fused kernels compile on first use; the first round's warm-up absorbs that.
 
     PYTHONPATH=. .venv/bin/python tools/bench_overhead.py [--rounds 5] [--calls 2] [--only resnet|bert]
-        [--previous] [--intfp] [--threads 1 --clock cpu] [--profile] [--json]
+        [--previous] [--intfp] [--threads 1 --clock cpu] [--backend auto|eager|compiled] [--profile] [--json]
 
 ``--previous`` adds the quantized configurations with :mod:`qsim_hooks.reuse` off (the path before it);
 ``--intfp`` adds INT-FP-QSim's way (qtorch E4M3 everywhere, weights every call: slow).
@@ -221,8 +221,12 @@ def main() -> None:
                          "and a machine shared with other jobs disturbs it less)")
     ap.add_argument("--profile", action="store_true",
                     help="then print torch.profiler's operator table for each model's first quantized config")
+    ap.add_argument("--backend", choices=("auto", "eager", "compiled"), default="auto",
+                    help="kernel backend (default auto: eager until compiling pays, which a short run may never "
+                         "reach; compiled: the fused kernels' steady state, compiled in the first warm-up)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    qh.formats.set_backend(args.backend)
     # the coverage warnings at detach (SDPA's P·V with attention=None) say nothing about time
     warnings.filterwarnings("ignore", message="qsim_hooks: .* GEMM call", category=RuntimeWarning)
     if args.clock == "cpu" and args.threads != 1:
