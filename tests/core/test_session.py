@@ -16,6 +16,7 @@ from torch import nn
 import qsim_hooks as qh
 from qsim_hooks import activations
 from qsim_hooks.formats import get
+from qsim_hooks.report_coverage import coverage_line
 
 from .model_check import snapshot, verify_unchanged
 
@@ -381,6 +382,7 @@ def test_no_active_points_attaches_nothing():
     summary = qs.coverage().summary
     # the accounting is part of the interception, so it saw nothing: 0 GEMMs, none against the config
     assert (summary.gemms, summary.simulated, summary.against_config) == (0, 0, 0)
+    assert "nothing was configured" in coverage_line(summary)  # not "the model ran no GEMM": it ran two
 
 
 def test_quantized_accepts_keyword_config_and_rejects_both():
