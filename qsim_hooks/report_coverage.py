@@ -22,7 +22,7 @@ def coverage_line(summary: Any, limit: int = 4) -> str:
     ..."`` (the reasons of :mod:`qsim_hooks.coverage`, per folded module, most calls first)."""
     n, ok = summary.gemms, summary.simulated
     if n == 0:
-        return "0 GEMMs: the model ran no GEMM while the session was attached"
+        return "0 GEMMs seen (none ran, or nothing was configured: then nothing is attached to see them)"
     if ok == n:
         text = f"{n} GEMM{'s' if n != 1 else ''}: all fully simulated"
     else:

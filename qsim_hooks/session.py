@@ -178,7 +178,10 @@ class Session:
                 self._undo.push(how.attach(Site(name, named[name], pts, self.points)))
             if how.after is not None and by_module:
                 self._undo.push(how.after(self.model))
-        self._undo.push(attach_interception(self.model, self._gemms, [named[n] for n in functional]))
+        if self.points or accs:  # nothing to quantize or accumulate: no mode, no hooks (the model runs as it is)
+            self._undo.push(attach_interception(self.model, self._gemms, [named[n] for n in functional]))
+        else:
+            self._gemms = None  # and the coverage accounting sees no GEMM
 
     def detach(self) -> None:
         """Undo everything (reverse order, past errors, the first one re-raised); safe to call twice.

@@ -24,6 +24,9 @@ import sys
 import tempfile
 import time
 
+from _timing import Target as Met  # tools/ is on sys.path when a script runs
+from _timing import span, summary
+
 TARGET = 2.0
 
 CHILD = r"""
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         child(backend, args.later, env)  # warms the cache (and the disk cache of the imports)
         times, wall = child(backend, args.later, env)
         rows.append((f"{backend}, warm cache", times, wall))
+    warm2, _ = child("auto", args.later, env)  # a second measured auto process: the range is over the two
     if args.cold:
         with tempfile.TemporaryDirectory() as d:
             times, wall = child("compiled", args.later, dict(env, TORCHINDUCTOR_CACHE_DIR=d))
@@ -75,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<22} {times[0]:>10.3f} {later:>8.3f} {times[0] / later:>9.2f}x {wall:>11.1f}")
     auto = rows[0][1]
     ratio = auto[0] / min(auto[1:])
-    print(f"default backend, warm cache: first forward {ratio:.2f}x the later ones (target <= {TARGET}x): "
-          f"{'met' if ratio <= TARGET else 'not met'}")
+    firsts = [t[0] / min(t[1:]) for t in (auto, warm2)]
+    summary([Met("resnet18 first quantized forward / later ones (auto backend, warm cache, new process)",
+                 ratio, TARGET, *span(firsts))], "issue 19 first-use target")
     return 0
 
 

@@ -14,9 +14,10 @@ PyTorch's own float8 cast round trips and ``fake_quantize_per_tensor_affine``
 with a dynamic amax. Block formats (MX, NVFP4, ...) appear automatically when
 the registry names them; a format that fails is reported and skipped.
 
-Targets (issue 2 and the block-format work): every unscaled ExMy cast <= 1.5x
-clone; INT8 with a dynamic per-tensor amax <= 2x (shown for every intN with
-that scaling: same kernel); MX <= 3x.
+Targets: every unscaled ExMy cast <= 1.5x clone and INT8 with a dynamic per-tensor amax
+<= 2x (issue 2; shown for every intN with that scaling: same kernel); MX <= 1.4x and NVFP4
+<= 1.5x (issue 19). Each is printed met / not met at the end, with the range of the
+per-call ratios.
 
 The "path" column says what ran: "fused (torch.compile)" (a kernel of
 ``qsim_hooks.formats.kernels`` through its compiled path; "+ amax": the amax
@@ -35,6 +36,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _timing import Target as Met  # tools/ is on sys.path when a script runs
+from _timing import span, summary
 
 from qsim_hooks import formats
 from qsim_hooks.formats import kernels
@@ -58,8 +61,9 @@ def best_time(fn: Fn, repeats: int, warmup: int) -> float:
     return min(_time_call(fn) for _ in range(repeats))
 
 
-def paired_times(fn: Fn, baseline: Fn, repeats: int, warmup: int) -> tuple[float, float]:
-    """Minimum wall times of ``fn`` and ``baseline``, timed alternately.
+def paired_times(fn: Fn, baseline: Fn, repeats: int, warmup: int,
+                 ratios: list[float] | None = None) -> tuple[float, float]:
+    """Minimum wall times of ``fn`` and ``baseline``, timed alternately (``ratios``: gets each pair's ratio).
 
     Alternating keeps both figures under the same machine load, so their
     ratio holds even when other work comes and goes during the run.
@@ -69,8 +73,10 @@ def paired_times(fn: Fn, baseline: Fn, repeats: int, warmup: int) -> tuple[float
         baseline()
     t_fn, t_base = math.inf, math.inf
     for _ in range(repeats):
-        t_fn = min(t_fn, _time_call(fn))
-        t_base = min(t_base, _time_call(baseline))
+        a, b = _time_call(fn), _time_call(baseline)
+        t_fn, t_base = min(t_fn, a), min(t_base, b)
+        if ratios is not None:
+            ratios.append(a / b)
     return t_fn, t_base
 
 
@@ -115,12 +121,14 @@ def _native_dtype(fmt: formats.Format) -> torch.dtype | None:
 def target_for(name: str, fmt: formats.Format) -> tuple[str, float] | None:
     """The issue's speed target for this format, as (label, max ratio to clone)."""
     if name.startswith("mx"):
-        return "MX", 3.0
+        return "MX (issue 19)", 1.4
+    if name == "nvfp4":
+        return "NVFP4 (issue 19)", 1.5
     if isinstance(fmt, formats.FloatFormat) and fmt.scaling is None:
-        return "cast", 1.5
+        return "cast (issue 2)", 1.5
     sc = getattr(fmt, "scaling", None)
     if isinstance(fmt, formats.IntFormat) and sc.granularity == "tensor" and sc.mode == "dynamic":
-        return "INT", 2.0
+        return "INT (issue 2)", 2.0
     return None
 
 
@@ -139,9 +147,10 @@ def _qtorch_float_quantize() -> Callable | None:
 # ---------------------------------------------------------------------------
 def _row(name: str, path: str, fn: Fn, clone: Fn, repeats: int, warmup: int,
          first: float | None = None, target: tuple[str, float] | None = None) -> dict[str, Any]:
-    seconds, clone_s = paired_times(fn, clone, repeats, warmup)
+    ratios: list[float] = []
+    seconds, clone_s = paired_times(fn, clone, repeats, warmup, ratios)
     return {"name": name, "path": path, "seconds": seconds, "clone_seconds": clone_s,
-            "ratio": seconds / clone_s, "first_call_s": first,
+            "ratio": seconds / clone_s, "range": span(ratios), "first_call_s": first,
             "target": None if target is None else target[0],
             "target_ratio": None if target is None else target[1],
             "met": None if target is None else seconds / clone_s <= target[1],
@@ -278,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_json(result))
     else:
         print_table(result)
+    summary([Met(f"{r['name']} x clone ({r['target']})", r["ratio"], r["target_ratio"], *r["range"])
+             for r in result["rows"] if r["target"] is not None and not r.get("error")],
+            "format targets", out=sys.stderr if args.json else None)
     return 0
 
 

@@ -13,9 +13,10 @@ mask) select the function. The arithmetic is written up in docs/formats/block.md
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -40,6 +41,7 @@ from ._exmy import (
     round_int,
     saturate,
 )
+from ._split import SplitConsts, split_round
 from .base import Rounding
 from .floating import FloatFormat
 from .integer import IntElement
@@ -138,13 +140,18 @@ def _decode_int(k: Tensor, s: Tensor, pu: Tensor, pow2: bool) -> Tensor:
 
 
 def _float_elements(x: Tensor, t: Tensor, s: Tensor, ep: Tensor, fp: Tensor, mode: int, nz: Tensor | None,
-                    exact: bool, sat: bool, fast: bool) -> Tensor:
+                    exact: bool, sat: bool, fast: bool, split: SplitConsts | None) -> Tensor:
     """Float elements: ``round(t) * S`` (``t = x / S``); ``sat``: saturating at ±float32 max.
 
     ``exact``: ``t`` is exact (a power-of-two scale), so every mode rounds ``t`` itself;
     otherwise the directed modes decide on the decoded values (:func:`._exmy.directed`).
-    ``fast``: the element grid allows the step kernel (bit for bit the same rounding, fewer operations).
+    ``fast``: the element grid allows the step kernel (bit for bit the same rounding, fewer operations);
+    ``split``: round to nearest even with the split kernel instead (eager only, see :mod:`._split`).
     """
+    if split is not None and mode == NEAREST_EVEN:
+        q = split_round(t, split)
+        y = q * s
+        return clamp_f32(y) if sat else y
     if exact or mode < TOWARD_ZERO:
         q = (fast_round_impl if fast and mode != STOCHASTIC else float_round_impl)(t, ep, mode, nz)
         y = q * s
@@ -176,7 +183,7 @@ def _int_elements(x: Tensor, t: Tensor, s: Tensor, fp: Tensor, mode: int, nz: Te
 
 
 def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: bool, want_mask: bool,
-          sat: bool, pow2_unit: bool, fast: bool) -> Callable:
+          sat: bool, pow2_unit: bool, fast: bool, split: SplitConsts | None = None) -> Callable:
     exact = scale_kind == "e8m0"  # power-of-two scales: x / S and g * S are exact
     # E8M0 floor scales cannot overflow: every element is < 2^(floor(log2 amax) + 1) <= 2^128
     sat = sat and not (exact and srnd == "floor")
@@ -192,7 +199,7 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
         # with one division per block instead of one per element
         t = x * (1.0 / safe) if exact else x / safe
         if kind == "f":
-            y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat, fast)
+            y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat, fast, split)
         else:
             y = _int_elements(x, t, s, fp, mode, nz, exact, pow2)
             if compat:
@@ -217,6 +224,10 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
 _FNS: dict[str, Callable] = {}
 
 
+def _call(x: Tensor, fn: Callable, args: list[Tensor]) -> tuple[Tensor, Tensor] | Tensor:
+    return fn(x, *args)
+
+
 @dataclass(frozen=True, eq=False)
 class BlockKernel:
     """One block format's kernel: its structural choices and constant tensors.
@@ -233,7 +244,9 @@ class BlockKernel:
     sat: bool  # float elements saturate (not overflow="special")
     pow2_unit: bool  # integer elements: per_unit is a power of two
     fast: bool  # float elements on a grid the step kernel rounds onto
+    split: SplitConsts | None  # float elements rounded to nearest even: the eager split kernel's constants
     consts: kernels.Consts  # ip, fp, ep (the element grid's ExMy params), sp (the scale grid's)
+    _eager: dict[str, Callable] = field(default_factory=dict, repr=False)  # eager split variants, by name
 
     @classmethod
     def of(cls, element: Element, scale: FloatFormat | None, scale_rounding: str,
@@ -260,6 +273,7 @@ class BlockKernel:
                    sat=not isinstance(element, FloatFormat) or element.saturates,
                    pow2_unit=isinstance(element, IntElement) and math.frexp(element.per_unit)[0] == 0.5,
                    fast=isinstance(element, FloatFormat) and element._params.fast,
+                   split=element._params.split if isinstance(element, FloatFormat) else None,
                    consts=kernels.Consts(torch.tensor(ip, dtype=torch.int32), torch.tensor(fp, dtype=torch.float32),
                                          ep, sp))
 
@@ -295,7 +309,15 @@ class BlockKernel:
                                           dtype=torch.int32))
             else:
                 args.append(torch.rand(x.shape, generator=generator, device=dev, dtype=torch.float32))
-        out = kernels.run(name, fn, x, *args)
+        eager = None
+        if self.split is not None and self.mode == NEAREST_EVEN and not torch.compiler.is_compiling():
+            efn = self._eager.get(name)  # per kernel: the split's constants are Python floats in its closure
+            if efn is None:
+                efn = self._eager[name] = _make(self.kind, self.mode, self.scale_kind, self.scale_rounding, two,
+                                                    self.qtorch_compat, want_mask, self.sat, self.pow2_unit,
+                                                    self.fast, self.split)
+            eager = functools.partial(_call, fn=efn, args=args)
+        out = kernels.run(name, fn, x, *args, eager=eager)
         if want_mask:
             return out[0], out[1]
         return out, None

@@ -27,6 +27,7 @@ from torch import Tensor
 from . import kernels
 from ._checks import check_bool, check_choice, check_int, check_name
 from ._exmy import exmy_params
+from ._split import split_consts
 from .base import Format, FormatInfo, GradSpec, Rounding
 from .scaling import Scaling, scaled_forward, with_scaling_axis
 
@@ -197,7 +198,8 @@ class FloatFormat(Format):
         params, fast = exmy_params(self.man_bits, g.emin + shift, math.ldexp(g.max, shift),
                                    math.ldexp(g.min_normal, shift), math.ldexp(g.min_subnormal, shift),
                                    self.subnormals, ovf)
-        return kernels.Consts(params, fast=fast)
+        split = split_consts(self.man_bits, g.emin + shift, math.ldexp(g.max, shift), self.subnormals, ovf)
+        return kernels.Consts(params, fast=fast, split=split)
 
     # -- fast path through PyTorch's own casts ------------------------------
     def _native_dtype(self) -> torch.dtype | None:

@@ -29,6 +29,7 @@ Eager and fused paths give bit-identical results (tested). Inside a user's
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -58,6 +59,7 @@ from ._exmy import (
     round_int,
     saturate,
 )
+from ._split import SplitConsts, split_round
 
 __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "finite_absmax",
            "to_dtype", "canonical", "named_copy", "run", "Consts", "COMPILE_MIN_NUMEL",
@@ -158,11 +160,12 @@ class Consts:
     cached: a trace must not write state that its own guards read.
     """
 
-    __slots__ = ("cpu", "fast", "_on")
+    __slots__ = ("cpu", "fast", "split", "_on")
 
-    def __init__(self, *cpu: Tensor, fast: bool = False) -> None:
+    def __init__(self, *cpu: Tensor, fast: bool = False, split: SplitConsts | None = None) -> None:
         self.cpu = cpu
         self.fast = fast  # an ExMy grid the step kernel may round onto
+        self.split = split  # its constants for the eager split kernel (round to nearest even), if exact there
         self._on: dict[torch.device, tuple[Tensor, ...]] = {}
 
     def on(self, device: torch.device) -> tuple[Tensor, ...]:
@@ -257,11 +260,15 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
                 *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
 
-    ``fast`` picks the step-based kernel (default: whenever the format allows it);
-    ``fast=False`` forces the bit-pattern kernel (the two agree bit for bit). ``eager``: a
-    native cast doing the same rounding, used when the kernel is not fused (see :func:`run`).
+    ``fast`` picks the step-based kernel (default: whenever the format allows it) and, for
+    round to nearest even when not fused, the split kernel (:mod:`._split`) unless ``eager``
+    is given; ``fast=False`` forces the bit-pattern kernel on every path (all agree bit for
+    bit). ``eager``: a native cast doing the same rounding, used when the kernel is not fused
+    (see :func:`run`).
     """
     use_fast = mode != STOCHASTIC and params.fast and fast is not False
+    if eager is None and mode == NEAREST_EVEN and params.split is not None and fast is not False:
+        eager = functools.partial(split_round, k=params.split)
     # detach: kernels never take part in autograd (formats wrap them in a STE);
     # a plain Tensor also keeps torch.compile from specialising on Parameter.
     x = x.detach().contiguous()
@@ -282,7 +289,17 @@ def scaled_float_round(x: Tensor, params: Consts, inv: Tensor, scale: Tensor, mo
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv)
     fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", True, saturate][mode]
-    return run(fn.__name__, fn, xc, p, ic, sc, *_bit_noise(mode, xc.shape, x.device, generator)).reshape(shape)
+    eager = None
+    if mode == NEAREST_EVEN and params.split is not None:
+        eager = functools.partial(_split_scaled, inv=ic, scale=sc, k=params.split, sat=saturate)
+    return run(fn.__name__, fn, xc, p, ic, sc, *_bit_noise(mode, xc.shape, x.device, generator),
+               eager=eager).reshape(shape)
+
+
+def _split_scaled(x: Tensor, inv: Tensor, scale: Tensor, k: SplitConsts, sat: bool) -> Tensor:
+    """The scaled kernel's round to nearest even with the split kernel (eager; the same bits)."""
+    y = split_round(x * inv, k).mul_(scale)
+    return clamp_f32(y) if sat else y
 
 
 # ---------------------------------------------------------------------------
