@@ -3,18 +3,59 @@ the rows of one table (per budget: the searched configuration, then every unifor
 budget, each measured by a real run) and its rendering.
 
 The check the main job makes, :func:`searched_is_best`: at every budget the searched configuration's
-measured score is at least as good as every uniform format's that fits the budget.
+measured score is at least as good as every uniform format's that fits the budget. :func:`search_budgets`
+runs the searches (the later budgets reusing the first's per-unit losses) and the per-layer view of the
+worst configuration they ran into a :class:`SearchOutcome`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import qsim_hooks as qh
 from qsim_hooks import report
 from qsim_hooks.report_propagation import render_propagation
 
-__all__ = ["rows_for", "searched_is_best", "render_table", "worst_run", "render_worst"]
+__all__ = ["SearchOutcome", "search_budgets", "rows_for", "searched_is_best", "render_table", "worst_run",
+           "render_worst"]
+
+
+@dataclass
+class SearchOutcome:
+    """What an example's searches give (each example's subclass adds what it measured besides)."""
+
+    settings: Any = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    searched_is_best: bool = False
+    worst: str = ""  # the worst configuration the searches ran, and its per-layer propagated error
+    per_layer: list[dict[str, Any]] = field(default_factory=list)
+    per_layer_notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def search_budgets(out: SearchOutcome, model: Any, batches: list[Any], budgets: Sequence[float], *,
+                   output: Any = None, **search: Any) -> SearchOutcome:
+    """``qh.search`` at each budget (``search``: its other arguments), its rows, whether the searched
+    configuration beat the uniform ones, and ``qh.compare(per_layer=True)`` of the worst one, into ``out``."""
+    previous, results = None, []
+    with warnings.catch_warnings():  # 4-bit formats flush many values on purpose; the table says what it costs
+        warnings.filterwarnings("ignore", message=r"qsim_hooks: .* flushed .* to zero", category=RuntimeWarning)
+        for budget in budgets:
+            previous = qh.search(model, batches, budget=budget, output=output, reuse=previous, **search)
+            results.append(previous)
+            out.rows += rows_for(previous)
+        out.worst, cfg = worst_run(results)
+        per_layer = qh.compare(model, cfg, batches=batches, output=output, per_layer=True, stats=False,
+                               progress=False).per_layer
+    out.per_layer, out.per_layer_notes = per_layer.rows, list(per_layer.notes)
+    out.searched_is_best = searched_is_best(out.rows)
+    return out
 
 
 def _choice(result: Any) -> str:

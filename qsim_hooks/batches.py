@@ -16,11 +16,13 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["default_forward", "ForwardFn", "ForwardLoop", "feed", "feeding_hint", "run_forward_loop",
+__all__ = ["eval_no_grad", "default_forward", "ForwardFn", "ForwardLoop", "feed", "feeding_hint", "run_forward_loop",
            "check_devices"]
 
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -142,3 +144,16 @@ def run_forward_loop(model: nn.Module, forward_loop: ForwardLoop,
         for h in handles:
             h.remove()
     return calls
+
+
+@contextmanager
+def eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no autograd for the block; the training flags come back afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in flags:
+            m.training = training

@@ -41,10 +41,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from .batches import feed
+from .batches import eval_no_grad, feed
 from .planning import Plan
 from .progress import track
 from .stats import power_sums, sqnr_db_from_sums
@@ -270,21 +269,9 @@ def propagate(model: nn.Module, plan: Plan, simulated: Callable[[], AbstractCont
     """
     layers = check_plan(plan)
     attention = list(dict.fromkeys(e.module for e in plan.active() if e.kind == "attention"))
-    with _eval_no_grad(model), warnings.catch_warnings():
+    with eval_no_grad(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the caller's runs of the same data have said it
         return _propagate(model, layers, attention, simulated, runs, stop_early, progress)
-
-
-@contextmanager
-def _eval_no_grad(model: nn.Module) -> Iterator[None]:
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def _propagate(model: nn.Module, layers: Mapping[str, tuple[str, str]], attention: Sequence[str],

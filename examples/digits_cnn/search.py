@@ -15,14 +15,12 @@ starts.
 from __future__ import annotations
 
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import qsim_hooks as qh
-
+from .. import search_table
 from ..evaluations import pinned
-from ..search_table import render_table, render_worst, rows_for, searched_is_best, worst_run
+from ..search_table import render_table, render_worst
 from . import digits
 
 __all__ = ["SearchSettings", "SearchOutcome", "run", "render"]
@@ -36,18 +34,8 @@ class SearchSettings:
 
 
 @dataclass
-class SearchOutcome:
-    settings: SearchSettings
-    fp_accuracy: float
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    searched_is_best: bool = False
-    worst: str = ""  # the worst configuration the searches ran, and its per-layer propagated error
-    per_layer: list[dict[str, Any]] = field(default_factory=list)
-    per_layer_notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+class SearchOutcome(search_table.SearchOutcome):
+    fp_accuracy: float = 0.0
 
 
 def run(settings: digits.Settings | None = None, search: SearchSettings | None = None) -> SearchOutcome:
@@ -62,19 +50,9 @@ def run(settings: digits.Settings | None = None, search: SearchSettings | None =
         def accuracy(m: Any, _batches: Any) -> float:
             return digits.accuracy(m, xte, yte)
 
-        out = SearchOutcome(ss, digits.accuracy(model, xte, yte))
-        previous, results = None, []
-        with warnings.catch_warnings():  # 4-bit formats flush many values on purpose; the table says what it costs
-            warnings.filterwarnings("ignore", message=r"qsim_hooks: .* flushed .* to zero", category=RuntimeWarning)
-            for budget in ss.budgets:
-                previous = qh.search(model, [xte], candidates=list(ss.candidates), budget=budget, score=ss.score,
-                                     metric=accuracy, reuse=previous)
-                results.append(previous)
-                out.rows += rows_for(previous)
-            out.worst, cfg = worst_run(results)
-            per_layer = qh.compare(model, cfg, batches=[xte], per_layer=True, stats=False, progress=False).per_layer
-        out.per_layer, out.per_layer_notes = per_layer.rows, list(per_layer.notes)
-    out.searched_is_best = searched_is_best(out.rows)
+        out = search_table.search_budgets(SearchOutcome(ss, fp_accuracy=digits.accuracy(model, xte, yte)), model,
+                                          [xte], ss.budgets, candidates=list(ss.candidates), score=ss.score,
+                                          metric=accuracy)
     out.seconds = time.perf_counter() - t0
     return out
 

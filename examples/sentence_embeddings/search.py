@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-import qsim_hooks as qh
 from qsim_hooks.formats import Scaling, get
 from qsim_hooks.search import Candidate
 
+from .. import search_table
 from ..evaluations import pinned
-from ..search_table import render_table, render_worst, rows_for, searched_is_best, worst_run
+from ..search_table import render_table, render_worst
 from . import sentences
 
 __all__ = ["SearchSettings", "SearchOutcome", "run", "render"]
@@ -56,18 +55,8 @@ class SearchSettings:
 
 
 @dataclass
-class SearchOutcome:
-    settings: SearchSettings
-    sentences: int
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    searched_is_best: bool = False
-    worst: str = ""  # the worst configuration the searches ran, and its per-layer propagated error
-    per_layer: list[dict[str, Any]] = field(default_factory=list)
-    per_layer_notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+class SearchOutcome(search_table.SearchOutcome):
+    sentences: int = 0
 
 
 def run(search: SearchSettings | None = None) -> SearchOutcome:
@@ -90,21 +79,9 @@ def run(search: SearchSettings | None = None) -> SearchOutcome:
             mask = enc["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
             return F.normalize((out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 
-        out = SearchOutcome(ss, len(texts))
-        previous, results = None, []
-        with warnings.catch_warnings():  # int4 weights flush many values on purpose; the table says what it costs
-            warnings.filterwarnings("ignore", message=r"qsim_hooks: .* flushed .* to zero", category=RuntimeWarning)
-            for budget in ss.budgets:
-                previous = qh.search(model, [enc], candidates=[CANDIDATES[c]() for c in ss.candidates],
-                                     budget=budget, granularity=ss.granularity, output=pooled, metric=cosine,
-                                     reuse=previous)
-                results.append(previous)
-                out.rows += rows_for(previous)
-            out.worst, cfg = worst_run(results)
-            per_layer = qh.compare(model, cfg, batches=[enc], output=pooled, per_layer=True, stats=False,
-                                   progress=False).per_layer
-        out.per_layer, out.per_layer_notes = per_layer.rows, list(per_layer.notes)
-    out.searched_is_best = searched_is_best(out.rows)
+        out = search_table.search_budgets(SearchOutcome(ss, sentences=len(texts)), model, [enc], ss.budgets,
+                                          candidates=[CANDIDATES[c]() for c in ss.candidates],
+                                          granularity=ss.granularity, output=pooled, metric=cosine)
     out.seconds = time.perf_counter() - t0
     return out
 

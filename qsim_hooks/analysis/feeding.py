@@ -8,15 +8,13 @@ call order: the function must feed the same data every time it is called).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from ..batches import ForwardLoop, feed, run_forward_loop
+from ..batches import ForwardLoop, eval_no_grad, feed, run_forward_loop
 from ..config import QuantConfig
 from ..progress import steps, track
 
@@ -72,19 +70,6 @@ def batch_list(batch: Any, batches: Iterable[Any] | None) -> list[Any]:
     if batch is None:
         raise TypeError("no input: pass batch= (one batch) or batches= (several)")
     return [batch]
-
-
-@contextmanager
-def eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd for the block; the training flags come back afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 @dataclass(frozen=True)
