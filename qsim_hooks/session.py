@@ -178,7 +178,9 @@ class Session:
                 self._undo.push(how.attach(Site(name, named[name], pts, self.points)))
             if how.after is not None and by_module:
                 self._undo.push(how.after(self.model))
-        if self.points or accs:  # nothing to quantize or accumulate: no mode, no hooks (the model runs as it is)
+        # nothing to quantize or accumulate: no mode, no hooks (the model runs as it is). A candidate with a format
+        # (a bare parameter that enters a GEMM functionally) has no point until the interception sees it run
+        if accs or any(e.format is not None for e in entries.values()):
             self._undo.push(attach_interception(self.model, self._gemms, [named[n] for n in functional]))
         else:
             self._gemms = None  # and the coverage accounting sees no GEMM

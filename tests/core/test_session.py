@@ -385,6 +385,30 @@ def test_no_active_points_attaches_nothing():
     assert "nothing was configured" in coverage_line(summary)  # not "the model ran no GEMM": it ran two
 
 
+def test_a_weight_used_only_functionally_is_quantized_although_no_point_exists_at_attach():
+    # a bare 2-D parameter that only F.linear uses: its point is made when the interception sees the GEMM, so
+    # "no points yet" must not mean "nothing to attach" (it once did: the weight then ran at full precision)
+    class Bare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, self.w)
+
+    model, x = Bare(), torch.randn(3, 8)
+    int4 = qh.formats.get("int4")
+    with torch.no_grad():
+        want = F.linear(x, int4(model.w))
+        with qh.quantized(model, weight=int4) as qs:
+            assert qs.points == {}  # none at attach
+            y = model(x)
+    assert torch.equal(y, want) and not torch.equal(y, F.linear(x, model.w))
+    (row,) = qs.coverage().rows  # the weight covered by its point; the input, as configured, not
+    assert [(o["role"], o["point"] is not None) for o in row["operands"]] == [("activation", False), ("weight", True)]
+    assert not row["against_config"]
+
+
 def test_quantized_accepts_keyword_config_and_rejects_both():
     model, x = _models()["mlp"]
     with qh.quantized(model, weight="int8") as qs:
