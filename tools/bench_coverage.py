@@ -18,6 +18,7 @@ and prints (session - no interception) / plain (the interception's cost) and (se
 ``--calls`` calls in that round), their quartiles, and the difference of the overall minima.
 
     PYTHONPATH=. .venv/bin/python tools/bench_coverage.py [--rounds 5] [--calls 2] [--threads 1 --clock cpu]
+        [--backend compiled|auto|eager] [--only resnet|bert]
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +38,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import CLOCKS, best_time  # noqa: E402  (tools/ is on sys.path when a script runs)
 
 import qsim_hooks as qh  # noqa: E402
 from qsim_hooks import coverage, reuse, session  # noqa: E402
@@ -93,24 +95,14 @@ def _first(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-
-
-def _best(run: Callable[[], Any], calls: int, clock: Callable[[], float]) -> float:
-    run()
-    best = float("inf")
-    for _ in range(calls):
-        t0 = clock()
-        run()
-        best = min(best, clock() - t0)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=2)
     ap.add_argument("--only", choices=("resnet", "bert"))
+    ap.add_argument("--backend", choices=("auto", "eager", "compiled"), default="compiled",
+                    help="kernel backend, pinned for the run (default compiled: auto switches from eager to "
+                         "compiled part-way, which would land in some rounds and not others)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, with the CPU clock)")
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                     help="cpu (default): this thread's CPU time, all the work with --threads 1, and what a "
@@ -120,10 +112,12 @@ def main() -> None:
         ap.error("--clock cpu measures one thread: use it with --threads 1")
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
+    qh.formats.set_backend(args.backend)
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # coverage / flush warnings: not about time
     now = datetime.datetime.now(datetime.timezone.utc)
     print(f"{now:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock, "
+          f"kernels {args.backend}, "
           f"load {os.getloadavg()[0]:.1f}")
     variants = {"plain": None, "session": _plain, "no interception": _no_interception, "no record": _no_record}
     with torch.no_grad():
@@ -138,12 +132,12 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, patch in variants.items():
                     if patch is None:
-                        times[name].append(_best(run, args.calls, clock))
+                        times[name].append(best_time(run, args.calls, 1, clock))
                         continue
                     call = bare if name == "no interception" else run
                     with patch(), qh.quantized(model, cfg, stats=False):
                         outs.setdefault(name, _first(call()).clone())
-                        times[name].append(_best(call, args.calls, clock))
+                        times[name].append(best_time(call, args.calls, 1, clock))
             print(f"\n{label}")
             best = {k: min(v) for k, v in times.items()}
             for name in variants:

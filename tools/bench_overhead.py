@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +30,8 @@ from typing import Any
 
 import torch
 import torchvision
+from _timing import CLOCKS, best_time, summary
 from _timing import Target as Met  # tools/ is on sys.path when a script runs
-from _timing import summary
 from rich.console import Console
 from rich.table import Table
 
@@ -153,20 +152,6 @@ def _bert(previous: bool) -> tuple[torch.nn.Module, Callable[[], Any], list[Conf
     return model, lambda: model(ids), configs
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-
-
-def _best(fn: Callable[[], Any], calls: int, warmup: int, clock: Callable[[], float]) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(calls):
-        t0 = clock()
-        fn()
-        best = min(best, clock() - t0)
-    return best
-
-
 def _measure(models: list[tuple[torch.nn.Module, Callable[[], Any], list[Config]]], rounds: int,
              calls: int, clock: Callable[[], float]) -> None:
     with torch.no_grad():
@@ -175,7 +160,7 @@ def _measure(models: list[tuple[torch.nn.Module, Callable[[], Any], list[Config]
                 for c in configs:
                     undo = c.setup(model) if c.setup is not None else None
                     try:
-                        c.times.append(_best(run, calls, 2 if rnd == 0 else 1, clock))
+                        c.times.append(best_time(run, calls, 2 if rnd == 0 else 1, clock))
                     finally:
                         if undo is not None:
                             undo()
