@@ -20,7 +20,7 @@ from qsim_hooks import report
 from qsim_hooks.report_propagation import render_propagation
 
 __all__ = ["SearchOutcome", "search_budgets", "rows_for", "searched_is_best", "render_table", "worst_run",
-           "render_worst"]
+           "render_worst", "verdict"]
 
 
 @dataclass
@@ -111,9 +111,15 @@ def worst_run(results: Sequence[Any]) -> tuple[str, Any]:
     return label, e.config
 
 
-def render_worst(label: str, rows: Sequence[dict[str, Any]], notes: Sequence[str], console: Any, *,
-                 what: str) -> None:
-    """The propagated-error view (``qh.compare(..., per_layer=True)``) of the worst configuration."""
-    render_propagation(list(rows), console, notes=list(notes),
-                              title=f"{what}: where the error of the worst configuration ({label}) starts "
-                                    "(qh.compare(per_layer=True))")
+def verdict(outcome: SearchOutcome) -> str:
+    """The end of a search table's caption: whether the searched configuration won, and the time."""
+    return (f"searched at least as good as every uniform format within its budget: "
+            f"{'yes' if outcome.searched_is_best else 'NO'}; {outcome.seconds:.1f} s")
+
+
+def render_worst(outcome: SearchOutcome, console: Any, *, what: str) -> None:
+    """The propagated-error view (``qh.compare(..., per_layer=True)``) of the worst configuration, if measured."""
+    if outcome.per_layer:
+        render_propagation(list(outcome.per_layer), console, notes=list(outcome.per_layer_notes),
+                           title=f"{what}: where the error of the worst configuration ({outcome.worst}) starts "
+                                 "(qh.compare(per_layer=True))")

@@ -24,16 +24,17 @@ and prints (session - no interception) / plain (the interception's cost) and (se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
 import statistics
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -46,31 +47,6 @@ from qsim_hooks import coverage, reuse, session  # noqa: E402
 from qsim_hooks.undo import UndoStack  # noqa: E402
 
 TARGET = 0.02  # issue 11: at most 2% of a forward
-
-
-@contextmanager
-def _no_interception() -> Iterator[None]:
-    real = session.attach_interception
-    session.attach_interception = lambda *a, **k: UndoStack()
-    try:
-        yield
-    finally:
-        session.attach_interception = real
-
-
-@contextmanager
-def _no_record() -> Iterator[None]:
-    real = coverage.Recorder.add
-    coverage.Recorder.add = lambda self, *a, **k: None
-    try:
-        yield
-    finally:
-        coverage.Recorder.add = real
-
-
-@contextmanager
-def _plain() -> Iterator[None]:
-    yield
 
 
 def _models() -> list[tuple[str, torch.nn.Module, Callable[[], Any], qh.QuantConfig]]:
@@ -119,7 +95,10 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock, "
           f"kernels {args.backend}, "
           f"load {os.getloadavg()[0]:.1f}")
-    variants = {"plain": None, "session": _plain, "no interception": _no_interception, "no record": _no_record}
+    variants = {"plain": None, "session": contextlib.nullcontext,
+                "no interception": lambda: mock.patch.object(session, "attach_interception",
+                                                             lambda *a, **k: UndoStack()),
+                "no record": lambda: mock.patch.object(coverage.Recorder, "add", lambda self, *a, **k: None)}
     with torch.no_grad():
         for label, model, run, cfg in _models():
             if args.only and not label.lower().startswith(args.only):

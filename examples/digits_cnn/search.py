@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import search_table
 from ..evaluations import pinned
-from ..search_table import render_table, render_worst
+from ..search_table import render_table, render_worst, verdict
 from . import digits
 
 __all__ = ["SearchSettings", "SearchOutcome", "run", "render"]
@@ -65,11 +65,8 @@ def render(outcome: SearchOutcome, console: Any = None) -> None:
                  metric_fmt=lambda v: "-" if v is None else f"{100 * v:.2f}",
                  caption=f"candidates {', '.join(ss.candidates)} on each layer's inputs and weights; score "
                          f"{ss.score} on the 450 test images (full-precision accuracy "
-                         f"{100 * outcome.fp_accuracy:.2f}%); searched at least as good as every uniform format "
-                         f"within its budget: {'yes' if outcome.searched_is_best else 'NO'}; "
-                         f"{outcome.seconds:.1f} s")
-    if outcome.per_layer:
-        render_worst(outcome.worst, outcome.per_layer, outcome.per_layer_notes, console, what="Digits CNN")
+                         f"{100 * outcome.fp_accuracy:.2f}%); " + verdict(outcome))
+    render_worst(outcome, console, what="Digits CNN")
 
 
 if __name__ == "__main__":  # python -m examples.digits_cnn.search

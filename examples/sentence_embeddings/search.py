@@ -28,7 +28,7 @@ from qsim_hooks.search import Candidate
 
 from .. import search_table
 from ..evaluations import pinned
-from ..search_table import render_table, render_worst
+from ..search_table import render_table, render_worst, verdict
 from . import sentences
 
 __all__ = ["SearchSettings", "SearchOutcome", "run", "render"]
@@ -96,11 +96,8 @@ def render(outcome: SearchOutcome, console: Any = None) -> None:
                  caption=f"candidates {', '.join(ss.candidates)} on every Linear's inputs and weights (integer "
                          "weights per channel; attention internals in full precision); score: output SQNR of the "
                          "sentence embeddings on "
-                         f"{outcome.sentences} sentences; searched at least as good as every uniform format "
-                         f"within its budget: {'yes' if outcome.searched_is_best else 'NO'}; "
-                         f"{outcome.seconds:.1f} s")
-    if outcome.per_layer:
-        render_worst(outcome.worst, outcome.per_layer, outcome.per_layer_notes, console, what="all-MiniLM-L6-v2")
+                         f"{outcome.sentences} sentences; " + verdict(outcome))
+    render_worst(outcome, console, what="all-MiniLM-L6-v2")
 
 
 if __name__ == "__main__":  # python -m examples.sentence_embeddings.search
