@@ -4,6 +4,10 @@ Plain, stateless torch functions (no backend choice, no caches: :mod:`.kernels`
 owns those). An ExMy grid is described by a small int32 *params* tensor
 (:func:`exmy_params`; fields ``P_*``), so one compiled kernel serves every
 ExMy format. Rounding modes are ids (``NEAREST_EVEN`` ... ``STOCHASTIC``).
+Round to nearest even has three kernels, all bit for bit the same: the bit kernel
+(every grid, every mode), the step kernel (fewer operations) and the magic kernel
+(fewest: two additions; what the fused kernels run where it applies). :func:`to_dtype`
+casts a float32 result back to a half-precision input dtype.
 
 Directed rounding of a *scaled* value (toward zero, stochastic) must be decided
 on the output grid, not on ``x * (1/scale)``: that product is rounded, and
@@ -23,9 +27,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["exmy_params", "f32_bits", "float_round_impl", "fast_round_impl", "grid_up", "grid_down",
+__all__ = ["exmy_params", "f32_bits", "float_round_impl", "fast_round_impl", "magic_round_impl", "magic_overflow_impl",
+           "has_magic", "grid_up", "grid_down",
            "directed", "round_int", "saturate", "clamp_f32", "cap", "NEAREST_EVEN", "NEAREST_AWAY", "TOWARD_ZERO",
-           "STOCHASTIC", "F32_MAX"]
+           "STOCHASTIC", "F32_MAX", "to_dtype"]
 
 #: Rounding-mode ids (what :class:`~qsim_hooks.formats.base.Rounding` maps to).
 NEAREST_EVEN, NEAREST_AWAY, TOWARD_ZERO, STOCHASTIC = 0, 1, 2, 3
@@ -38,7 +43,11 @@ F32_MAX = 3.4028234663852886e38  #: the largest finite float32: saturated result
 #   5 smallest subnormal q_min (fp32 bits)   6 q_min / 2 (fp32 bits, 0 if not representable)
 #   7 flush subnormals (0/1)
 #   8 lowest fp32 exponent field of a quantum step (emin + 127)   9 highest (above max; 0: no step kernel)
+#  10 the magic kernel's clamp bound (fp32 bits: max when saturating, else the power of two above it)
+#  11 its constant's offset ((23 - M) << 23 | 1.5's mantissa bit; 0: no magic kernel)
+#  12 its lowest exponent field, in place ((emin + 127) << 23)
 P_M, P_EMIN, P_MAX, P_OVF, P_MINNORM, P_QMIN, P_HALF, P_FLUSH, P_ELO, P_EHI = range(10)
+P_BOUND, P_MAGIC, P_EFLOOR = 10, 11, 12
 _SIGN = -2147483648  # 0x80000000 as int32
 _ABS = 0x7FFFFFFF
 _INF = 0x7F800000
@@ -63,10 +72,20 @@ def exmy_params(man_bits: int, emin: int, max_value: float, min_normal: float, m
     elo = emin + 127
     ehi = math.frexp(max_value)[1] + 127  # the exponent field just above max: larger values all overflow
     fast = elo - man_bits >= 1 and 254 - (ehi - man_bits) >= 1 and man_bits <= 20 and subnormals
+    # the magic kernel (round to nearest even; see magic_round_impl): the steps as for the step kernel,
+    # and its constant 1.5 * 2^(e + 23 - M) finite at the clamp bound's exponent e
+    bound = max_value if overflow == "saturate" else math.ldexp(1.0, ehi - 127)
+    magic = fast and (math.frexp(bound)[1] - 1) + 23 - man_bits <= 127
+    extra = [f32_bits(bound), ((23 - man_bits) << 23) | 0x400000, elo << 23] if magic else [0, 0, 0]
     params = torch.tensor([man_bits, emin, f32_bits(max_value), ovf, f32_bits(min_normal), f32_bits(min_subnormal),
-                           half, 0 if subnormals else 1, elo, ehi if fast else 0] + [0] * 7,
+                           half, 0 if subnormals else 1, elo, ehi if fast else 0] + extra + [0] * 4,
                           dtype=torch.int32)  # padded to 17: a size no tensor shape is "duck-sized" to
     return params, fast
+
+
+def has_magic(params: Tensor) -> bool:
+    """Whether :func:`magic_round_impl` may round onto the grid ``params`` (read once, from the CPU tensor)."""
+    return bool(params[P_MAGIC].item() != 0)
 
 
 def _shift(a: Tensor, p: Tensor) -> Tensor:
@@ -139,6 +158,30 @@ def fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Te
     # no flush-to-zero here: formats without subnormals take the bit kernel (a per-element
     # flag test costs about a third of this kernel's time)
     return torch.where(y.abs() > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), y)
+
+
+def magic_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Tensor:
+    """Round to nearest even in the fewest operations, for grids :func:`has_magic` accepts.
+
+    With ``c = 1.5 * 2^(e + 23 - M)``, ``e`` the exponent of ``|x|`` (at least emin), the ulp of
+    ``x + c`` is the grid's step at ``|x|``, so that addition rounds ``x`` onto the grid, ties to
+    even (``c`` is an even multiple of the step), for either sign; ``(x + c) - c`` is then exact.
+    ``x`` is clamped first (at the max when saturating, else at the power of two above it,
+    which rounds to itself and overflows); ``copysign`` restores the sign of zeros. Additions
+    only: no multiply a compiler could contract into an FMA. About half the step kernel's
+    operations, bit for bit its result (tests/formats/test_kernels.py).
+    """
+    assert mode == NEAREST_EVEN
+    b = p[P_BOUND].view(torch.float32)
+    a = torch.clamp(x, -b, b)  # NaN stays NaN
+    c = (torch.maximum(a.view(torch.int32) & _INF, p[P_EFLOOR]) + p[P_MAGIC]).view(torch.float32)
+    return torch.copysign((a + c) - c, x)
+
+
+def magic_overflow_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Tensor:
+    """:func:`magic_round_impl` for grids that do not saturate: results past the max become Inf or NaN."""
+    r = magic_round_impl(x, p, mode, noise)
+    return torch.where(r.abs() > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), r)
 
 
 def grid_up(g: Tensor, p: Tensor) -> Tensor:
@@ -226,3 +269,30 @@ def round_int(q: Tensor, mode: int, noise: Tensor | None) -> Tensor:
     assert noise is not None
     f = torch.floor(q)
     return f + (noise < q - f).to(q.dtype)
+
+
+def _dtype_grid(man: int, emin: int, top: float, saturate: bool) -> Tensor:
+    return exmy_params(man, emin, top, 2.0**emin, 2.0 ** (emin - man), True, "saturate" if saturate else "inf")[0]
+
+
+_HALF = {torch.float16: (65504.0, {s: _dtype_grid(10, -14, 65504.0, s) for s in (True, False)}),
+         torch.bfloat16: (3.3895313892515355e38,
+                          {s: _dtype_grid(7, -126, 3.3895313892515355e38, s) for s in (True, False)})}
+
+
+def to_dtype(y: Tensor, dtype: torch.dtype, saturate: bool) -> Tensor:
+    """Cast a float32 result back to the input's ``dtype``, saturating at its max when ``saturate``.
+
+    Under torch.compile the rounding to fp16/bf16 is done by the bit kernel first, so the
+    cast that follows is exact and inductor's dropping of it changes nothing.
+    """
+    if dtype == torch.float32:
+        return y
+    half = _HALF.get(dtype)
+    if half is not None:
+        top, params = half
+        if torch.compiler.is_compiling():
+            y = float_round_impl(y, params[saturate].to(y.device), NEAREST_EVEN, None)
+        elif saturate:
+            y = torch.clamp(y, -top, top)
+    return y.to(dtype)

@@ -199,7 +199,7 @@ class FloatFormat(Format):
                                    math.ldexp(g.min_normal, shift), math.ldexp(g.min_subnormal, shift),
                                    self.subnormals, ovf)
         split = split_consts(self.man_bits, g.emin + shift, math.ldexp(g.max, shift), self.subnormals, ovf)
-        return kernels.Consts(params, fast=fast, split=split)
+        return kernels.Consts(params, fast=fast, split=split, saturating=ovf == "saturate")
 
     # -- fast path through PyTorch's own casts ------------------------------
     def _native_dtype(self) -> torch.dtype | None:

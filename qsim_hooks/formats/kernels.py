@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 import time
 import types
 import warnings
@@ -51,13 +52,16 @@ from ._exmy import (
     cap,
     clamp_f32,
     directed,
-    exmy_params,
     fast_round_impl,
     float_round_impl,
     grid_down,
     grid_up,
+    has_magic,
+    magic_overflow_impl,
+    magic_round_impl,
     round_int,
     saturate,
+    to_dtype,
 )
 from ._split import SplitConsts, split_round
 
@@ -160,11 +164,15 @@ class Consts:
     cached: a trace must not write state that its own guards read.
     """
 
-    __slots__ = ("cpu", "fast", "split", "_on")
+    __slots__ = ("cpu", "fast", "magic", "split", "_on")
 
-    def __init__(self, *cpu: Tensor, fast: bool = False, split: SplitConsts | None = None) -> None:
+    def __init__(self, *cpu: Tensor, fast: bool = False, split: SplitConsts | None = None,
+                 saturating: bool = True) -> None:
         self.cpu = cpu
         self.fast = fast  # an ExMy grid the step kernel may round onto
+        # the magic kernel's name for this grid (round to nearest even), if it may round onto it
+        self.magic = None if not (fast and has_magic(cpu[0])) else \
+            ("magic_round" if saturating else "magic_overflow")
         self.split = split  # its constants for the eager split kernel (round to nearest even), if exact there
         self._on: dict[torch.device, tuple[Tensor, ...]] = {}
 
@@ -214,8 +222,10 @@ def _make_float_kernel(impl: Callable, mode: int, scaled: bool, sat: bool) -> Ca
     return scaled_kernel
 
 
-# (kind, scaled, saturating) -> one kernel per rounding mode; the step kernel has no stochastic mode
-_KINDS = {"float_round": (float_round_impl, 4), "fast_round": (fast_round_impl, 3)}
+# (kind, scaled, saturating) -> one kernel per rounding mode; the step kernel has no stochastic mode, the
+# magic kernels only round to nearest even
+_KINDS = {"float_round": (float_round_impl, 4), "fast_round": (fast_round_impl, 3),
+          "magic_round": (magic_round_impl, 1), "magic_overflow": (magic_overflow_impl, 1)}
 _FLOAT_KERNELS: dict[tuple[str, bool, bool], tuple[Callable, ...]] = {
     (kind, scaled, sat): tuple(
         named_copy(_make_float_kernel(impl, mode, scaled, sat),
@@ -256,6 +266,22 @@ def _bit_noise(mode: int, shape: torch.Size, device: torch.device,
     return (torch.randint(0, 1 << 23, shape, generator=generator, device=device, dtype=torch.int32),)
 
 
+def _magic_exact() -> bool:
+    """Whether compiled code keeps ``(x + c) - c`` as written: inductor's C++ may reassociate it when asked
+    for unsafe math (``torch._inductor.config.cpp.enable_unsafe_math_opt_flag``; off by default)."""
+    config = sys.modules.get("torch._inductor.config")
+    return config is None or not config.cpp.enable_unsafe_math_opt_flag
+
+
+def _kind(params: Consts, mode: int, fast: bool) -> str:
+    """The ExMy kernel for ``params`` at ``mode``: magic (nearest even), step, or bit kernel (every mode)."""
+    if not fast or mode == STOCHASTIC or not params.fast:
+        return "float_round"
+    if mode == NEAREST_EVEN and params.magic is not None and _magic_exact():
+        return params.magic
+    return "fast_round"
+
+
 def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator | None = None,
                 *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
@@ -266,7 +292,7 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
     bit). ``eager``: a native cast doing the same rounding, used when the kernel is not fused
     (see :func:`run`).
     """
-    use_fast = mode != STOCHASTIC and params.fast and fast is not False
+    kind = _kind(params, mode, fast is not False)
     if eager is None and mode == NEAREST_EVEN and params.split is not None and fast is not False:
         eager = functools.partial(split_round, k=params.split)
     # detach: kernels never take part in autograd (formats wrap them in a STE);
@@ -275,7 +301,7 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
     (p,) = params.on(x.device)
     shape = x.shape
     x = x.reshape(-1)
-    fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", False, False][mode]
+    fn = _FLOAT_KERNELS[kind, False, False][mode]
     return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator),
                eager=eager).reshape(shape)
 
@@ -283,12 +309,11 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
 def scaled_float_round(x: Tensor, params: Consts, inv: Tensor, scale: Tensor, mode: int,
                        generator: torch.Generator | None = None, *, saturate: bool = True) -> Tensor:
     """``round(x * inv) * scale`` on an ExMy grid, fused when possible (``saturate``: at ±float32 max)."""
-    use_fast = mode != STOCHASTIC and params.fast
     x = x.detach().contiguous()
     (p,) = params.on(x.device)
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv)
-    fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", True, saturate][mode]
+    fn = _FLOAT_KERNELS[_kind(params, mode, True), True, saturate][mode]
     eager = None
     if mode == NEAREST_EVEN and params.split is not None:
         eager = functools.partial(_split_scaled, inv=ic, scale=sc, k=params.split, sat=saturate)
@@ -355,7 +380,7 @@ def int_fake_quant(x: Tensor, inv_scale: Tensor, scale: Tensor, lim: Consts, mod
 
 
 # ---------------------------------------------------------------------------
-# The finite amax, and casting back to a half-precision input dtype
+# The finite amax (casting back to a half-precision input dtype: _exmy.to_dtype)
 # ---------------------------------------------------------------------------
 def _finite_absmax(x: Tensor) -> Tensor:
     a = x.abs()
@@ -365,30 +390,3 @@ def _finite_absmax(x: Tensor) -> Tensor:
 def finite_absmax(x: Tensor) -> Tensor:
     """max |x| over the finite elements, as a 0-d tensor: one fused pass, no host sync."""
     return run("finite_absmax", _finite_absmax, x.detach().reshape(-1))
-
-
-def _dtype_grid(man: int, emin: int, top: float, saturate: bool) -> Tensor:
-    return exmy_params(man, emin, top, 2.0**emin, 2.0 ** (emin - man), True, "saturate" if saturate else "inf")[0]
-
-
-_HALF = {torch.float16: (65504.0, {s: _dtype_grid(10, -14, 65504.0, s) for s in (True, False)}),
-         torch.bfloat16: (3.3895313892515355e38,
-                          {s: _dtype_grid(7, -126, 3.3895313892515355e38, s) for s in (True, False)})}
-
-
-def to_dtype(y: Tensor, dtype: torch.dtype, saturate: bool) -> Tensor:
-    """Cast a float32 result back to the input's ``dtype``, saturating at its max when ``saturate``.
-
-    Under torch.compile the rounding to fp16/bf16 is done by the bit kernel first, so the
-    cast that follows is exact and inductor's dropping of it changes nothing.
-    """
-    if dtype == torch.float32:
-        return y
-    half = _HALF.get(dtype)
-    if half is not None:
-        top, params = half
-        if torch.compiler.is_compiling():
-            y = float_round_impl(y, params[saturate].to(y.device), NEAREST_EVEN, None)
-        elif saturate:
-            y = torch.clamp(y, -top, top)
-    return y.to(dtype)
