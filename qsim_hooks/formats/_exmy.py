@@ -160,28 +160,34 @@ def fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Te
     return torch.where(y.abs() > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), y)
 
 
+def _magic_abs(x: Tensor, p: Tensor) -> Tensor:
+    """``|x|`` rounded to nearest even by the magic addition (see :func:`magic_round_impl`)."""
+    a = torch.clamp(x.abs(), max=p[P_BOUND].view(torch.float32))  # NaN stays NaN
+    c = (torch.maximum(a.view(torch.int32) & _INF, p[P_EFLOOR]) + p[P_MAGIC]).view(torch.float32)
+    return (a + c) - c
+
+
 def magic_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Tensor:
     """Round to nearest even in the fewest operations, for grids :func:`has_magic` accepts.
 
     With ``c = 1.5 * 2^(e + 23 - M)``, ``e`` the exponent of ``|x|`` (at least emin), the ulp of
-    ``x + c`` is the grid's step at ``|x|``, so that addition rounds ``x`` onto the grid, ties to
-    even (``c`` is an even multiple of the step), for either sign; ``(x + c) - c`` is then exact.
-    ``x`` is clamped first (at the max when saturating, else at the power of two above it,
-    which rounds to itself and overflows); ``copysign`` restores the sign of zeros. Additions
-    only: no multiply a compiler could contract into an FMA. About half the step kernel's
-    operations, bit for bit its result (tests/formats/test_kernels.py).
+    ``|x| + c`` is the grid's step at ``|x|``, so that addition rounds ``|x|`` onto the grid, ties
+    to even (``c`` is an even multiple of the step), and ``(|x| + c) - c`` is exact. ``|x|`` is
+    clamped first (at the max when saturating, else at the power of two above it, which rounds
+    to itself and overflows); the sign goes back as a bit (inductor's C++ calls ``copysign`` out
+    of line). Additions only: no multiply a compiler could contract into an FMA. Bit for bit the
+    bit kernel's result (tests/formats/test_magic.py), in about half the step kernel's operations.
     """
     assert mode == NEAREST_EVEN
-    b = p[P_BOUND].view(torch.float32)
-    a = torch.clamp(x, -b, b)  # NaN stays NaN
-    c = (torch.maximum(a.view(torch.int32) & _INF, p[P_EFLOOR]) + p[P_MAGIC]).view(torch.float32)
-    return torch.copysign((a + c) - c, x)
+    return (_magic_abs(x, p).view(torch.int32) | (x.view(torch.int32) & _SIGN)).view(torch.float32)
 
 
 def magic_overflow_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Tensor:
     """:func:`magic_round_impl` for grids that do not saturate: results past the max become Inf or NaN."""
-    r = magic_round_impl(x, p, mode, noise)
-    return torch.where(r.abs() > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), r)
+    assert mode == NEAREST_EVEN
+    r = _magic_abs(x, p)  # compared as floats: a NaN's bits may read as any integer
+    r = torch.where(r > p[P_MAX].view(torch.float32), p[P_OVF].view(torch.float32), r).view(torch.int32)
+    return (r | (x.view(torch.int32) & _SIGN)).view(torch.float32)
 
 
 def grid_up(g: Tensor, p: Tensor) -> Tensor:

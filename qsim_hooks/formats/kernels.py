@@ -69,6 +69,9 @@ __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "i
            "to_dtype", "canonical", "named_copy", "run", "Consts", "COMPILE_MIN_NUMEL",
            "NEAREST_EVEN", "NEAREST_AWAY", "TOWARD_ZERO", "STOCHASTIC"]
 
+#: inductor settings the kernels' exactness rests on, pinned for the kernels compiled here whatever the user
+#: set: no reassociation (``(x + c) - c`` is the magic kernel's rounding) and no FMA contraction
+EXACT_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
 COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is not worth the wait
 _BACKENDS = ("auto", "eager", "compiled")
 _backend = os.environ.get("QSIM_HOOKS_BACKEND", "auto")
@@ -120,7 +123,7 @@ def run(name: str, fn: Callable, x: Tensor, *args: Tensor,
         try:
             if cfn is not None:
                 return cfn(x, *args)
-            cfn = torch.compile(fn, dynamic=True, fullgraph=True)
+            cfn = torch.compile(fn, dynamic=True, fullgraph=True, options=EXACT_OPTIONS)
             with _compile_cost.compiling(name):
                 out = cfn(x, *args)
             _compiled[name] = cfn
@@ -267,8 +270,11 @@ def _bit_noise(mode: int, shape: torch.Size, device: torch.device,
 
 
 def _magic_exact() -> bool:
-    """Whether compiled code keeps ``(x + c) - c`` as written: inductor's C++ may reassociate it when asked
-    for unsafe math (``torch._inductor.config.cpp.enable_unsafe_math_opt_flag``; off by default)."""
+    """Whether code compiled now keeps ``(x + c) - c`` as written. The kernels compiled here pin it
+    (:data:`EXACT_OPTIONS`); traced into a user's torch.compile, their inductor settings apply, and its C++
+    may reassociate when asked for unsafe math (``torch._inductor.config.cpp.enable_unsafe_math_opt_flag``)."""
+    if not torch.compiler.is_compiling():
+        return True
     config = sys.modules.get("torch._inductor.config")
     return config is None or not config.cpp.enable_unsafe_math_opt_flag
 

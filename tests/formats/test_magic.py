@@ -77,11 +77,53 @@ def test_compiled_magic_equals_eager_bit_kernel() -> None:
         assert_same_bits(got, want, inputs=inp, what=f"{f.name} compiled magic vs bits")
 
 
-def test_unsafe_math_keeps_the_step_kernel() -> None:
-    """If inductor is told it may reassociate float arithmetic, ``(a + c) - c`` could become ``a``."""
+def test_unsafe_math_in_a_users_compile_keeps_the_step_kernel(monkeypatch) -> None:
+    """Traced into a user's torch.compile that allows unsafe math, ``(a + c) - c`` could become ``a``: the step
+    kernel is traced instead. The kernels compiled by qsim-hooks pin the settings (kernels.EXACT_OPTIONS)."""
     import torch._inductor.config as config
 
     assert kernels._kind(E4M3._params, NEAREST_EVEN, True) == "magic_round"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert kernels._kind(E4M3._params, NEAREST_EVEN, True) == "magic_round"
     with config.patch({"cpp.enable_unsafe_math_opt_flag": True}):
         assert kernels._kind(E4M3._params, NEAREST_EVEN, True) == "fast_round"
-    assert kernels._kind(E4M3._params, NEAREST_EVEN, True) == "magic_round"
+        monkeypatch.undo()
+        assert kernels._kind(E4M3._params, NEAREST_EVEN, True) == "magic_round"  # not traced: pinned
+    assert kernels.EXACT_OPTIONS["cpp.enable_unsafe_math_opt_flag"] is False
+
+
+_UNSAFE = """
+import sys, torch, torch._inductor.config as config
+sys.path.insert(0, {root!r})
+from qsim_hooks.formats import E4M3, kernels
+from qsim_hooks.formats._exmy import NEAREST_EVEN, magic_round_impl
+from tests.formats.test_split import _boundaries, _regions
+config.cpp.enable_unsafe_math_opt_flag = True            # the user's settings, before any kernel compiles
+config.cpp.enable_floating_point_contract_flag = "fast"
+x = torch.cat([_boundaries(E4M3), _regions(E4M3, seed=5)[::97]])
+want = kernels.float_round(x, E4M3._params, NEAREST_EVEN, fast=False)   # eager bit kernel
+kernels.set_backend("compiled")
+got = E4M3(x)
+assert not kernels._compile_failed and "magic_round_0" in kernels._compiled
+ok = torch.isnan(want) | (got.view(torch.int32) == want.view(torch.int32))
+(p,) = E4M3._params.on(x.device)   # the same kernel compiled with the user's settings: not exact
+loose = torch.compile(lambda x, p: magic_round_impl(x, p, NEAREST_EVEN, None), dynamic=True)(x, p)
+print(int((~ok).sum()), int((loose.view(torch.int32) != want.view(torch.int32))[~torch.isnan(want)].sum()))
+"""
+
+
+def test_compiled_kernels_stay_exact_when_the_user_allows_unsafe_math() -> None:
+    """A new process whose inductor settings allow reassociation and FMA contraction: the magic kernel compiled
+    by qsim-hooks still gives the bit kernel's bits, where the same kernel compiled with those settings does not
+    (so this test can fail)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", _UNSAFE.format(root=root)], capture_output=True, text=True,
+                         cwd=root, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pinned, loose = map(int, out.stdout.split()[-2:])
+    assert pinned == 0, f"{pinned} results differ from the bit kernel with the user's unsafe-math settings"
+    assert loose > 0, "the unpinned compile agreed too: the settings were not in effect"
