@@ -70,8 +70,10 @@ __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "i
            "NEAREST_EVEN", "NEAREST_AWAY", "TOWARD_ZERO", "STOCHASTIC"]
 
 #: inductor settings the kernels' exactness rests on, pinned for the kernels compiled here whatever the user
-#: set: no reassociation (``(x + c) - c`` is the magic kernel's rounding) and no FMA contraction
-EXACT_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
+#: set: no reassociation (``(x + c) - c`` is the magic kernel's rounding) and no FMA contraction (C++; Triton
+#: contracts unless eager's numerics are emulated)
+EXACT_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off",
+                 "emulate_precision_casts": True}
 COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is not worth the wait
 _BACKENDS = ("auto", "eager", "compiled")
 _backend = os.environ.get("QSIM_HOOKS_BACKEND", "auto")
@@ -279,11 +281,15 @@ def _magic_exact() -> bool:
     return config is None or not config.cpp.enable_unsafe_math_opt_flag
 
 
-def _kind(params: Consts, mode: int, fast: bool) -> str:
-    """The ExMy kernel for ``params`` at ``mode``: magic (nearest even), step, or bit kernel (every mode)."""
+def _kind(params: Consts, mode: int, fast: bool, scaled: bool = False) -> str:
+    """The ExMy kernel for ``params`` at ``mode``: magic (nearest even), step, or bit kernel (every mode).
+
+    Traced into a user's torch.compile, a scaled kernel keeps the step kernel: there ``x * inv + c`` could be
+    contracted into one FMA (Triton does by default), which rounds once where eager rounds twice."""
     if not fast or mode == STOCHASTIC or not params.fast:
         return "float_round"
-    if mode == NEAREST_EVEN and params.magic is not None and _magic_exact():
+    if mode == NEAREST_EVEN and params.magic is not None and _magic_exact() \
+            and not (scaled and torch.compiler.is_compiling()):
         return params.magic
     return "fast_round"
 
@@ -319,7 +325,7 @@ def scaled_float_round(x: Tensor, params: Consts, inv: Tensor, scale: Tensor, mo
     (p,) = params.on(x.device)
     xc, sc, shape = canonical(x, scale)
     _, ic, _ = canonical(x, inv)
-    fn = _FLOAT_KERNELS[_kind(params, mode, True), True, saturate][mode]
+    fn = _FLOAT_KERNELS[_kind(params, mode, True, scaled=True), True, saturate][mode]
     eager = None
     if mode == NEAREST_EVEN and params.split is not None:
         eager = functools.partial(_split_scaled, inv=ic, scale=sc, k=params.split, sat=saturate)

@@ -89,6 +89,10 @@ def test_unsafe_math_in_a_users_compile_keeps_the_step_kernel(monkeypatch) -> No
         assert kernels._kind(E4M3._params, NEAREST_EVEN, True) == "fast_round"
         monkeypatch.undo()
         assert kernels._kind(E4M3._params, NEAREST_EVEN, True) == "magic_round"  # not traced: pinned
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert kernels._kind(E4M3._params, NEAREST_EVEN, True, scaled=True) == "fast_round"  # x * inv + c: an FMA?
+    monkeypatch.undo()
+    assert kernels._kind(E4M3._params, NEAREST_EVEN, True, scaled=True) == "magic_round"
     assert kernels.EXACT_OPTIONS["cpp.enable_unsafe_math_opt_flag"] is False
 
 
