@@ -40,7 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import _compile_cost
+from . import _compile_cost, _fused_call
 from ._exmy import (
     F32_MAX,
     NEAREST_AWAY,
@@ -115,10 +115,10 @@ def run(name: str, fn: Callable, x: Tensor, *args: Tensor,
         cfn = _compiled.get(name)
         try:
             if cfn is not None:
-                return cfn(x, *args)
+                return _fused_call.call(cfn, (x, *args))
             cfn = torch.compile(fn, dynamic=True, fullgraph=True)
             with _compile_cost.compiling(name):
-                out = cfn(x, *args)
+                out = _fused_call.call(cfn, (x, *args))
             _compiled[name] = cfn
             return out
         except Exception as exc:  # compiler missing, unsupported device, ...
