@@ -1,4 +1,4 @@
-"""Calling a compiled kernel so that one graph serves every call.
+"""Calling a compiled kernel so that one graph serves every call; kernels' names and in-place variants.
 
 torch.compile guards a graph on more than the shapes a kernel is compiled for (``dynamic=True``): on the
 view structure of its arguments (a reshaped tensor's ``_base``: its rank and strides) and on the
@@ -13,13 +13,14 @@ one graph per kernel is compiled and found first.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["call"]
+__all__ = ["call", "named_copy", "into_variant"]
 
 _len, _pop, _push = torch._C._len_torch_function_stack, torch._C._pop_torch_function_stack, \
     torch._C._push_on_torch_function_stack
@@ -41,3 +42,23 @@ def call(cfn: Callable[..., Tensor], args: tuple) -> Tensor:
     finally:
         for m in reversed(modes):
             _push(m)
+
+
+def named_copy(fn: Callable, name: str) -> Callable:
+    """``fn`` with its own code object named ``name``.
+
+    Dynamo caches compiled graphs per code object: closures made by one factory
+    share one, and their guards would pile onto one cache entry list.
+    """
+    code = fn.__code__.replace(co_name=name, co_qualname=name) if hasattr(fn.__code__, "co_qualname") \
+        else fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def into_variant(fn: Callable[..., Tensor]) -> Callable[..., None]:
+    """``fn`` writing its result into its first argument (an element-wise kernel, same shape and dtype out):
+    compiled, one loop reads and overwrites each element, with no new buffer (so no page faults for one,
+    and half the memory traffic of a fresh output); it returns nothing (``x`` is the result)."""
+    def kernel(x: Tensor, *args: Tensor) -> None:
+        x.copy_(fn(x, *args))
+    return named_copy(kernel, f"{fn.__name__}_into")

@@ -211,8 +211,9 @@ class FloatFormat(Format):
         return {(4, 3, 7, "fn"): torch.float8_e4m3fn, (5, 2, 15, "ieee"): torch.float8_e5m2,
                 (5, 10, 15, "ieee"): torch.float16, (8, 7, 127, "ieee"): torch.bfloat16}.get(key)
 
-    def cast(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Round a float32 tensor onto the grid (no scaling)."""
+    def cast(self, x: Tensor, generator: torch.Generator | None = None, *, into: bool = False) -> Tensor:
+        """Round a float32 tensor onto the grid (no scaling). ``into``: ``x`` is given up, and a fused kernel may
+        write the result into it (:func:`kernels.float_round`)."""
         if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee" \
                 and self.subnormals and self.bias == 127:
             if self.overflow == "saturate":
@@ -223,7 +224,7 @@ class FloatFormat(Format):
         # torch.compile, where inductor would drop the x.to(native).float() round trip)
         eager = None if native is None else functools.partial(_native_cast, native=native,
                                                               top=self.max if self.overflow == "saturate" else None)
-        return kernels.float_round(x, self._params, self._mode, generator, eager=eager)
+        return kernels.float_round(x, self._params, self._mode, generator, eager=eager, into=into)
 
     # -- the Format protocol -----------------------------------------------
     def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,

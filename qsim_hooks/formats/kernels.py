@@ -33,7 +33,6 @@ import functools
 import math
 import os
 import time
-import types
 import warnings
 from collections.abc import Callable
 
@@ -59,6 +58,7 @@ from ._exmy import (
     round_int,
     saturate,
 )
+from ._fused_call import into_variant, named_copy
 from ._split import SplitConsts, split_round
 
 __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "finite_absmax",
@@ -141,17 +141,6 @@ def run(name: str, fn: Callable, x: Tensor, *args: Tensor,
     return out
 
 
-def named_copy(fn: Callable, name: str) -> Callable:
-    """``fn`` with its own code object named ``name``.
-
-    Dynamo caches compiled graphs per code object: closures made by one factory
-    share one, and their guards would pile onto one cache entry list.
-    """
-    code = fn.__code__.replace(co_name=name, co_qualname=name) if hasattr(fn.__code__, "co_qualname") \
-        else fn.__code__.replace(co_name=name)
-    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-
-
 class Consts:
     """A format's small constant tensors: made on the CPU once, copied to each device once.
 
@@ -222,6 +211,8 @@ _FLOAT_KERNELS: dict[tuple[str, bool, bool], tuple[Callable, ...]] = {
                    f"{'scaled_' if scaled else ''}{kind}_{mode}{'_sat' if sat else ''}")
         for mode in range(n_modes))
     for kind, (impl, n_modes) in _KINDS.items() for scaled, sat in ((False, False), (True, False), (True, True))}
+#: the unscaled deterministic kernels writing into their input (``float_round(..., into=True)``), by name
+_INTO = {fn.__name__: into_variant(fn) for fns in (_FLOAT_KERNELS[k, False, False] for k in _KINDS) for fn in fns[:3]}
 
 
 def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
@@ -257,14 +248,17 @@ def _bit_noise(mode: int, shape: torch.Size, device: torch.device,
 
 
 def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator | None = None,
-                *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None,
+                into: bool = False) -> Tensor:
     """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
 
     ``fast`` picks the step-based kernel (default: whenever the format allows it) and, for
     round to nearest even when not fused, the split kernel (:mod:`._split`) unless ``eager``
     is given; ``fast=False`` forces the bit-pattern kernel on every path (all agree bit for
     bit). ``eager``: a native cast doing the same rounding, used when the kernel is not fused
-    (see :func:`run`).
+    (see :func:`run`). ``into``: the caller gives ``x`` up (nothing else reads it), so a fused
+    deterministic kernel may write its result into ``x`` and return it (the same bits; eager
+    kernels and stochastic rounding still return a new tensor).
     """
     use_fast = mode != STOCHASTIC and params.fast and fast is not False
     if eager is None and mode == NEAREST_EVEN and params.split is not None and fast is not False:
@@ -276,6 +270,10 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
     shape = x.shape
     x = x.reshape(-1)
     fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", False, False][mode]
+    if into and mode != STOCHASTIC and x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        in_place = _INTO[fn.__name__]
+        out = run(in_place.__name__, in_place, x, p, eager=eager or functools.partial(fn, p=p))
+        return (x if out is None else out).reshape(shape)  # None: the fused kernel wrote into x
     return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator),
                eager=eager).reshape(shape)
 

@@ -105,3 +105,28 @@ def test_one_compiled_graph_per_kernel_across_views_and_modes() -> None:
     assert counters["stats"]["unique_graphs"] - before == 1
     for g in got:
         assert torch.equal(g, base * 3.0 + 1.0)
+
+
+@pytest.mark.parametrize("mode,fast", [(0, True), (0, False), (2, True)])
+def test_into_writes_the_out_of_place_bits_into_x_when_fused(mode, fast) -> None:
+    x = torch.cat([random_f32(30_000, seed=31), torch.tensor([0.0, -0.0, float("inf"), float("nan"), 1e30])])
+    fmt = FloatFormat(4, 3, specials="fn")
+    kernels.set_backend("compiled")
+    want = kernels.float_round(x, fmt._params, mode, fast=fast)
+    given = x.clone()
+    version = given._version
+    got = kernels.float_round(given.reshape(5, -1), fmt._params, mode, fast=fast, into=True)
+    assert got.data_ptr() == given.data_ptr() and got.shape == (5, x.numel() // 5)
+    assert given._version > version  # a write every version-keyed cache (reuse) sees
+    assert_same_bits(given, want, inputs=x, what=f"mode {mode} into")
+    assert not kernels._compile_failed
+    # eager kernels, and stochastic rounding (its noise drawn outside the kernel), return a new tensor
+    kernels.set_backend("eager")
+    given = x.clone()
+    got = kernels.float_round(given, fmt._params, mode, fast=fast, into=True)
+    assert got.data_ptr() != given.data_ptr() and torch.equal(given.view(torch.int32), x.view(torch.int32))
+    assert_same_bits(got, want, inputs=x, what=f"mode {mode} into, eager")
+    kernels.set_backend("compiled")
+    given = x.clone()
+    got = kernels.float_round(given, fmt._params, 3, torch.Generator().manual_seed(1), into=True)
+    assert got.data_ptr() != given.data_ptr() and torch.equal(given.view(torch.int32), x.view(torch.int32))
