@@ -113,6 +113,7 @@ class FloatFormat(Format):
     # amax / max cannot overflow float32; _scale_max is that grid's max
     _scaled_params: kernels.Consts = field(init=False, repr=False, compare=False)
     _scaled_max: float = field(init=False, repr=False, compare=False)
+    _eager: functools.partial | None = field(init=False, repr=False, compare=False)  # PyTorch's own cast, if any
 
     def __post_init__(self) -> None:
         check_int("FloatFormat", "exp_bits", self.exp_bits, 1, 8)
@@ -161,6 +162,9 @@ class FloatFormat(Format):
         shift = 1 - math.frexp(grid.max)[1] if self.scaling is not None and grid.max < 1 else 0
         object.__setattr__(self, "_scaled_params", self._make_params(shift) if shift else self._params)
         object.__setattr__(self, "_scaled_max", math.ldexp(grid.max, shift))
+        native = self._native_dtype()
+        object.__setattr__(self, "_eager", None if native is None else functools.partial(
+            _native_cast, native=native, top=grid.max if self.overflow == "saturate" else None))
 
     # -- the grid ---------------------------------------------------------
     @property
@@ -219,12 +223,9 @@ class FloatFormat(Format):
             if self.overflow == "saturate":
                 return x.clamp(-self.max, self.max)
             return x.clone()
-        native = self._native_dtype()
         # PyTorch's own cast when the kernel runs eagerly (kernels.run never uses it inside a
         # torch.compile, where inductor would drop the x.to(native).float() round trip)
-        eager = None if native is None else functools.partial(_native_cast, native=native,
-                                                              top=self.max if self.overflow == "saturate" else None)
-        return kernels.float_round(x, self._params, self._mode, generator, eager=eager, into=into)
+        return kernels.float_round(x, self._params, self._mode, generator, eager=self._eager, into=into)
 
     # -- the Format protocol -----------------------------------------------
     def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
