@@ -56,11 +56,13 @@ class AttentionPoints:
         self.p = {n: points.get(n) for n in ATTENTION_POINTS}
         self.borrowed = dict(borrowed or {})
 
-    def apply(self, name: str, x: Tensor, axis: int = -1) -> Tensor:
+    def apply(self, name: str, x: Tensor, axis: int = -1, own: bool = False) -> Tensor:
+        """``x`` through point ``name``; ``own``: ``x`` was made here and is read by nothing else (a product's or
+        softmax's result), so the point may write into it (outside autograd: the point checks)."""
         p = self.p[name]
         if p is None or not is_float(x):
             return x
-        return p(x, axis=axis, reuse_ok=True)  # the operands go to a product, which only reads them
+        return p(x, axis=axis, reuse_ok=True, own=own)  # the operands go to a product, which only reads them
 
     def linear(self, child: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``F.linear`` of the borrowed child ``child``, with that child's input and output points."""
@@ -138,7 +140,8 @@ def sdpa_decomposed(pts: AttentionPoints, query: Tensor, key: Tensor, value: Ten
         rep = q.size(-3) // k.size(-3)
         k = k.repeat_interleave(rep, dim=-3)
         v = v.repeat_interleave(rep, dim=-3)
-    s = pts.apply("scores", torch.matmul(q, k.transpose(-2, -1)), -1)
+    # scores, probabilities and context are made here and read by nothing else: a point may write into them
+    s = pts.apply("scores", torch.matmul(q, k.transpose(-2, -1)), -1, own=True)
     # outside autograd, scale and masks are written into the scores (a tensor made here, read by nothing
     # else): the same operations in the same order, without a new tensor for each
     own = not _recording(s)
@@ -155,9 +158,9 @@ def sdpa_decomposed(pts: AttentionPoints, query: Tensor, key: Tensor, value: Ten
     p = _safe_softmax(s)
     if dropout_p > 0.0:
         p = F.dropout(p, p=dropout_p, training=True)
-    p = pts.apply("probs", p, -1)
+    p = pts.apply("probs", p, -1, own=True)
     v = pts.apply("v", v, -2)
-    return pts.apply("context", torch.matmul(p, v), -1)
+    return pts.apply("context", torch.matmul(p, v), -1, own=True)
 
 
 _MHA_SIG = inspect.signature(F.multi_head_attention_forward)
@@ -256,7 +259,7 @@ def mha_decomposed(pts: AttentionPoints, *args: Any, **kwargs: Any) -> tuple[Ten
     if pts.p["scores"] is None and am is not None:
         s = torch.baddbmm(am, q_scaled, k.transpose(-2, -1))
     else:
-        s = pts.apply("scores", torch.bmm(q_scaled, k.transpose(-2, -1)), -1)
+        s = pts.apply("scores", torch.bmm(q_scaled, k.transpose(-2, -1)), -1, own=True)
         if am is not None:
             s = s + am
     # PyTorch's need_weights path uses a plain softmax (NaN for a fully masked row); without
@@ -264,9 +267,9 @@ def mha_decomposed(pts: AttentionPoints, *args: Any, **kwargs: Any) -> tuple[Ten
     p = torch.softmax(s, dim=-1) if need_weights else _safe_softmax(s)
     if dropout_p > 0.0:
         p = F.dropout(p, p=dropout_p)
-    p = pts.apply("probs", p, -1)
+    p = pts.apply("probs", p, -1, own=True)
     v = pts.apply("v", v, -2)
-    out = pts.apply("context", torch.bmm(p, v), -1)
+    out = pts.apply("context", torch.bmm(p, v), -1, own=True)
     out = out.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
     out = pts.linear("out_proj", out, a["out_proj_weight"], a["out_proj_bias"])
     out = out.view(tgt_len, bsz, out.size(1))

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from . import guards, reuse
-from .formats import Format
+from .formats import FloatFormat, Format
 from .formats.base import check_tensor
 from .marks import mark
 from .planning import PlanEntry
@@ -98,6 +98,11 @@ class PointStats:
         return {"calls": self.calls, "numel": int(numel), "sqnr_db": sqnr,
                 "saturated": sat / numel if numel else 0.0, "flushed": fl / numel if numel else 0.0,
                 "amax": amax, "signal_power": sx, "noise_power": se}
+
+
+def _castable_into(fmt: Format, x: Tensor) -> bool:
+    """A plain (unscaled) float cast of a non-empty float32 tensor: what :meth:`QuantPoint._into` may write."""
+    return type(fmt) is FloatFormat and fmt.scaling is None and x.dtype == torch.float32 and x.numel() > 0
 
 
 class QuantPoint:
@@ -172,10 +177,13 @@ class QuantPoint:
         check_tensor(x, f"format {fmt.name}")
         return fmt._quantize_checked(x, amax, self.generator)  # amax was checked once, by set_amax
 
-    def __call__(self, x: Tensor, axis: int | None = None, *, rows: bool = False, reuse_ok: bool = False) -> Tensor:
+    def __call__(self, x: Tensor, axis: int | None = None, *, rows: bool = False, reuse_ok: bool = False,
+                 own: bool = False) -> Tensor:
         """Quantize ``x``; ``axis`` fills an open scaling axis (attention operands); ``rows`` gives each row of a
         2-D ``x`` its own scale where the format has one per tensor (:meth:`rows_format`). ``reuse_ok``: the
-        caller's consumer only reads the result, so a known one may be handed out again (:mod:`.reuse`)."""
+        caller's consumer only reads the result, so a known one may be handed out again (:mod:`.reuse`).
+        ``own``: the caller made ``x`` and gives it up (nothing else holds it or a view of it, no autograd
+        records it), so a plain cast may be written into it (:meth:`_into`): the same bits, no new buffer."""
         traced = torch.compiler.is_compiling()  # no bookkeeping inside a traced region (guards, weakrefs)
         if not traced:
             self.fired += 1
@@ -194,7 +202,8 @@ class QuantPoint:
         # interception would only pass them on, and a fused kernel compiled under a mode would recompile)
         with torch._C.DisableTorchFunction():
             if self.stats is None and self.observer is None and self._amax is None and reuse.eligible(fmt, x):
-                y = self._reused(fmt, x, reuse_ok)
+                y = self._into(fmt, x) if own and _castable_into(fmt, x) and not self._flush_check else \
+                    self._reused(fmt, x, reuse_ok)
             else:
                 y = self._apply(fmt, x)
         mark(y, self)
@@ -209,6 +218,13 @@ class QuantPoint:
         reuse.record(fmt, x, y, known_ok)
         if self._flush_check:
             self._flush_check = guards.check_flushed(self.describe(), fmt, x, y)
+        return y
+
+    def _into(self, fmt: FloatFormat, x: Tensor) -> Tensor:
+        """The cast of ``x`` (what :meth:`_quantize` gives), written into ``x`` by a fused kernel; the result is
+        on the grid for the next point (:mod:`.reuse`). After the first call: its flush check needs ``x``."""
+        y = fmt.cast(x, None, into=True)
+        reuse.record(fmt, x, y, False)
         return y
 
     def _apply(self, fmt: Format, x: Tensor) -> Tensor:

@@ -113,6 +113,7 @@ class FloatFormat(Format):
     # amax / max cannot overflow float32; _scale_max is that grid's max
     _scaled_params: kernels.Consts = field(init=False, repr=False, compare=False)
     _scaled_max: float = field(init=False, repr=False, compare=False)
+    _eager: functools.partial | None = field(init=False, repr=False, compare=False)  # PyTorch's own cast, if any
 
     def __post_init__(self) -> None:
         check_int("FloatFormat", "exp_bits", self.exp_bits, 1, 8)
@@ -161,6 +162,9 @@ class FloatFormat(Format):
         shift = 1 - math.frexp(grid.max)[1] if self.scaling is not None and grid.max < 1 else 0
         object.__setattr__(self, "_scaled_params", self._make_params(shift) if shift else self._params)
         object.__setattr__(self, "_scaled_max", math.ldexp(grid.max, shift))
+        native = self._native_dtype()
+        object.__setattr__(self, "_eager", None if native is None else functools.partial(
+            _native_cast, native=native, top=grid.max if self.overflow == "saturate" else None))
 
     # -- the grid ---------------------------------------------------------
     @property
@@ -211,19 +215,17 @@ class FloatFormat(Format):
         return {(4, 3, 7, "fn"): torch.float8_e4m3fn, (5, 2, 15, "ieee"): torch.float8_e5m2,
                 (5, 10, 15, "ieee"): torch.float16, (8, 7, 127, "ieee"): torch.bfloat16}.get(key)
 
-    def cast(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Round a float32 tensor onto the grid (no scaling)."""
+    def cast(self, x: Tensor, generator: torch.Generator | None = None, *, into: bool = False) -> Tensor:
+        """Round a float32 tensor onto the grid (no scaling). ``into``: ``x`` is given up, and a fused kernel may
+        write the result into it (:func:`kernels.float_round`)."""
         if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee" \
                 and self.subnormals and self.bias == 127:
             if self.overflow == "saturate":
                 return x.clamp(-self.max, self.max)
             return x.clone()
-        native = self._native_dtype()
         # PyTorch's own cast when the kernel runs eagerly (kernels.run never uses it inside a
         # torch.compile, where inductor would drop the x.to(native).float() round trip)
-        eager = None if native is None else functools.partial(_native_cast, native=native,
-                                                              top=self.max if self.overflow == "saturate" else None)
-        return kernels.float_round(x, self._params, self._mode, generator, eager=eager)
+        return kernels.float_round(x, self._params, self._mode, generator, eager=self._eager, into=into)
 
     # -- the Format protocol -----------------------------------------------
     def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,

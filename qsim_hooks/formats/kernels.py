@@ -34,14 +34,13 @@ import math
 import os
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from . import _compile_cost
+from . import _compile_cost, _fused_call
 from ._exmy import (
     F32_MAX,
     NEAREST_AWAY,
@@ -63,17 +62,13 @@ from ._exmy import (
     saturate,
     to_dtype,
 )
+from ._fused_call import EXACT_OPTIONS, into_variant, named_copy
 from ._split import SplitConsts, split_round
 
 __all__ = ["set_backend", "get_backend", "float_round", "scaled_float_round", "int_fake_quant", "finite_absmax",
            "to_dtype", "canonical", "named_copy", "run", "Consts", "COMPILE_MIN_NUMEL",
            "NEAREST_EVEN", "NEAREST_AWAY", "TOWARD_ZERO", "STOCHASTIC"]
 
-#: inductor settings the kernels' exactness rests on, pinned for the kernels compiled here whatever the user
-#: set: no reassociation (``(x + c) - c`` is the magic kernel's rounding) and no FMA contraction (C++; Triton
-#: contracts unless eager's numerics are emulated)
-EXACT_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off",
-                 "emulate_precision_casts": True}
 COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is not worth the wait
 _BACKENDS = ("auto", "eager", "compiled")
 _backend = os.environ.get("QSIM_HOOKS_BACKEND", "auto")
@@ -124,10 +119,10 @@ def run(name: str, fn: Callable, x: Tensor, *args: Tensor,
         cfn = _compiled.get(name)
         try:
             if cfn is not None:
-                return cfn(x, *args)
+                return _fused_call.call(cfn, (x, *args))
             cfn = torch.compile(fn, dynamic=True, fullgraph=True, options=EXACT_OPTIONS)
             with _compile_cost.compiling(name):
-                out = cfn(x, *args)
+                out = _fused_call.call(cfn, (x, *args))
             _compiled[name] = cfn
             return out
         except Exception as exc:  # compiler missing, unsupported device, ...
@@ -148,17 +143,6 @@ def run(name: str, fn: Callable, x: Tensor, *args: Tensor,
     out = fn(x, *args)
     _compile_cost.spent(name, x, time.perf_counter() - t0)
     return out
-
-
-def named_copy(fn: Callable, name: str) -> Callable:
-    """``fn`` with its own code object named ``name``.
-
-    Dynamo caches compiled graphs per code object: closures made by one factory
-    share one, and their guards would pile onto one cache entry list.
-    """
-    code = fn.__code__.replace(co_name=name, co_qualname=name) if hasattr(fn.__code__, "co_qualname") \
-        else fn.__code__.replace(co_name=name)
-    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 class Consts:
@@ -237,6 +221,8 @@ _FLOAT_KERNELS: dict[tuple[str, bool, bool], tuple[Callable, ...]] = {
                    f"{'scaled_' if scaled else ''}{kind}_{mode}{'_sat' if sat else ''}")
         for mode in range(n_modes))
     for kind, (impl, n_modes) in _KINDS.items() for scaled, sat in ((False, False), (True, False), (True, True))}
+#: the unscaled deterministic kernels writing into their input (``float_round(..., into=True)``), by name
+_INTO = {fn.__name__: into_variant(fn) for fns in (_FLOAT_KERNELS[k, False, False] for k in _KINDS) for fn in fns[:3]}
 
 
 def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
@@ -295,14 +281,17 @@ def _kind(params: Consts, mode: int, fast: bool, scaled: bool = False) -> str:
 
 
 def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator | None = None,
-                *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None,
+                into: bool = False) -> Tensor:
     """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
 
     ``fast`` picks the step-based kernel (default: whenever the format allows it) and, for
     round to nearest even when not fused, the split kernel (:mod:`._split`) unless ``eager``
     is given; ``fast=False`` forces the bit-pattern kernel on every path (all agree bit for
     bit). ``eager``: a native cast doing the same rounding, used when the kernel is not fused
-    (see :func:`run`).
+    (see :func:`run`). ``into``: the caller gives ``x`` up (nothing else reads it), so a fused
+    deterministic kernel may write its result into ``x`` and return it (the same bits; eager
+    kernels and stochastic rounding still return a new tensor).
     """
     kind = _kind(params, mode, fast is not False)
     if eager is None and mode == NEAREST_EVEN and params.split is not None and fast is not False:
@@ -314,6 +303,10 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
     shape = x.shape
     x = x.reshape(-1)
     fn = _FLOAT_KERNELS[kind, False, False][mode]
+    if into and mode != STOCHASTIC and x.dtype == torch.float32 and not torch.compiler.is_compiling():
+        in_place = _INTO[fn.__name__]
+        out = run(in_place.__name__, in_place, x, p, eager=eager or functools.partial(fn, p=p))
+        return (x if out is None else out).reshape(shape)  # None: the fused kernel wrote into x
     return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator),
                eager=eager).reshape(shape)
 

@@ -104,3 +104,48 @@ def test_decomposed_sdpa_gives_the_bits_it_gave_before(fmt, mask, causal, gqa):
     assert torch.equal(out.detach().view(torch.int32), want.view(torch.int32))
     out.sum().backward()
     assert qg.grad is not None and torch.isfinite(qg.grad).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scores, probabilities and context quantized into the tensors the decomposition made (fused kernels)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:.*flushed:RuntimeWarning")  # probs in e4m3: most round to zero
+@pytest.mark.parametrize("mask,causal", [("none", False), ("bool", False), ("float", False), ("none", True)])
+def test_decomposed_sdpa_written_into_its_own_tensors_gives_the_copies_bits(mask, causal, eager_kernels):
+    from qsim_hooks.decompose import sdpa_decomposed
+
+    qh.formats.set_backend("compiled")
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, n, 8, generator=g) * 3 for n in (5, 7, 7))
+    given = [t.clone() for t in (q, k, v)]
+    kw = dict(attn_mask=_masks()[mask], is_causal=causal)
+    pts = _points("e4m3")
+    with torch.no_grad():
+        want = _sdpa_before(_points("e4m3"), q, k, v, **kw)
+        for _ in range(2):  # the second call writes into its scores, probabilities and context
+            got = sdpa_decomposed(pts, q, k, v, **kw)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), given))  # the caller's tensors are untouched
+    assert "fast_round_0_into" in qh.formats.kernels._compiled and not qh.formats.kernels._compile_failed
+
+
+def test_mha_module_written_into_its_own_tensors_gives_the_copies_bits(monkeypatch, eager_kernels):
+    from qsim_hooks import points
+
+    qh.formats.set_backend("compiled")
+    torch.manual_seed(6)
+    mha = torch.nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    x = torch.randn(3, 6, 16)
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+
+    def run():
+        with torch.no_grad(), qh.quantized(mha, CFG):
+            mha(x, x, x, key_padding_mask=pad)  # the first call's checks: copies
+            return mha(x, x, x, key_padding_mask=pad)
+
+    got = run()
+    monkeypatch.setattr(points, "_castable_into", lambda fmt, t: False)  # the copies, as before
+    want = run()
+    for a, b in zip(got, want):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qsim_hooks.formats import FloatFormat, IntFormat, Scaling, kernels
+from qsim_hooks.formats import FloatFormat, IntFormat, Scaling, _fused_call, kernels
 
 from ._reference import assert_same_bits, random_f32, ref_round
 
@@ -63,3 +63,70 @@ def test_scaled_and_int_kernels_eager_equal_compiled() -> None:
         eager, fused = _both(fmt, x)
         assert_same_bits(fused, eager, inputs=x, what=f"{fmt.name} {mode}")
     assert not kernels._compile_failed
+
+
+def test_one_compiled_graph_per_kernel_across_views_and_modes() -> None:
+    """A view's base and the torch-function modes on the stack (a session's) are guarded by torch.compile:
+    kernels.run calls compiled kernels without them, so one graph serves all calls, and the modes are back
+    after each call (also when the kernel raises)."""
+    from torch._dynamo.utils import counters
+    from torch.overrides import TorchFunctionMode
+
+    class Seen(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Seen.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    kernels.set_backend("compiled")
+    fn = kernels.named_copy(lambda x, s: x * s + 1.0, "_graphs_probe")
+    s = torch.tensor(3.0)
+    before = counters["stats"]["unique_graphs"]
+    base = torch.arange(24, dtype=torch.float32)
+    got = [kernels.run("_graphs_probe", fn, base, s)]
+    got.append(kernels.run("_graphs_probe", fn, base.reshape(4, 6).reshape(-1), s))  # a view: has _base
+    views = base.reshape(2, 12).reshape(-1), base[None].reshape(-1), base.reshape(3, 8)
+    with Seen() as mode:
+        n = torch._C._len_torch_function_stack()
+        got.append(kernels.run("_graphs_probe", fn, views[0], s))
+        with torch._C.DisableTorchFunction():
+            got.append(kernels.run("_graphs_probe", fn, views[1], s))
+        assert torch._C._len_torch_function_stack() == n and Seen.calls == 0  # the kernel ran without it
+
+        def fails(*args):
+            raise ValueError("kernel failed")
+        with pytest.raises(ValueError, match="kernel failed"):
+            _fused_call.call(fails, (views[2],))
+        assert torch._C._len_torch_function_stack() == n
+        torch.add(base, 1)
+    assert Seen.calls == 1 and mode is not None
+    assert not kernels._compile_failed
+    assert counters["stats"]["unique_graphs"] - before == 1
+    for g in got:
+        assert torch.equal(g, base * 3.0 + 1.0)
+
+
+@pytest.mark.parametrize("mode,fast", [(0, True), (0, False), (2, True)])
+def test_into_writes_the_out_of_place_bits_into_x_when_fused(mode, fast) -> None:
+    x = torch.cat([random_f32(30_000, seed=31), torch.tensor([0.0, -0.0, float("inf"), float("nan"), 1e30])])
+    fmt = FloatFormat(4, 3, specials="fn")
+    kernels.set_backend("compiled")
+    want = kernels.float_round(x, fmt._params, mode, fast=fast)
+    given = x.clone()
+    version = given._version
+    got = kernels.float_round(given.reshape(5, -1), fmt._params, mode, fast=fast, into=True)
+    assert got.data_ptr() == given.data_ptr() and got.shape == (5, x.numel() // 5)
+    assert given._version > version  # a write every version-keyed cache (reuse) sees
+    assert_same_bits(given, want, inputs=x, what=f"mode {mode} into")
+    assert not kernels._compile_failed
+    # eager kernels, and stochastic rounding (its noise drawn outside the kernel), return a new tensor
+    kernels.set_backend("eager")
+    given = x.clone()
+    got = kernels.float_round(given, fmt._params, mode, fast=fast, into=True)
+    assert got.data_ptr() != given.data_ptr() and torch.equal(given.view(torch.int32), x.view(torch.int32))
+    assert_same_bits(got, want, inputs=x, what=f"mode {mode} into, eager")
+    kernels.set_backend("compiled")
+    given = x.clone()
+    got = kernels.float_round(given, fmt._params, 3, torch.Generator().manual_seed(1), into=True)
+    assert got.data_ptr() != given.data_ptr() and torch.equal(given.view(torch.int32), x.view(torch.int32))
