@@ -126,7 +126,7 @@ def test_decomposed_sdpa_written_into_its_own_tensors_gives_the_copies_bits(mask
             got = sdpa_decomposed(pts, q, k, v, **kw)
             assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert all(torch.equal(a, b) for a, b in zip((q, k, v), given))  # the caller's tensors are untouched
-    assert "fast_round_0_into" in qh.formats.kernels._compiled and not qh.formats.kernels._compile_failed
+    assert "magic_round_0_into" in qh.formats.kernels._compiled and not qh.formats.kernels._compile_failed
 
 
 def test_mha_module_written_into_its_own_tensors_gives_the_copies_bits(monkeypatch, eager_kernels):
