@@ -13,15 +13,22 @@ While a layer with an input point runs with grad on, saved quantized tensors are
 not keep a quantized copy of every layer input beside the original.
 
 The input of one of PyTorch's own GEMM layers (:data:`READ_ONLY`, not a subclass: its ``forward`` is
-known) is only read, so a result known for the same tensor may be given again (:mod:`.reuse`).
+known) is only read, so a result known for the same tensor may be given again (:mod:`.reuse`). Their
+output is a tensor they just made: when nothing else holds it or its storage (no earlier hook kept it,
+a view of it, its ``.data`` or a numpy view; counted by :func:`_holders` against what a fresh output has,
+measured once) and autograd does not record it, the output point writes its cast into it
+(``QuantPoint(own=True)``): the same bits, no new buffer.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 from torch.nn.utils import parametrize
 
 from .formats import saved
@@ -99,8 +106,43 @@ def _map_output(out: Any, point: QuantPoint) -> Any:
     return out
 
 
+def _holders(out: Tensor) -> tuple[int, int]:
+    """(Python references to ``out``, tensors sharing its storage), as an output hook sees them: anything that
+    kept the output, a view of it, its ``.data``, a numpy view or a DLPack capsule adds to one or the other."""
+    return sys.getrefcount(out), torch._C._storage_Use_Count(out.untyped_storage()._cdata)
+
+
+_fresh: tuple[int, int] | None = None
+
+
+def _fresh_holders() -> tuple[int, int] | None:
+    """:func:`_holders` of an output nobody else holds (a probe Linear's, through a hook like the real one):
+    measured, not assumed, so that another Python or PyTorch version cannot make a held output look free.
+    ``None`` (nothing is written into) while global forward hooks exist: they would run on the probe too."""
+    global _fresh
+    if _fresh is None:
+        if torch_module._global_forward_hooks:
+            return None
+        seen: list[tuple[int, int]] = []
+
+        def probe_hook(mod: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> None:
+            seen.append(_holders(out))
+
+        probe = nn.Linear(1, 1)
+        probe.register_forward_hook(probe_hook, with_kwargs=True)
+        with torch.no_grad(), torch._C.DisableTorchFunction():  # no session or user mode sees the probe
+            probe(torch.zeros(1, 1))
+        _fresh = seen[0]
+    return _fresh
+
+
 def attach_output(module: nn.Module, point: QuantPoint):
+    made_here = parametrize.type_before_parametrizations(module) in READ_ONLY  # they return a tensor just made
+
     def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        if made_here and type(out) is Tensor and out._base is None and not out.requires_grad:
+            own = _holders(out) == _fresh_holders()  # before out is pushed as point's argument
+            return point(out, own=own)
         return _map_output(out, point)
 
     return module.register_forward_hook(hook, with_kwargs=True)

@@ -69,3 +69,74 @@ def test_eager_kernels_give_a_new_tensor():
     p = _point(E4M3)
     _into(p, _x())
     assert _into(p, _x())[1] is False
+
+
+# -- the output of PyTorch's own Conv/Linear layers, written into where nothing else holds it ----------------
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(8 * 14 * 14, 10)).eval()
+
+
+def _run(net: torch.nn.Module, x: torch.Tensor, calls: list | None = None, monkeypatch=None) -> torch.Tensor:
+    import qsim_hooks as qh
+    from qsim_hooks import points
+
+    if calls is not None:
+        real = points.QuantPoint._into
+        monkeypatch.setattr(points.QuantPoint, "_into",
+                            lambda self, fmt, t: calls.append(self.key) or real(self, fmt, t))
+    try:
+        with torch.no_grad(), qh.quantized(net, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")):
+            net(x)  # the first call's checks: copies
+            return net(x)
+    finally:
+        if calls is not None:
+            monkeypatch.undo()
+
+
+def test_layer_outputs_are_written_into_when_nothing_else_holds_them(monkeypatch):
+    from qsim_hooks import activations
+
+    kernels.set_backend("compiled")
+    net, x = _net(), torch.randn(2, 3, 16, 16)
+    calls: list = []
+    got = _run(net, x, calls, monkeypatch)
+    assert {k[0] for k in calls if k[1] == "output"} == {"0", "3"}, calls  # the conv's and the linear's outputs
+    monkeypatch.setattr(activations, "_fresh_holders", lambda: None)  # never in place: the copies
+    want = _run(net, x)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    assert not kernels._compile_failed
+
+
+@pytest.mark.parametrize("keep", ["tensor", "view", "data", "numpy", "global"])
+def test_a_layer_output_someone_kept_is_never_written_into(keep, monkeypatch):
+    """An earlier hook (the module's or a global one) that kept the output, a view of it, its .data or a numpy
+    view: the point gives a new tensor, and what was kept still holds the layer's unquantized values."""
+    kernels.set_backend("compiled")
+    net, x = _net(), torch.randn(2, 3, 16, 16)
+    kept: list = []
+    take = {"tensor": lambda o: o, "view": lambda o: o[0], "data": lambda o: o.data, "numpy": lambda o: o.numpy(),
+            "global": lambda o: o}[keep]
+    copies: list = []
+
+    def hook(mod, args, out):
+        if isinstance(mod, torch.nn.Conv2d):
+            kept.append(take(out))
+            copies.append(out.clone())
+
+    if keep == "global":
+        handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    else:
+        handle = net[0].register_forward_hook(hook)
+    calls: list = []
+    try:
+        _run(net, x, calls, monkeypatch)
+    finally:
+        handle.remove()
+    assert ("0", "output", "output") not in calls
+    assert ("3", "output", "output") in calls or keep == "global"  # the linear's output: nobody kept it
+    got = torch.as_tensor(kept[-1])
+    want = copies[-1][0] if keep == "view" else copies[-1]
+    assert torch.equal(got, want), f"the kept {keep} was changed"
+    assert not torch.equal(want, E4M3(want)), "the conv's output was on the e4m3 grid already: nothing was tested"
