@@ -190,14 +190,15 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
     pow2 = exact and pow2_unit
 
     def fn(x: Tensor, ip: Tensor, fp: Tensor, ep: Tensor, sp: Tensor, tsc: Tensor,
-           *noise: Tensor) -> tuple[Tensor, Tensor] | Tensor:
+           *noise: Tensor) -> tuple[Tensor, ...]:
         nz = noise[0] if noise else None
         amax = torch.amax(x.abs(), dim=-1, keepdim=True)  # NaN propagates
         s = _scale(amax, ip, fp, sp, tsc, scale_kind, srnd, two)
         safe = torch.where(s == 0, 1.0, s)  # a zero scale decodes every element to 0
         # a power-of-two scale 2^e (|e| <= 127) has an exact reciprocal: x * (1 / S) == x / S bit for bit,
         # with one division per block instead of one per element
-        t = x * (1.0 / safe) if exact else x / safe
+        div = 1.0 / safe if exact else safe
+        t = x * div if exact else x / div
         if kind == "f":
             y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat, fast, split)
         else:
@@ -210,13 +211,18 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
                 lim = fp[FP_QMAX] * s / fp[FP_PER_UNIT]
                 yq = torch.minimum(torch.maximum(r.view(torch.float32) - base, -lim), lim)
                 y = torch.where(s <= 2.0**125, yq, y)
+        # On the CPU the per-block values are also returned (and dropped by the caller): an output is
+        # stored, so inductor computes the scale once per block, vectorized across blocks, in a loop of
+        # its own; otherwise it inlines the whole scale computation (some fifty scalar operations) into
+        # the element loop, once per vector of elements: twice the time of the element rounding itself.
+        extra = (s, div) if x.device.type == "cpu" else ()
         if not want_mask:
-            return y
+            return (y, *extra)
         # clipped = beyond the block's largest value, compared in the tensor's units with a few
         # ulps of slack (a two-level scale is a rounded product: the element defining the
         # amax must not count as clipped by that rounding); a zero scale is underflow, not clipping
         mask = (x.abs() <= (fp[FP_ELEM_MAX] * s) * _SLACK) | (s == 0)
-        return y, mask
+        return (y, mask, *extra)
 
     return fn
 
@@ -224,7 +230,7 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
 _FNS: dict[str, Callable] = {}
 
 
-def _call(x: Tensor, fn: Callable, args: list[Tensor]) -> tuple[Tensor, Tensor] | Tensor:
+def _call(x: Tensor, fn: Callable, args: list[Tensor]) -> tuple[Tensor, ...]:
     return fn(x, *args)
 
 
@@ -317,7 +323,5 @@ class BlockKernel:
                                                     self.qtorch_compat, want_mask, self.sat, self.pow2_unit,
                                                     self.fast, self.split)
             eager = functools.partial(_call, fn=efn, args=args)
-        out = kernels.run(name, fn, x, *args, eager=eager)
-        if want_mask:
-            return out[0], out[1]
-        return out, None
+        out = kernels.run(name, fn, x, *args, eager=eager)  # (y[, mask], per-block values on the CPU)
+        return out[0], (out[1] if want_mask else None)
