@@ -3,9 +3,11 @@
 One function does a whole block format on a ``(groups, group_size)`` float32
 tensor: the per-block amax, the block scale (E8M0 from the amax's fp32 bit
 pattern, or a scale rounded onto a float grid, with an optional per-tensor
-level), the element rounding and the in-range mask. It is plain torch, so
-:func:`kernels.run` fuses it with torch.compile into one pass over large
-tensors and runs it eagerly on small ones (same operations, same bits).
+level, computed in the kernel from the tensor's finite amax when not given), the
+element rounding and the in-range mask. It is plain torch, so :func:`kernels.run`
+fuses it with torch.compile into one kernel for large tensors (on the CPU: the
+per-block amax, the scales vectorized across blocks, then one read and one write
+per element) and runs it eagerly on small ones (same operations, same bits).
 A format's constants travel as small tensors (:class:`BlockKernel`); only the
 structural choices (element kind, rounding mode, scale kind, scale rounding,
 mask) select the function. The arithmetic is written up in docs/formats/block.md.
