@@ -188,8 +188,9 @@ class BlockFormat(Format):
         if x.dim() == 0:
             x = x.reshape(1)
         xb, restore = _group(x, self)
-        tsc = self._tensor_level(x, amax) if self.tensor_scale else None
-        y, mask = self._kernel.quantize(xb.reshape(-1, xb.shape[-1]), tsc, generator, want_mask)
+        inside = self.tensor_scale and amax is None  # the dynamic per-tensor level: in the block kernel
+        tsc = self._tensor_level(x, amax) if self.tensor_scale and not inside else None
+        y, mask = self._kernel.quantize(xb.reshape(-1, xb.shape[-1]), tsc, generator, want_mask, inside)
         y = restore(y.reshape(xb.shape)).reshape(shape)
         if mask is not None:
             mask = restore(mask.reshape(xb.shape)).reshape(shape)

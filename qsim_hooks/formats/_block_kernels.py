@@ -3,9 +3,11 @@
 One function does a whole block format on a ``(groups, group_size)`` float32
 tensor: the per-block amax, the block scale (E8M0 from the amax's fp32 bit
 pattern, or a scale rounded onto a float grid, with an optional per-tensor
-level), the element rounding and the in-range mask. It is plain torch, so
-:func:`kernels.run` fuses it with torch.compile into one pass over large
-tensors and runs it eagerly on small ones (same operations, same bits).
+level, computed in the kernel from the tensor's finite amax when not given), the
+element rounding and the in-range mask. It is plain torch, so :func:`kernels.run`
+fuses it with torch.compile into one kernel for large tensors (on the CPU: the
+per-block amax, the scales vectorized across blocks, then one read and one write
+per element) and runs it eagerly on small ones (same operations, same bits).
 A format's constants travel as small tensors (:class:`BlockKernel`); only the
 structural choices (element kind, rounding mode, scale kind, scale rounding,
 mask) select the function. The arithmetic is written up in docs/formats/block.md.
@@ -51,6 +53,7 @@ __all__ = ["BlockKernel", "pow2", "Element"]
 Element = FloatFormat | IntElement
 
 _ABS = 0x7FFFFFFF
+_SIGN = -2147483648  # 0x80000000 as int32
 _MAN = 0x7FFFFF
 _SQRT2 = 1.4142135623730951
 _SQRT1_2 = 0.7071067811865476
@@ -95,6 +98,19 @@ def _e8m0(amax: Tensor, ip: Tensor, fp: Tensor, srnd: str) -> Tensor:
         e = e + (ratio >= _SQRT2).to(torch.int32) - (ratio < _SQRT1_2).to(torch.int32)
     e = torch.clamp(e, -127, 127)
     return torch.where(nonfinite, float("nan"), pow2(e))
+
+
+def _sat_f32(y: Tensor) -> Tensor:
+    """:func:`._exmy.clamp_f32` of a product of finite factors: only ±inf passes float32 max.
+
+    Compiled, the test is on the bit pattern (one compare instead of two, and no float
+    ``where`` chain, a tenth of a block kernel's time); eager keeps the two ``where``.
+    """
+    if not torch.compiler.is_compiling():
+        return clamp_f32(y)
+    b = y.view(torch.int32)
+    inf = (b & _ABS) == 0x7F800000
+    return torch.where(inf, (0x7F7FFFFF | (b & _SIGN)).view(torch.float32), y)
 
 
 def _grid_round(v: Tensor, sp: Tensor, srnd: str) -> Tensor:
@@ -151,11 +167,11 @@ def _float_elements(x: Tensor, t: Tensor, s: Tensor, ep: Tensor, fp: Tensor, mod
     if split is not None and mode == NEAREST_EVEN:
         q = split_round(t, split)
         y = q * s
-        return clamp_f32(y) if sat else y
+        return _sat_f32(y) if sat else y
     if exact or mode < TOWARD_ZERO:
         q = (fast_round_impl if fast and mode != STOCHASTIC else float_round_impl)(t, ep, mode, nz)
         y = q * s
-        return clamp_f32(y) if sat else y
+        return _sat_f32(y) if sat else y
     u = None if nz is None else nz.to(torch.float32) * 2.0**-23
 
     def decode(g: Tensor) -> Tensor:
@@ -182,7 +198,20 @@ def _int_elements(x: Tensor, t: Tensor, s: Tensor, fp: Tensor, mode: int, nz: Te
     return torch.copysign(decode(k), x)
 
 
-def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: bool, want_mask: bool,
+def _level(x: Tensor, fp: Tensor) -> Tensor:
+    """The per-tensor level of a two-level scale from the finite amax of ``x`` (1 for an all-zero tensor).
+
+    The same operations as ``BlockFormat._tensor_level`` with ``kernels.finite_absmax``,
+    here inside the block kernel: no kernel call of its own, and no padding or moved axis
+    changes a maximum of magnitudes.
+    """
+    a = x.abs()
+    m = torch.where(a < math.inf, a, 0.0).amax()  # NaN < inf is False too
+    t = m / fp[FP_TENSOR_DIV]
+    return torch.where(m > 0, t, torch.ones_like(t))
+
+
+def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: int, compat: bool, want_mask: bool,
           sat: bool, pow2_unit: bool, fast: bool, split: SplitConsts | None = None) -> Callable:
     exact = scale_kind == "e8m0"  # power-of-two scales: x / S and g * S are exact
     # E8M0 floor scales cannot overflow: every element is < 2^(floor(log2 amax) + 1) <= 2^128
@@ -190,14 +219,17 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
     pow2 = exact and pow2_unit
 
     def fn(x: Tensor, ip: Tensor, fp: Tensor, ep: Tensor, sp: Tensor, tsc: Tensor,
-           *noise: Tensor) -> tuple[Tensor, Tensor] | Tensor:
+           *noise: Tensor) -> tuple[Tensor, ...]:
         nz = noise[0] if noise else None
+        if two == 2:  # the per-tensor level is computed here, from x (tsc is a placeholder)
+            tsc = _level(x, fp)
         amax = torch.amax(x.abs(), dim=-1, keepdim=True)  # NaN propagates
         s = _scale(amax, ip, fp, sp, tsc, scale_kind, srnd, two)
         safe = torch.where(s == 0, 1.0, s)  # a zero scale decodes every element to 0
         # a power-of-two scale 2^e (|e| <= 127) has an exact reciprocal: x * (1 / S) == x / S bit for bit,
         # with one division per block instead of one per element
-        t = x * (1.0 / safe) if exact else x / safe
+        div = 1.0 / safe if exact else safe
+        t = x * div if exact else x / div
         if kind == "f":
             y = _float_elements(x, t, s, ep, fp, mode, nz, exact, sat, fast, split)
         else:
@@ -210,13 +242,18 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
                 lim = fp[FP_QMAX] * s / fp[FP_PER_UNIT]
                 yq = torch.minimum(torch.maximum(r.view(torch.float32) - base, -lim), lim)
                 y = torch.where(s <= 2.0**125, yq, y)
+        # On the CPU the per-block values are also returned (and dropped by the caller): an output is
+        # stored, so inductor computes the scale once per block, vectorized across blocks, in a loop of
+        # its own; otherwise it inlines the whole scale computation (some fifty scalar operations) into
+        # the element loop, once per vector of elements: twice the time of the element rounding itself.
+        extra = (s, div) if x.device.type == "cpu" else ()
         if not want_mask:
-            return y
+            return (y, *extra)
         # clipped = beyond the block's largest value, compared in the tensor's units with a few
         # ulps of slack (a two-level scale is a rounded product: the element defining the
         # amax must not count as clipped by that rounding); a zero scale is underflow, not clipping
         mask = (x.abs() <= (fp[FP_ELEM_MAX] * s) * _SLACK) | (s == 0)
-        return y, mask
+        return (y, mask, *extra)
 
     return fn
 
@@ -224,7 +261,7 @@ def _make(kind: str, mode: int, scale_kind: str, srnd: str, two: bool, compat: b
 _FNS: dict[str, Callable] = {}
 
 
-def _call(x: Tensor, fn: Callable, args: list[Tensor]) -> tuple[Tensor, Tensor] | Tensor:
+def _call(x: Tensor, fn: Callable, args: list[Tensor]) -> tuple[Tensor, ...]:
     return fn(x, *args)
 
 
@@ -290,10 +327,14 @@ class BlockKernel:
                       self.scale_kind, self.scale_rounding, tsc is not None)
 
     def quantize(self, x: Tensor, tsc: Tensor | None, generator: torch.Generator | None,
-                 want_mask: bool) -> tuple[Tensor, Tensor | None]:
-        """Quantize ``x`` of shape (groups, group_size): returns (y, in-range mask or None)."""
-        two = tsc is not None
-        name = (f"block_{self.kind}{self.mode}_{self.scale_kind}_{self.scale_rounding}_{int(two)}_"
+                 want_mask: bool, tensor_level: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Quantize ``x`` of shape (groups, group_size): returns (y, in-range mask or None).
+
+        ``tsc``: a two-level scale's per-tensor level; ``tensor_level``: compute it from ``x``
+        inside the kernel instead (``tsc`` is then None).
+        """
+        two = 2 if tensor_level else int(tsc is not None)
+        name = (f"block_{self.kind}{self.mode}_{self.scale_kind}_{self.scale_rounding}_{two}_"
                 f"{int(self.qtorch_compat)}_{int(want_mask)}_{int(self.sat)}{int(self.pow2_unit)}{int(self.fast)}")
         fn = _FNS.get(name)
         if fn is None:
@@ -317,7 +358,5 @@ class BlockKernel:
                                                     self.qtorch_compat, want_mask, self.sat, self.pow2_unit,
                                                     self.fast, self.split)
             eager = functools.partial(_call, fn=efn, args=args)
-        out = kernels.run(name, fn, x, *args, eager=eager)
-        if want_mask:
-            return out[0], out[1]
-        return out, None
+        out = kernels.run(name, fn, x, *args, eager=eager)  # (y[, mask], per-block values on the CPU)
+        return out[0], (out[1] if want_mask else None)

@@ -140,7 +140,8 @@ def fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Te
     ``|x / step| < 2^21`` and the format keeps subnormals (:func:`exmy_params` says
     when; otherwise the bit kernel is used).
     """
-    a = x.view(torch.int32) & _ABS
+    bits = x.view(torch.int32)
+    a = bits & _ABS
     e = torch.clamp(a >> 23, min=p[P_ELO], max=p[P_EHI]) - p[P_M]
     step = (e << 23).view(torch.float32)
     inv = ((254 - e) << 23).view(torch.float32)
@@ -157,7 +158,11 @@ def fast_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> Te
     y = r * step
     # no flush-to-zero here: formats without subnormals take the bit kernel (a per-element
     # flag test costs about a third of this kernel's time)
-    return torch.where(y.abs() > p[P_MAX].view(torch.float32), torch.copysign(p[P_OVF].view(torch.float32), x), y)
+    if torch.compiler.is_compiling():  # the sign put on with bit operations: inductor's C++ calls Sleef's
+        ovf = (p[P_OVF] | (bits & _SIGN)).view(torch.float32)  # copysign out of line, once per vector
+    else:
+        ovf = torch.copysign(p[P_OVF].view(torch.float32), x)  # eager: one pass instead of two
+    return torch.where(y.abs() > p[P_MAX].view(torch.float32), ovf, y)
 
 
 def _magic_abs(x: Tensor, p: Tensor) -> Tensor:
