@@ -56,6 +56,7 @@ from ._exmy import (
     float_round_impl,
     grid_down,
     grid_up,
+    in_range_bits,
     round_int,
     saturate,
 )
@@ -69,8 +70,7 @@ COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is
 _BACKENDS = ("auto", "eager", "compiled")
 _backend = os.environ.get("QSIM_HOOKS_BACKEND", "auto")
 if _backend not in _BACKENDS:
-    warnings.warn(f"QSIM_HOOKS_BACKEND={_backend!r} is not one of {_BACKENDS}; using 'auto'",
-                  stacklevel=1)
+    warnings.warn(f"QSIM_HOOKS_BACKEND={_backend!r} is not one of {_BACKENDS}; using 'auto'", stacklevel=1)
     _backend = "auto"
 _compile_failed = False
 _compiled: dict[str, Callable] = {}
@@ -193,17 +193,17 @@ def _scaled_directed(x: Tensor, p: Tensor, inv: Tensor, scale: Tensor, mode: int
     return torch.copysign(saturate(g * scale, g), x)
 
 
-def _make_float_kernel(impl: Callable, mode: int, scaled: bool, sat: bool) -> Callable:
+def _make_float_kernel(impl: Callable, mode: int, scaled: bool | str, sat: bool) -> Callable:
     """One ExMy kernel: ``impl`` (bit or step kernel) at a fixed rounding mode, optionally scaled.
 
-    Unscaled: ``kernel(x, p[, noise])``; scaled: ``kernel(x, p, inv, scale[, noise])``
-    rounds ``x * inv`` and decodes with ``scale``; ``sat``: saturating at ±float32 max
-    (``max * scale`` can round past it when amax is near it). The directed modes decide
-    on the decoded values (:func:`._exmy.directed`).
+    Unscaled: ``kernel(x, p[, noise])`` (``scaled="mask"``: also in_range_bits); scaled: ``kernel(x, p, inv,
+    scale[, noise])`` rounds ``x * inv`` and decodes with ``scale``; ``sat``: saturating at ±float32 max (``max *
+    scale`` can round past it when amax is near it). The directed modes decide on the decoded values (``directed``).
     """
-    if not scaled:
-        def kernel(x: Tensor, p: Tensor, *noise: Tensor) -> Tensor:
-            return impl(x, p, mode, noise[0] if noise else None)
+    if scaled is not True:  # "mask": with the clipped STE's in-range mask as bits, from the same pass
+        def kernel(x: Tensor, p: Tensor, *noise: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+            y = impl(x, p, mode, noise[0] if noise else None)
+            return (y, in_range_bits(x, p)) if scaled else y
         return kernel
 
     def scaled_kernel(x: Tensor, p: Tensor, inv: Tensor, scale: Tensor, *noise: Tensor) -> Tensor:
@@ -216,12 +216,12 @@ def _make_float_kernel(impl: Callable, mode: int, scaled: bool, sat: bool) -> Ca
 
 # (kind, scaled, saturating) -> one kernel per rounding mode; the step kernel has no stochastic mode
 _KINDS = {"float_round": (float_round_impl, 4), "fast_round": (fast_round_impl, 3)}
-_FLOAT_KERNELS: dict[tuple[str, bool, bool], tuple[Callable, ...]] = {
+_FLOAT_KERNELS: dict[tuple[str, bool | str, bool], tuple[Callable, ...]] = {
     (kind, scaled, sat): tuple(
-        named_copy(_make_float_kernel(impl, mode, scaled, sat),
-                   f"{'scaled_' if scaled else ''}{kind}_{mode}{'_sat' if sat else ''}")
-        for mode in range(n_modes))
-    for kind, (impl, n_modes) in _KINDS.items() for scaled, sat in ((False, False), (True, False), (True, True))}
+        named_copy(_make_float_kernel(impl, mode, scaled, sat), f"{'scaled_' if scaled is True else ''}{kind}_"
+                   f"{mode}{'_sat' if sat else ''}{'_mask' if scaled == 'mask' else ''}") for mode in range(n_modes))
+    for kind, (impl, n_modes) in _KINDS.items() for scaled, sat in ((False, False), ("mask", False), (True, False),
+                                                                    (True, True))}
 
 
 def canonical(x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
@@ -257,14 +257,16 @@ def _bit_noise(mode: int, shape: torch.Size, device: torch.device,
 
 
 def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator | None = None,
-                *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None,
+                mask: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
 
     ``fast`` picks the step-based kernel (default: whenever the format allows it) and, for
     round to nearest even when not fused, the split kernel (:mod:`._split`) unless ``eager``
     is given; ``fast=False`` forces the bit-pattern kernel on every path (all agree bit for
     bit). ``eager``: a native cast doing the same rounding, used when the kernel is not fused
-    (see :func:`run`).
+    (see :func:`run`). ``mask``: return ``(result, bits)``, bits the packed ``|x| <= max`` from the same
+    pass when fused (:func:`._exmy.in_range_bits`), else ``None`` (the caller's to make).
     """
     use_fast = mode != STOCHASTIC and params.fast and fast is not False
     if eager is None and mode == NEAREST_EVEN and params.split is not None and fast is not False:
@@ -275,9 +277,13 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
     (p,) = params.on(x.device)
     shape = x.shape
     x = x.reshape(-1)
-    fn = _FLOAT_KERNELS["fast_round" if use_fast else "float_round", False, False][mode]
-    return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator),
-               eager=eager).reshape(shape)
+    fn, fm = (_FLOAT_KERNELS["fast_round" if use_fast else "float_round", m, False][mode] for m in (False, "mask"))
+    noise = _bit_noise(mode, x.shape, x.device, generator)
+    if mask and x.numel() % 8 == 0 and _use_compiled(x, fm.__name__):
+        y, bits = run(fm.__name__, fm, x, p, *noise)
+        return y.reshape(shape), bits
+    y = run(fn.__name__, fn, x, p, *noise, eager=eager).reshape(shape)
+    return (y, None) if mask else y
 
 
 def scaled_float_round(x: Tensor, params: Consts, inv: Tensor, scale: Tensor, mode: int,
