@@ -265,22 +265,22 @@ def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator
     round to nearest even when not fused, the split kernel (:mod:`._split`) unless ``eager``
     is given; ``fast=False`` forces the bit-pattern kernel on every path (all agree bit for
     bit). ``eager``: a native cast doing the same rounding, used when the kernel is not fused
-    (see :func:`run`). ``mask``: return ``(result, bits)``, bits the packed ``|x| <= max`` from the same
-    pass when fused (:func:`._exmy.in_range_bits`), else ``None`` (the caller's to make).
+    (see :func:`run`). ``mask``: ``(result, bits)``, bits the packed ``|x| <= max`` (:func:`._exmy.in_range_bits`;
+    from the same pass when fused), ``None`` when x's size is no multiple of 8 (the caller's to make).
     """
     use_fast = mode != STOCHASTIC and params.fast and fast is not False
     if eager is None and mode == NEAREST_EVEN and params.split is not None and fast is not False:
         eager = functools.partial(split_round, k=params.split)
-    # detach: kernels never take part in autograd (formats wrap them in a STE);
-    # a plain Tensor also keeps torch.compile from specialising on Parameter.
+    # detach: kernels never take part in autograd (formats wrap them in a STE); nor specialise on Parameter
     x = x.detach().contiguous()
     (p,) = params.on(x.device)
     shape = x.shape
     x = x.reshape(-1)
     fn, fm = (_FLOAT_KERNELS["fast_round" if use_fast else "float_round", m, False][mode] for m in (False, "mask"))
     noise = _bit_noise(mode, x.shape, x.device, generator)
-    if mask and x.numel() % 8 == 0 and _use_compiled(x, fm.__name__):
-        y, bits = run(fm.__name__, fm, x, p, *noise)
+    if mask and x.numel() % 8 == 0:  # unfused: the cast (or its eager form) and the bits, timed as one kernel
+        y, bits = run(fm.__name__, fm, x, p, *noise, eager=lambda x: (
+            fn(x, p, *noise) if eager is None else eager(x), in_range_bits(x, p)))
         return y.reshape(shape), bits
     y = run(fn.__name__, fn, x, p, *noise, eager=eager).reshape(shape)
     return (y, None) if mask else y

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from ._exmy import pack_bytes
 
 __all__ = ["pack_mask", "unpack_mask", "masked_grad", "mark", "recompute", "enter_scope", "exit_scope", "Recipe"]
 
@@ -40,11 +41,10 @@ _ATTR = "_qsim_hooks_recipe"
 # Eight bool bytes are one int64 word (little-endian: byte j is element j), so packing and unpacking are
 # word-wise integer arithmetic, a few passes over n / 8 words (a reduction over rows of 8 bytes, or 8
 # shifted copies of the mask, cost one to two orders of magnitude more):
-#   pack:   (w * PACK) >> 56 moves byte j's bit to bit 56 + j (the partial products i + j = 7; no carries)
+#   pack:   (w * PACK) >> 56 moves byte j's bit to bit 56 + j (:func:`._exmy.pack_bytes`)
 #   unpack: b * SPREAD copies byte b into all 8 bytes, & SELECT keeps bit j in byte j, + ROUND carries a
 #           set bit into bit 7 of its own byte (0x80 + 0x7f = 0xff: never into the next), >> 7 & SPREAD
 # ---------------------------------------------------------------------------
-_PACK = 0x0102040810204080
 _SPREAD = 0x0101010101010101
 _SELECT = 0x8040201008040201 - (1 << 64)  # as a signed int64
 _ROUND = 0x7F7F7F7F7F7F7F7F
@@ -59,10 +59,6 @@ def _pack(m: Tensor, shifts: Tensor) -> Tensor:
     return (m.view(-1, 8) << shifts).sum(-1, dtype=torch.uint8)
 
 
-def _pack_words(w: Tensor) -> Tensor:
-    return ((w * _PACK >> 56) & 0xFF).to(torch.uint8)
-
-
 def pack_mask(mask: Tensor) -> Tensor:
     """A bool tensor as a uint8 tensor of ``ceil(numel / 8)`` bytes (its shape is the caller's to keep)."""
     m = mask.reshape(-1).view(torch.uint8)
@@ -72,9 +68,7 @@ def pack_mask(mask: Tensor) -> Tensor:
     if not _words_apply():
         (shifts,) = _SHIFTS.on(m.device)
         return _pack(m, shifts)
-    if m.storage_offset() % 8:
-        m = m.clone()
-    return _pack_words(m.view(torch.int64))
+    return pack_bytes(m)
 
 
 def _bytes(packed: Tensor, n: int) -> Tensor:
