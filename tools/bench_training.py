@@ -1,6 +1,7 @@
 """Benchmark: a QAT training step (forward + backward) of torchvision resnet50, batch 8, 224x224, CPU.
 
-    PYTHONPATH=. .venv/bin/python tools/bench_training.py [--batch 8] [--rounds 3] [--clock wall|cpu] [--json]
+    PYTHONPATH=. .venv/bin/python tools/bench_training.py [--batch 8] [--rounds 3] [--clock wall|cpu]
+        [--backend auto|eager|compiled] [--json]
 
 Two figures, each a ratio to the plain (un-instrumented) step measured in the same run:
 
@@ -103,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: this thread's CPU time, with one torch thread")
+    ap.add_argument("--backend", choices=("auto", "eager", "compiled"), default="auto",
+                    help="kernel backend (default auto: eager until compiling a kernel pays, which may land part-way "
+                         "through the rounds; compiled: fused from the warm-up on)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    qh.formats.set_backend(args.backend)
     if args.clock == "cpu":
         torch.set_num_threads(1)
     rows = run(args.batch, args.rounds, args.size, CLOCKS[args.clock])
