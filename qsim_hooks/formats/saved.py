@@ -92,10 +92,19 @@ def _masked(g: Tensor, m: Tensor) -> Tensor:
     return g * m.to(g.dtype)
 
 
+def _masked_bits(g: Tensor, packed: Tensor) -> Tensor:  # fused: the bits read in the product's own loop
+    shifts = torch.arange(8, dtype=torch.uint8, device=g.device)  # made in the graph: a constant there
+    return (g.view(-1, 8) * ((packed.view(-1, 1) >> shifts) & 1).to(g.dtype)).view(-1)
+
+
 def masked_grad(g: Tensor, packed: Tensor) -> Tensor:
     """``g * mask.to(g.dtype)`` for the mask :func:`pack_mask` packed (NaN and signed zeros as that product gives)."""
     flat = g.reshape(-1)
-    return kernels.run("masked_grad_bytes", _masked, flat, _bytes(packed, flat.numel())).reshape(g.shape)
+    n = flat.numel()
+    if n % 8:
+        return kernels.run("masked_grad_bytes", _masked, flat, _bytes(packed, n)).reshape(g.shape)
+    return kernels.run("masked_grad_bits", _masked_bits, flat, packed,
+                       eager=lambda g: _masked(g, _bytes(packed, n))).reshape(g.shape)
 
 
 # ---------------------------------------------------------------------------
