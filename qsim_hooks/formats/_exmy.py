@@ -12,6 +12,10 @@ on the grid, step under it (q(q(x)) != q(x)). :func:`directed` takes a first
 guess from the product and corrects it against the decoded values themselves,
 so toward-zero is the largest output value <= |x| and stochastic rounding
 picks one of the two output values around |x| with the right probability.
+
+Also here, because the fused cast computes it in the same pass: the clipped
+straight-through estimator's mask ``|x| <= max``, packed as bits
+(:func:`in_range_bits`, :func:`pack_bytes`).
 """
 
 from __future__ import annotations
