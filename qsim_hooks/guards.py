@@ -12,6 +12,7 @@ attribute test per call), so it costs nothing measurable with statistics off.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from typing import Any
@@ -56,11 +57,12 @@ def check_flushed(label: str, fmt: object, x: Tensor, y: Tensor) -> bool:
     """
     if x.is_meta or x.numel() == 0 or torch.compiler.is_compiling():
         return True
-    with torch.no_grad():
-        xd = x.detach()
-        nonzero = (xd != 0) & torch.isfinite(xd)
-        flushed = nonzero & (y.detach() == 0)
-        n, f = (int(v) for v in torch.stack([nonzero.sum(), flushed.sum()]).tolist())
+    with torch.no_grad():  # finite non-zero as 0 < |x| < inf: half the passes of (x != 0) & isfinite(x)
+        a = x.detach().abs()
+        nonzero = (a > 0) & (a < math.inf)
+        n = torch.count_nonzero(nonzero)
+        f = torch.count_nonzero(nonzero.logical_and_(y.detach() == 0))
+        n, f = (int(v) for v in torch.stack([n, f]).tolist())
     if n and f > FLUSH_WARN_FRACTION * n:
         warnings.warn(f"qsim_hooks: {label}: {getattr(fmt, 'name', fmt)} flushed {f / n:.1%} of its non-zero "
                       f"values to zero ({f} of {n} on its first call); {_advice(fmt)}", RuntimeWarning,

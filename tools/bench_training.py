@@ -1,13 +1,16 @@
 """Benchmark: a QAT training step (forward + backward) of torchvision resnet50, batch 8, 224x224, CPU.
 
-    PYTHONPATH=. .venv/bin/python tools/bench_training.py [--batch 8] [--rounds 3] [--json]
+    PYTHONPATH=. .venv/bin/python tools/bench_training.py [--batch 8] [--rounds 3] [--clock wall|cpu]
+        [--backend auto|eager|compiled] [--json]
 
 Two figures, each a ratio to the plain (un-instrumented) step measured in the same run:
 
 * **step time**: ``loss = model(x).square().mean(); loss.backward()`` with the gradients
   zeroed (``set_to_none``) before each step, no optimizer; the configurations are
   interleaved in ``--rounds`` rounds and each keeps its fastest step (the first round's
-  first step, which may compile kernels, is an untimed warm-up);
+  first step, which may compile kernels, is an untimed warm-up); ``--clock cpu`` times this
+  thread's CPU time with one torch thread (what a machine shared with other jobs disturbs
+  least; the backward of a CPU graph runs on the calling thread);
 * **peak memory**: the peak of live CPU allocator bytes during one step, from
   ``torch.profiler.profile(profile_memory=True)``: its allocator records (every
   allocation and free of the step, in time order) are summed and the running maximum is
@@ -28,8 +31,8 @@ import time
 
 import torch
 import torchvision
+from _timing import CLOCKS, span, summary
 from _timing import Target as Met  # tools/ is on sys.path when a script runs
-from _timing import span, summary
 from torch.profiler import ProfilerActivity, profile
 
 import qsim_hooks as qh
@@ -42,10 +45,10 @@ def _step(model: torch.nn.Module, x: torch.Tensor) -> None:
     model(x).square().mean().backward()
 
 
-def _timed_step(model: torch.nn.Module, x: torch.Tensor) -> float:
-    t0 = time.perf_counter()
+def _timed_step(model: torch.nn.Module, x: torch.Tensor, clock=time.perf_counter) -> float:
+    t0 = clock()
     _step(model, x)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def peak_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -64,7 +67,7 @@ def peak_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return peak
 
 
-def run(batch: int, rounds: int, size: int) -> list[dict]:
+def run(batch: int, rounds: int, size: int, clock=time.perf_counter) -> list[dict]:
     torch.manual_seed(0)
     model = torchvision.models.resnet50().train()
     x = torch.randn(batch, 3, size, size)
@@ -80,7 +83,7 @@ def run(batch: int, rounds: int, size: int) -> list[dict]:
                 if rnd == 0:
                     _step(model, x)  # warm-up (kernel compiles, allocator)
                     peaks[label] = peak_bytes(model, x)
-                per_round[label].append(_timed_step(model, x))
+                per_round[label].append(_timed_step(model, x, clock))
                 best[label] = min(best[label], per_round[label][-1])
             finally:
                 if session is not None:
@@ -99,9 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: elapsed time; cpu: this thread's CPU time, with one torch thread")
+    ap.add_argument("--backend", choices=("auto", "eager", "compiled"), default="auto",
+                    help="kernel backend (default auto: eager until compiling a kernel pays, which may land part-way "
+                         "through the rounds; compiled: fused from the warm-up on)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    rows = run(args.batch, args.rounds, args.size)
+    qh.formats.set_backend(args.backend)
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+    rows = run(args.batch, args.rounds, args.size, CLOCKS[args.clock])
     q = rows[-1]
     what = f"resnet50 b{args.batch} {args.size}px QAT step"
     targets = [Met(f"{what} time, e4m3 everywhere", q["time_ratio"], TIME_TARGET, *q["range"]),
@@ -111,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         summary(targets, "issue 19 training targets", out=sys.stderr)
         return 0
     print(f"resnet50 QAT step (forward + backward), batch {args.batch}, {args.size}x{args.size}, CPU, "
-          f"{torch.get_num_threads()} threads, kernels={qh.formats.get_backend()}; fastest of {args.rounds} "
+          f"{torch.get_num_threads()} threads, {args.clock} clock, kernels={qh.formats.get_backend()}; fastest of "
+          f"{args.rounds} "
           "interleaved rounds; peak = max live CPU allocator bytes during one step (torch.profiler)")
     print(f"{'config':<28} {'step ms':>9} {'x plain':>8} {'peak MiB':>9} {'x plain':>8}")
     for r in rows:

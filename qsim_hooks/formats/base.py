@@ -212,6 +212,12 @@ class Format(Figures):
                  want_mask: bool) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
+    def _forward_packed(self, x: Tensor, amax: Tensor | None,
+                        generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """``_forward`` with the mask, packed as bits (:func:`.saved.pack_mask`); formats may fuse the two."""
+        y, mask = self._forward(x, amax, generator, True)
+        return y, saved.pack_mask(mask)
+
     @property
     def saturates(self) -> bool:
         """Finite in, finite out: results are clamped to the input dtype's range when cast back."""
@@ -284,11 +290,12 @@ class _QuantizeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fmt, amax, generator):  # type: ignore[override]
-        want_mask = fmt.grad.estimator == "clipped"
-        y, mask = fmt._forward(_to_f32(x.detach()), amax, generator, want_mask)
         ctx.fmt = fmt
-        if mask is not None:
-            ctx.save_for_backward(saved.pack_mask(mask))
+        if fmt.grad.estimator == "clipped":
+            y, packed = fmt._forward_packed(_to_f32(x.detach()), amax, generator)
+            ctx.save_for_backward(packed)
+        else:
+            y, _ = fmt._forward(_to_f32(x.detach()), amax, generator, False)
         # a kernel's flat result reshaped is a view, and autograd forbids modifying a custom Function's
         # view output in place (a ReLU(inplace=True) after an output point): hand out a plain tensor
         y = kernels.to_dtype(y, x.dtype, fmt.saturates).detach()

@@ -19,12 +19,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import kernels, saved
 from ._checks import check_bool, check_choice, check_int, check_name
 from ._exmy import exmy_params
 from ._split import split_consts
@@ -215,17 +215,23 @@ class FloatFormat(Format):
         return {(4, 3, 7, "fn"): torch.float8_e4m3fn, (5, 2, 15, "ieee"): torch.float8_e5m2,
                 (5, 10, 15, "ieee"): torch.float16, (8, 7, 127, "ieee"): torch.bfloat16}.get(key)
 
-    def cast(self, x: Tensor, generator: torch.Generator | None = None, *, into: bool = False) -> Tensor:
+    def _is_fp32(self) -> bool:
+        return self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee" \
+            and self.subnormals and self.bias == 127
+
+    def cast(self, x: Tensor, generator: torch.Generator | None = None, *, into: bool = False,
+             mask: bool = False) -> Any:
         """Round a float32 tensor onto the grid (no scaling). ``into``: ``x`` is given up, and a fused kernel may
-        write the result into it (:func:`kernels.float_round`)."""
-        if self.exp_bits == 8 and self.man_bits == 23 and self.specials == "ieee" \
-                and self.subnormals and self.bias == 127:
-            if self.overflow == "saturate":
-                return x.clamp(-self.max, self.max)
-            return x.clone()
+        write the result into it (:func:`kernels.float_round`); ``mask``: (result, the packed clipped-STE mask)."""
+        if self._is_fp32():
+            y = x.clamp(-self.max, self.max) if self.overflow == "saturate" else x.clone()
+            return (y, saved.pack_mask(x.abs() <= self.max)) if mask else y
         # PyTorch's own cast when the kernel runs eagerly (kernels.run never uses it inside a
         # torch.compile, where inductor would drop the x.to(native).float() round trip)
-        return kernels.float_round(x, self._params, self._mode, generator, eager=self._eager, into=into)
+        out = kernels.float_round(x, self._params, self._mode, generator, eager=self._eager, into=into, mask=mask)
+        if not mask or out[1] is not None:
+            return out
+        return out[0], saved.pack_mask(x.abs() <= self.max)  # not fused: the mask made here
 
     # -- the Format protocol -----------------------------------------------
     def _forward(self, x: Tensor, amax: Tensor | None, generator: torch.Generator | None,
@@ -235,6 +241,12 @@ class FloatFormat(Format):
             mask = (x.abs() <= self.max) if want_mask else None
             return y, mask
         return scaled_forward(self, self.scaling, x, amax, generator, want_mask)
+
+    def _forward_packed(self, x: Tensor, amax: Tensor | None,
+                        generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        if self.scaling is None:
+            return self.cast(x, generator, mask=True)
+        return super()._forward_packed(x, amax, generator)
 
     def _scale_max(self) -> float:
         return self._scaled_max

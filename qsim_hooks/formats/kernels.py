@@ -56,6 +56,7 @@ from ._exmy import (
     grid_down,
     grid_up,
     has_magic,
+    in_range_bits,
     magic_overflow_impl,
     magic_round_impl,
     round_int,
@@ -73,8 +74,7 @@ COMPILE_MIN_NUMEL = 1 << 16  # below this, eager is fast enough and compiling is
 _BACKENDS = ("auto", "eager", "compiled")
 _backend = os.environ.get("QSIM_HOOKS_BACKEND", "auto")
 if _backend not in _BACKENDS:
-    warnings.warn(f"QSIM_HOOKS_BACKEND={_backend!r} is not one of {_BACKENDS}; using 'auto'",
-                  stacklevel=1)
+    warnings.warn(f"QSIM_HOOKS_BACKEND={_backend!r} is not one of {_BACKENDS}; using 'auto'", stacklevel=1)
     _backend = "auto"
 _compile_failed = False
 _compiled: dict[str, Callable] = {}
@@ -190,17 +190,17 @@ def _scaled_directed(x: Tensor, p: Tensor, inv: Tensor, scale: Tensor, mode: int
     return torch.copysign(saturate(g * scale, g), x)
 
 
-def _make_float_kernel(impl: Callable, mode: int, scaled: bool, sat: bool) -> Callable:
+def _make_float_kernel(impl: Callable, mode: int, scaled: bool | str, sat: bool) -> Callable:
     """One ExMy kernel: ``impl`` (bit or step kernel) at a fixed rounding mode, optionally scaled.
 
-    Unscaled: ``kernel(x, p[, noise])``; scaled: ``kernel(x, p, inv, scale[, noise])``
-    rounds ``x * inv`` and decodes with ``scale``; ``sat``: saturating at ±float32 max
-    (``max * scale`` can round past it when amax is near it). The directed modes decide
-    on the decoded values (:func:`._exmy.directed`).
+    Unscaled: ``kernel(x, p[, noise])`` (``scaled="mask"``: also in_range_bits); scaled: ``kernel(x, p, inv,
+    scale[, noise])`` rounds ``x * inv`` and decodes with ``scale``; ``sat``: saturating at ±float32 max (``max *
+    scale`` can round past it when amax is near it). The directed modes decide on the decoded values (``directed``).
     """
-    if not scaled:
-        def kernel(x: Tensor, p: Tensor, *noise: Tensor) -> Tensor:
-            return impl(x, p, mode, noise[0] if noise else None)
+    if scaled is not True:  # "mask": with the clipped STE's in-range mask as bits, from the same pass
+        def kernel(x: Tensor, p: Tensor, *noise: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+            y = impl(x, p, mode, noise[0] if noise else None)
+            return (y, in_range_bits(x, p)) if scaled else y
         return kernel
 
     def scaled_kernel(x: Tensor, p: Tensor, inv: Tensor, scale: Tensor, *noise: Tensor) -> Tensor:
@@ -215,12 +215,12 @@ def _make_float_kernel(impl: Callable, mode: int, scaled: bool, sat: bool) -> Ca
 # magic kernels only round to nearest even
 _KINDS = {"float_round": (float_round_impl, 4), "fast_round": (fast_round_impl, 3),
           "magic_round": (magic_round_impl, 1), "magic_overflow": (magic_overflow_impl, 1)}
-_FLOAT_KERNELS: dict[tuple[str, bool, bool], tuple[Callable, ...]] = {
+_FLOAT_KERNELS: dict[tuple[str, bool | str, bool], tuple[Callable, ...]] = {
     (kind, scaled, sat): tuple(
-        named_copy(_make_float_kernel(impl, mode, scaled, sat),
-                   f"{'scaled_' if scaled else ''}{kind}_{mode}{'_sat' if sat else ''}")
-        for mode in range(n_modes))
-    for kind, (impl, n_modes) in _KINDS.items() for scaled, sat in ((False, False), (True, False), (True, True))}
+        named_copy(_make_float_kernel(impl, mode, scaled, sat), f"{'scaled_' if scaled is True else ''}{kind}_"
+                   f"{mode}{'_sat' if sat else ''}{'_mask' if scaled == 'mask' else ''}") for mode in range(n_modes))
+    for kind, (impl, n_modes) in _KINDS.items() for scaled, sat in ((False, False), ("mask", False), (True, False),
+                                                                    (True, True))}
 #: the unscaled deterministic kernels writing into their input (``float_round(..., into=True)``), by name
 _INTO = {fn.__name__: into_variant(fn) for fns in (_FLOAT_KERNELS[k, False, False] for k in _KINDS) for fn in fns[:3]}
 
@@ -282,33 +282,37 @@ def _kind(params: Consts, mode: int, fast: bool, scaled: bool = False) -> str:
 
 def float_round(x: Tensor, params: Consts, mode: int, generator: torch.Generator | None = None,
                 *, fast: bool | None = None, eager: Callable[[Tensor], Tensor] | None = None,
-                into: bool = False) -> Tensor:
+                into: bool = False, mask: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Round a float32 tensor to the ExMy grid ``params`` (a format's :class:`Consts`).
 
-    ``fast`` picks the step-based kernel (default: whenever the format allows it) and, for
-    round to nearest even when not fused, the split kernel (:mod:`._split`) unless ``eager``
-    is given; ``fast=False`` forces the bit-pattern kernel on every path (all agree bit for
-    bit). ``eager``: a native cast doing the same rounding, used when the kernel is not fused
-    (see :func:`run`). ``into``: the caller gives ``x`` up (nothing else reads it), so a fused
-    deterministic kernel may write its result into ``x`` and return it (the same bits; eager
-    kernels and stochastic rounding still return a new tensor).
+    ``fast`` picks the magic or step kernel (default: whenever the format allows) and, for round to nearest
+    even when not fused, the split kernel (:mod:`._split`) unless ``eager`` (a native cast doing the same
+    rounding, used when the kernel is not fused: :func:`run`) is given; ``fast=False`` forces the bit kernel
+    (all agree bit for bit). ``into``: the caller gives ``x`` up (nothing else reads it), so a fused
+    deterministic kernel may write its result into ``x`` and return it (eager kernels and stochastic rounding
+    still return a new tensor). ``mask``: ``(result, bits)``, bits the packed ``|x| <= max``
+    (:func:`._exmy.in_range_bits`; from the same pass when fused), ``None`` when x's size is no multiple of 8.
     """
     kind = _kind(params, mode, fast is not False)
     if eager is None and mode == NEAREST_EVEN and params.split is not None and fast is not False:
         eager = functools.partial(split_round, k=params.split)
-    # detach: kernels never take part in autograd (formats wrap them in a STE);
-    # a plain Tensor also keeps torch.compile from specialising on Parameter.
+    # detach: kernels never take part in autograd (formats wrap them in a STE); nor specialise on Parameter
     x = x.detach().contiguous()
     (p,) = params.on(x.device)
     shape = x.shape
     x = x.reshape(-1)
-    fn = _FLOAT_KERNELS[kind, False, False][mode]
-    if into and mode != STOCHASTIC and x.dtype == torch.float32 and not torch.compiler.is_compiling():
+    fn, fm = (_FLOAT_KERNELS[kind, m, False][mode] for m in (False, "mask"))
+    if into and not mask and mode != STOCHASTIC and x.dtype == torch.float32 and not torch.compiler.is_compiling():
         in_place = _INTO[fn.__name__]
         out = run(in_place.__name__, in_place, x, p, eager=eager or functools.partial(fn, p=p))
         return (x if out is None else out).reshape(shape)  # None: the fused kernel wrote into x
-    return run(fn.__name__, fn, x, p, *_bit_noise(mode, x.shape, x.device, generator),
-               eager=eager).reshape(shape)
+    noise = _bit_noise(mode, x.shape, x.device, generator)
+    if mask and x.numel() % 8 == 0:  # unfused: the cast (or its eager form) and the bits, timed as one kernel
+        y, bits = run(fm.__name__, fm, x, p, *noise, eager=lambda x: (
+            fn(x, p, *noise) if eager is None else eager(x), in_range_bits(x, p)))
+        return y.reshape(shape), bits
+    y = run(fn.__name__, fn, x, p, *noise, eager=eager).reshape(shape)
+    return (y, None) if mask else y
 
 
 def scaled_float_round(x: Tensor, params: Consts, inv: Tensor, scale: Tensor, mode: int,

@@ -19,6 +19,7 @@ own saved tensors), and only when no other saved-tensor hooks are active
 from __future__ import annotations
 
 import contextlib
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from ._exmy import pack_bytes
 
 __all__ = ["pack_mask", "unpack_mask", "masked_grad", "mark", "recompute", "enter_scope", "exit_scope", "Recipe"]
 
@@ -35,9 +37,30 @@ _ATTR = "_qsim_hooks_recipe"
 
 # ---------------------------------------------------------------------------
 # masks as bits: element i is bit (i % 8) of byte i // 8
+#
+# Eight bool bytes are one int64 word (little-endian: byte j is element j), so packing and unpacking are
+# word-wise integer arithmetic, a few passes over n / 8 words (a reduction over rows of 8 bytes, or 8
+# shifted copies of the mask, cost one to two orders of magnitude more):
+#   pack:   (w * PACK) >> 56 moves byte j's bit to bit 56 + j (:func:`._exmy.pack_bytes`)
+#   unpack: b * SPREAD copies byte b into all 8 bytes, & SELECT keeps bit j in byte j, + ROUND carries a
+#           set bit into bit 7 of its own byte (0x80 + 0x7f = 0xff: never into the next), >> 7 & SPREAD
 # ---------------------------------------------------------------------------
-def _pack(m: Tensor, shifts: Tensor) -> Tensor:
-    return (m.view(-1, 8) << shifts).sum(-1, dtype=torch.uint8)
+_SPREAD = 0x0101010101010101
+_SELECT = 0x8040201008040201 - (1 << 64)  # as a signed int64
+_ROUND = 0x7F7F7F7F7F7F7F7F
+_WORDS = sys.byteorder == "little"  # byte j of a word is element j (else: the row-wise forms below)
+
+
+def _words_apply() -> bool:
+    return _WORDS and not torch.compiler.is_compiling()  # a user's torch.compile traces the row-wise forms
+
+
+def _pack(m: Tensor) -> Tensor:  # eight strided slices: inductor fuses them into one loop (a row sum it does not)
+    m8 = m.view(-1, 8)
+    acc = m8[:, 0]
+    for j in range(1, 8):
+        acc = acc | (m8[:, j] << j)
+    return acc
 
 
 def pack_mask(mask: Tensor) -> Tensor:
@@ -46,31 +69,45 @@ def pack_mask(mask: Tensor) -> Tensor:
     pad = (-m.numel()) % 8
     if pad:
         m = torch.cat([m, m.new_zeros(pad)])
-    (shifts,) = _SHIFTS.on(m.device)
-    return kernels.run("pack_mask", _pack, m, shifts)
+    if not _words_apply():
+        return _pack(m)
+    return pack_bytes(m)
 
 
-def _bits(packed: Tensor, shifts: Tensor, n: int) -> Tensor:
-    return ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[:n]
+def _bytes(packed: Tensor, n: int) -> Tensor:
+    """The packed mask as ``n`` bytes 0 / 1 (uint8)."""
+    if not _words_apply():
+        (shifts,) = _SHIFTS.on(packed.device)
+        return ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[:n]
+    w = ((packed.to(torch.int64) * _SPREAD) & _SELECT) + _ROUND
+    return ((w >> 7) & _SPREAD).view(torch.uint8)[:n]
 
 
 def unpack_mask(packed: Tensor, shape: torch.Size) -> Tensor:
     """The bool tensor of ``shape`` that :func:`pack_mask` packed."""
-    (shifts,) = _SHIFTS.on(packed.device)
     n = 1
     for s in shape:
         n *= s
-    return _bits(packed, shifts, n).view(torch.bool).reshape(shape)
+    return _bytes(packed, n).view(torch.bool).reshape(shape)
 
 
-def _masked(g: Tensor, packed: Tensor, shifts: Tensor) -> Tensor:
-    return g * _bits(packed, shifts, g.numel()).to(g.dtype)
+def _masked(g: Tensor, m: Tensor) -> Tensor:
+    return g * m.to(g.dtype)
+
+
+def _masked_bits(g: Tensor, packed: Tensor) -> Tensor:  # fused: the bits read in the product's own loop
+    shifts = torch.arange(8, dtype=torch.uint8, device=g.device)  # made in the graph: a constant there
+    return (g.view(-1, 8) * ((packed.view(-1, 1) >> shifts) & 1).to(g.dtype)).view(-1)
 
 
 def masked_grad(g: Tensor, packed: Tensor) -> Tensor:
     """``g * mask.to(g.dtype)`` for the mask :func:`pack_mask` packed (NaN and signed zeros as that product gives)."""
-    (shifts,) = _SHIFTS.on(g.device)
-    return kernels.run("masked_grad", _masked, g.reshape(-1), packed, shifts).reshape(g.shape)
+    flat = g.reshape(-1)
+    n = flat.numel()
+    if n % 8:
+        return kernels.run("masked_grad_bytes", _masked, flat, _bytes(packed, n)).reshape(g.shape)
+    return kernels.run("masked_grad_bits", _masked_bits, flat, packed,
+                       eager=lambda g: _masked(g, _bytes(packed, n))).reshape(g.shape)
 
 
 # ---------------------------------------------------------------------------

@@ -130,3 +130,42 @@ def test_into_writes_the_out_of_place_bits_into_x_when_fused(mode, fast) -> None
     given = x.clone()
     got = kernels.float_round(given, fmt._params, 3, torch.Generator().manual_seed(1), into=True)
     assert got.data_ptr() != given.data_ptr() and torch.equal(given.view(torch.int32), x.view(torch.int32))
+
+
+@pytest.mark.parametrize("n", [4096, 4099], ids=["n%8=0", "n%8=3"])
+def test_clipped_ste_fused_mask_and_backward_equal_the_reference(n: int) -> None:
+    """The fused cast + packed mask (and the backward's g * mask) against x.abs() <= max worked out here."""
+    x = torch.randn(n) * 300
+    x[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 448.0, -448.5, 1e9])
+    g = torch.randn(n)
+    g[6:9] = torch.tensor([float("nan"), float("inf"), -0.0])
+    cases = [(FloatFormat(4, 3, specials="fn", name="e4m3"), None),  # native-cast eager path
+             (FloatFormat(4, 3, specials="fn", overflow="special"), None),  # bit kernels on both paths
+             (FloatFormat(5, 2, rounding="stochastic"), 5)]
+    for fmt, seed in cases:
+        want_grad = g * (x.abs() <= fmt.max).to(g.dtype)
+        assert bool((~(x.abs() <= fmt.max)).any()) and bool((x.abs() <= fmt.max).any())
+        outs = []
+        for backend in ("eager", "compiled"):
+            kernels.set_backend(backend)
+            xr = x.clone().requires_grad_()
+            gen = None if seed is None else torch.Generator().manual_seed(seed)
+            y = fmt(xr, generator=gen)
+            y.backward(g)
+            assert_same_bits(xr.grad, want_grad, inputs=x, what=f"{fmt.name} {backend} grad")
+            outs.append(y.detach())
+        assert_same_bits(outs[1], outs[0], inputs=x, what=f"{fmt.name} forward compiled vs eager")
+        if n % 8 == 0:  # the fused kernel ran (not only the eager mask beside a fused cast)
+            assert any(k.endswith("_mask") for k in kernels._compiled)
+    assert ("masked_grad_bits" if n % 8 == 0 else "masked_grad_bytes") in kernels._compiled
+    assert not kernels._compile_failed
+
+
+def test_in_range_bits_are_bit_i_of_byte_i_over_8() -> None:
+    fmt = FloatFormat(4, 3, specials="fn")
+    x = torch.randn(64) * 400
+    x[:3] = torch.tensor([float("nan"), 448.0, -float("inf")])
+    kernels.set_backend("compiled")
+    _, bits = kernels.float_round(x, fmt._params, 0, mask=True)
+    got = [(int(bits[i // 8]) >> (i % 8)) & 1 for i in range(64)]
+    assert got == [int(abs(v) <= 448.0) for v in x.tolist()]  # NaN: 0

@@ -167,3 +167,16 @@ def test_recipes_in_a_conv_net(monkeypatch: pytest.MonkeyPatch) -> None:
     assert count.n == 5  # the inputs of the 2nd conv and the Linear, the 3 weights (a conv saves its weight always)
     for a, b in zip(plain, again):
         assert_same_bits(a, b)
+
+
+@pytest.mark.parametrize("n", [8, 64, 1001], ids=lambda n: f"n{n}")
+def test_word_and_row_forms_of_the_mask_agree(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int64-word packing (eager) and the row-wise one (traced inside a user's torch.compile)."""
+    mask = torch.rand(n) < 0.5
+    g = torch.randn(n)
+    words = saved.pack_mask(mask), saved.masked_grad(g, saved.pack_mask(mask))
+    monkeypatch.setattr(saved, "_WORDS", False)
+    rows = saved.pack_mask(mask), saved.masked_grad(g, saved.pack_mask(mask))
+    assert torch.equal(words[0], rows[0])
+    assert_same_bits(words[1], rows[1])
+    assert_same_bits(rows[1], g * mask.to(g.dtype))
