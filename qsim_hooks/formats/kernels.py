@@ -269,7 +269,6 @@ def _magic_exact() -> bool:
 
 def _kind(params: Consts, mode: int, fast: bool, scaled: bool = False) -> str:
     """The ExMy kernel for ``params`` at ``mode``: magic (nearest even), step, or bit kernel (every mode).
-
     Traced into a user's torch.compile, a scaled kernel keeps the step kernel: there ``x * inv + c`` could be
     contracted into one FMA (Triton does by default), which rounds once where eager rounds twice."""
     if not fast or mode == STOCHASTIC or not params.fast:
