@@ -34,7 +34,9 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "block": ("bench_block.py", ["--names", "mxfp8_e4m3,mxfp8_e5m2,mxfp6_e3m2,mxfp4,nvfp4"],
               ["--names", "mxfp8_e4m3,mxfp4,nvfp4", "--numel", str(1 << 22), "--repeats", "3"]),
     "formats": ("bench_formats.py", [], ["--numel", str(1 << 22), "--repeats", "3", "--no-qtorch"]),
-    "training": ("bench_training.py", [], ["--rounds", "1", "--batch", "2", "--size", "112"]),
+    # the steady state too (a QAT run takes thousands of steps; auto fuses each kernel once that pays), one thread
+    "training": ("bench_training.py", ["--clock", "cpu", "--backend", "compiled"],
+                 ["--rounds", "1", "--batch", "2", "--size", "112"]),
     "first_use": ("bench_first_use.py", [], ["--later", "2"]),
 }
 
