@@ -140,7 +140,8 @@ def attach_output(module: nn.Module, point: QuantPoint):
     made_here = parametrize.type_before_parametrizations(module) in READ_ONLY  # they return a tensor just made
 
     def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-        if made_here and type(out) is Tensor and out._base is None and not out.requires_grad:
+        if made_here and type(out) is Tensor and not out.requires_grad and out._base is None \
+                and not torch.compiler.is_compiling():  # traced: no reference counts (a graph break)
             own = _holders(out) == _fresh_holders()  # before out is pushed as point's argument
             return point(out, own=own)
         return _map_output(out, point)

@@ -140,3 +140,24 @@ def test_a_layer_output_someone_kept_is_never_written_into(keep, monkeypatch):
     want = copies[-1][0] if keep == "view" else copies[-1]
     assert torch.equal(got, want), f"the kept {keep} was changed"
     assert not torch.equal(want, E4M3(want)), "the conv's output was on the e4m3 grid already: nothing was tested"
+
+
+def test_an_attached_model_compiles_in_one_graph_with_its_output_points():
+    """The output hook counts references only outside a trace (dynamo cannot trace ``sys.getrefcount``: under
+    ``fullgraph=True`` that was an error)."""
+    import warnings
+
+    import qsim_hooks as qh
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 16)
+    with torch.no_grad(), qh.quantized(net, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")):
+        net(x)
+        eager = net(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = torch.compile(net, fullgraph=True)(x)
+    assert torch.equal(compiled, eager)
+    torch._dynamo.reset()
