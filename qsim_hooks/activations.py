@@ -106,44 +106,50 @@ def _map_output(out: Any, point: QuantPoint) -> Any:
     return out
 
 
-def _holders(out: Tensor) -> tuple[int, int]:
-    """(Python references to ``out``, tensors sharing its storage), as an output hook sees them: anything that
-    kept the output, a view of it, its ``.data``, a numpy view or a DLPack capsule adds to one or the other."""
-    return sys.getrefcount(out), torch._C._storage_Use_Count(out.untyped_storage()._cdata)
+def _holders(out: Tensor) -> tuple[int, int, int]:
+    """(Python references to ``out``, tensors sharing its storage, Python references to its base), as an output
+    hook sees them: anything that kept the output, its base (``F.linear`` of a 3-D input returns a view of a 2-D
+    product), a view, its ``.data``, a numpy view or a DLPack capsule adds to one of them."""
+    base = out._base
+    return (sys.getrefcount(out), torch._C._storage_Use_Count(out.untyped_storage()._cdata),
+            0 if base is None else sys.getrefcount(base) - 1)  # - 1: this frame's ``base``
 
 
-_fresh: tuple[int, int] | None = None
+_fresh: dict[bool, tuple[int, int, int]] | None = None
 
 
-def _fresh_holders() -> tuple[int, int] | None:
-    """:func:`_holders` of an output nobody else holds (a probe Linear's, through a hook like the real one):
-    measured, not assumed, so that another Python or PyTorch version cannot make a held output look free.
-    ``None`` (nothing is written into) while global forward hooks exist: they would run on the probe too."""
+def _fresh_holders(view: bool) -> tuple[int, int, int] | None:
+    """:func:`_holders` of an output nobody else holds (a probe Linear's, a plain tensor or, ``view``, the view
+    a 3-D input gives, through a hook like the real one): measured, not assumed, so that another Python or
+    PyTorch version cannot make a held output look free. ``None`` (nothing is written into) while global
+    forward hooks exist (they would run on the probe too) or where the probe's output is not of that kind."""
     global _fresh
     if _fresh is None:
         if torch_module._global_forward_hooks:
             return None
-        seen: list[tuple[int, int]] = []
+        seen: dict[bool, tuple[int, int, int]] = {}
 
         def probe_hook(mod: nn.Module, args: tuple, kwargs: dict, out: Tensor) -> None:
-            seen.append(_holders(out))
+            seen[out._base is not None] = _holders(out)
 
         probe = nn.Linear(1, 1)
         probe.register_forward_hook(probe_hook, with_kwargs=True)
         with torch.no_grad(), torch._C.DisableTorchFunction():  # no session or user mode sees the probe
             probe(torch.zeros(1, 1))
-        _fresh = seen[0]
-    return _fresh
+            probe(torch.zeros(1, 1, 1))
+        _fresh = seen
+    return _fresh.get(view)
 
 
 def attach_output(module: nn.Module, point: QuantPoint):
     made_here = parametrize.type_before_parametrizations(module) in READ_ONLY  # they return a tensor just made
 
     def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-        if made_here and type(out) is Tensor and not out.requires_grad and out._base is None \
-                and not torch.compiler.is_compiling():  # traced: no reference counts (a graph break)
-            own = _holders(out) == _fresh_holders()  # before out is pushed as point's argument
-            return point(out, own=own)
+        if made_here and type(out) is Tensor and not out.requires_grad and not torch.compiler.is_compiling():
+            # (traced: no reference counts, a graph break); a view only of a plain base
+            view = out._base is not None
+            own = (not view or out._base._base is None) and _holders(out) == _fresh_holders(view)
+            return point(out, own=own)  # own decided before out is pushed as point's argument
         return _map_output(out, point)
 
     return module.register_forward_hook(hook, with_kwargs=True)

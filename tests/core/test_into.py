@@ -103,7 +103,7 @@ def test_layer_outputs_are_written_into_when_nothing_else_holds_them(monkeypatch
     calls: list = []
     got = _run(net, x, calls, monkeypatch)
     assert {k[0] for k in calls if k[1] == "output"} == {"0", "3"}, calls  # the conv's and the linear's outputs
-    monkeypatch.setattr(activations, "_fresh_holders", lambda: None)  # never in place: the copies
+    monkeypatch.setattr(activations, "_fresh_holders", lambda view: None)  # never in place: the copies
     want = _run(net, x)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert not kernels._compile_failed
@@ -140,6 +140,48 @@ def test_a_layer_output_someone_kept_is_never_written_into(keep, monkeypatch):
     want = copies[-1][0] if keep == "view" else copies[-1]
     assert torch.equal(got, want), f"the kept {keep} was changed"
     assert not torch.equal(want, E4M3(want)), "the conv's output was on the e4m3 grid already: nothing was tested"
+
+
+@pytest.mark.parametrize("keep", [None, "base", "output", "view of the base"])
+def test_a_linear_of_a_3d_input_returns_a_view_written_into_only_when_nobody_holds_it_or_its_base(keep,
+                                                                                                 monkeypatch):
+    """F.linear of a 3-D input returns a view of a 2-D product: written into when the view and its base are
+    held by nothing else (the probe measured that case too), never when a hook kept either."""
+    import qsim_hooks as qh
+    from qsim_hooks import points
+
+    kernels.set_backend("compiled")
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
+    x = torch.randn(2, 5, 16)
+    kept, copies, calls = [], [], []
+    take = {"base": lambda o: o._base, "output": lambda o: o, "view of the base": lambda o: o._base[0]}
+
+    def hook(mod, args, out):
+        assert out._base is not None  # the case this test is about
+        kept.append(take[keep](out))
+        copies.append(out.clone())
+
+    handle = net[0].register_forward_hook(hook) if keep else None
+    real = points.QuantPoint._into
+    monkeypatch.setattr(points.QuantPoint, "_into", lambda self, fmt, t: calls.append(self.key) or real(self, fmt, t))
+    try:
+        with torch.no_grad(), qh.quantized(net, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")):
+            net(x)
+            got = net(x)
+    finally:
+        if handle is not None:
+            handle.remove()
+    monkeypatch.undo()
+    written = {k[0] for k in calls if k[1] == "output"}
+    assert ("0" in written) is (keep is None) and "2" in written, calls
+    if keep:
+        want = copies[-1].reshape(-1, 32)[0] if keep == "view of the base" else copies[-1]
+        assert torch.equal(kept[-1].reshape(want.shape) if keep == "base" else kept[-1], want)
+    with torch.no_grad(), qh.quantized(net, qh.QuantConfig(input="e4m3", weight="e4m3", output="e4m3")):
+        monkeypatch.setattr(points, "_castable_into", lambda fmt, t: False)  # the copies
+        net(x)
+        assert torch.equal(net(x).view(torch.int32), got.view(torch.int32))
 
 
 def test_an_attached_model_compiles_in_one_graph_with_its_output_points():
