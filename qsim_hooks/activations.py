@@ -116,16 +116,19 @@ def _holders(out: Tensor) -> tuple[int, int, int]:
 
 
 _fresh: dict[bool, tuple[int, int, int]] | None = None
+#: PyTorch's hooks on every module that making and running the probe would call
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_module_registration_hooks",
+                 "_global_parameter_registration_hooks", "_global_buffer_registration_hooks")
 
 
 def _fresh_holders(view: bool) -> tuple[int, int, int] | None:
     """:func:`_holders` of an output nobody else holds (a probe Linear's, a plain tensor or, ``view``, the view
     a 3-D input gives, through a hook like the real one): measured, not assumed, so that another Python or
-    PyTorch version cannot make a held output look free. ``None`` (nothing is written into) while global
-    forward hooks exist (they would run on the probe too) or where the probe's output is not of that kind."""
+    PyTorch version cannot make a held output look free. ``None`` (nothing is written into) while
+    hooks on every module exist (a user's would see the probe) or where the probe's output is not of that kind."""
     global _fresh
     if _fresh is None:
-        if torch_module._global_forward_hooks:
+        if any(getattr(torch_module, n) for n in _GLOBAL_HOOKS):
             return None
         seen: dict[bool, tuple[int, int, int]] = {}
 
