@@ -118,6 +118,28 @@ def test_metric_score_is_the_drop_from_full_precision(resnetish):
     assert all(r.best.score >= u.score for u in r.uniform if u.config is not None)
 
 
+def test_a_metric_that_is_also_the_score_runs_once_per_configuration(resnetish):
+    """``score=f, metric=f`` (what the CLI passes): f's value is the score and the reported metric alike, so
+    the search calls it no more often than with ``score=f`` alone, and reports it as the metric."""
+    m, x = resnetish
+    calls = []
+
+    def agreement(model, batches):
+        calls.append(1)
+        with torch.no_grad():
+            return float(sum((model(b).argmax(-1) == ref).float().mean() for b, ref in zip(batches, labels)))
+
+    with torch.no_grad():
+        labels = [m(b).argmax(-1) for b in x]
+    kw = dict(candidates=["int8", "mxfp4"], budget=6.5, score=agreement, granularity=1)
+    qh.search(m, x, **kw)
+    alone = len(calls)
+    calls.clear()
+    r = qh.search(m, x, metric=agreement, **kw)
+    assert len(calls) == alone
+    assert r.best.metric == r.best.score and all(u.metric == u.score for u in r.uniform if u.config is not None)
+
+
 # ---------------------------------------------------------------------------
 # Fisher
 # ---------------------------------------------------------------------------

@@ -223,7 +223,9 @@ class Runner:
                     if recorder is not None:
                         recorder.end_batch()
                 self.metric_full = self._call_metric(metric, "full precision")
-                self.score_full = self._call_metric(score.metric, "full precision")
+                # a metric scoring the search is the same run as the metric reported: once
+                self.score_full = self.metric_full if score.metric is metric else \
+                    self._call_metric(score.metric, "full precision")
                 self.loss_full = self._mean_loss() if loss is not None else None
         finally:
             self.counter.remove()
@@ -273,7 +275,8 @@ class Runner:
                     with _replaying(model, skip):
                         sims.append(self._compared(feed(model, b, self.forward)))
             value = self._call_metric(score.metric, "simulated") if score.metric is not None else None
-            metric = self._call_metric(self.metric, "simulated") if full else None
+            metric = None if not full else value if score.metric is not None and score.metric is self.metric \
+                else self._call_metric(self.metric, "simulated")
             loss = self._mean_loss() if full and self.loss_fn is not None else None
         fig = _figures(self.outputs, sims, None) if sims else {}
         if score.name == "output_sqnr":
