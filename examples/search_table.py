@@ -62,7 +62,7 @@ def _choice(result: Any) -> str:
     return ", ".join(f"{u or '<model>'} {c}" for u, c in result.choice.items())
 
 
-def rows_for(result: Any, metric_name: str | None = None) -> list[dict[str, Any]]:
+def rows_for(result: Any) -> list[dict[str, Any]]:
     """The searched row (its choice; which configuration won, when not the solver's) and the uniform rows."""
     b = result.best
     label = "searched" if b.source == "exact" else f"searched ({b.source})"

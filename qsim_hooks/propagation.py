@@ -34,7 +34,6 @@ no session itself: the caller passes ``simulated``, a function that returns a ne
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -152,9 +151,6 @@ class Propagation:
     rows: list[dict[str, Any]]
     notes: list[str]
 
-    def start(self) -> dict[str, Any] | None:
-        """The first row whose accumulated SQNR is finite: where the error starts (``None``: nowhere)."""
-        return next((r for r in self.rows if math.isfinite(r["accumulated_sqnr_db"])), None)
 
 
 @contextmanager
@@ -251,17 +247,19 @@ def _layer_pass(model: nn.Module, module: nn.Module, name: str, run: Run, calls:
 
 
 def propagate(model: nn.Module, plan: Plan, simulated: Callable[[], AbstractContextManager[Any]],
-              runs: Sequence[Run], *, stop_early: bool = True, progress: bool | None = None) -> Propagation:
+              runs: Sequence[Run], *, stop_early: bool = True, progress: bool | None = None,
+              quiet: bool = True) -> Propagation:
     """The accumulated and added SQNR of every layer of ``plan`` (see the module docstring).
 
     Args:
         model: the model; run in eval mode under ``torch.no_grad()``, its training flags given back.
         plan: the simulation's plan: which modules are layers, and their formats.
-        simulated: returns a new session of the simulation (attached by ``with``); its warnings are not
-            repeated (the caller's own simulated run has given them).
+        simulated: returns a new session of the simulation (attached by ``with``).
         runs: ``run(model)`` per batch (or one that runs a ``forward_loop``).
         stop_early: a pass may stop after the layer's last call (each run is one batch, not a loop).
         progress: a bar over the layers (``None``: in a terminal).
+        quiet: the simulated passes' warnings are not repeated, because the caller's own simulated run of
+            the same data has given them (``False`` for data the caller did not run: they are shown).
 
     Raises:
         ValueError: the plan has no layer, or quantizes nothing; a layer ran a different number of times
@@ -270,7 +268,8 @@ def propagate(model: nn.Module, plan: Plan, simulated: Callable[[], AbstractCont
     layers = check_plan(plan)
     attention = list(dict.fromkeys(e.module for e in plan.active() if e.kind == "attention"))
     with eval_no_grad(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the caller's runs of the same data have said it
+        if quiet:
+            warnings.simplefilter("ignore")  # the caller's runs of the same data have said it
         return _propagate(model, layers, attention, simulated, runs, stop_early, progress)
 
 

@@ -292,7 +292,8 @@ class Session:
             runs = propagation.session_runs(self._recording, batch, batches, forward)
             quiet = dataclasses.replace(self.cfg, require_coverage=False)  # this session's run was checked
             got = propagation.propagate(self.model, self.plan or plan(self.model, self.cfg),
-                                        lambda: Session(self.model, quiet, calibration=self.calibration), runs)
+                                        lambda: Session(self.model, quiet, calibration=self.calibration), runs,
+                                        quiet=batch is None and batches is None)  # data this session ran
             rows = got.rows, got.notes
         elif batch is not None or batches is not None or forward is not None:
             raise TypeError("batch=, batches= and forward= are the data of report(propagated=True)")
