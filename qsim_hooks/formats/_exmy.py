@@ -184,7 +184,8 @@ def magic_round_impl(x: Tensor, p: Tensor, mode: int, noise: Tensor | None) -> T
     clamped first (at the max when saturating, else at the power of two above it, which rounds
     to itself and overflows); the sign goes back as a bit (inductor's C++ calls ``copysign`` out
     of line). Additions only: no multiply a compiler could contract into an FMA. Bit for bit the
-    bit kernel's result (tests/formats/test_magic.py), in about half the step kernel's operations.
+    bit kernel's result (tests/formats/test_magic.py), in about half the step kernel's operations; a NaN
+    stays a NaN (its sign and payload not kept: the compiled clamp gives all ones).
     """
     assert mode == NEAREST_EVEN
     return (_magic_abs(x, p).view(torch.int32) | (x.view(torch.int32) & _SIGN)).view(torch.float32)

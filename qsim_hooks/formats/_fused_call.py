@@ -26,7 +26,8 @@ __all__ = ["call", "named_copy", "into_variant", "EXACT_OPTIONS"]
 #: inductor settings the kernels' exactness rests on, pinned for the kernels compiled here whatever the user
 #: set: no reassociation and no FMA contraction in C++ (``(x + c) - c`` is the magic kernel's rounding).
 #: Triton's own contraction is left on: turning it off (``emulate_precision_casts``) made the CPU's two-thread
-#: bit kernel 1.7x slower, and in the magic kernel a clamp stands between any multiply and the addition.
+#: bit kernel 1.7x slower; the magic kernel has a clamp between any multiply and its addition (and kernels._kind
+#: keeps scaled kernels traced into a user's compile on the step kernel all the same).
 EXACT_OPTIONS = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
 
 _len, _pop, _push = torch._C._len_torch_function_stack, torch._C._pop_torch_function_stack, \

@@ -17,7 +17,8 @@ dozen float passes, most of them in place:
 
 Eager only: a compiler may contract ``x * (2^s + 1) - x`` into a fused
 multiply-add (Triton does by default, inductor's C++ when asked), which
-computes a different value; fused kernels keep the bit and step kernels. Valid
+computes a different value; fused kernels round with the magic kernel
+(:func:`._exmy.magic_round_impl`: additions only) or the bit and step kernels. Valid
 where :func:`split_consts` says so (tested bit for bit against the bit kernel on
 every exponent and every boundary of the named formats).
 """
