@@ -26,6 +26,7 @@ from torch import Tensor
 
 from . import kernels
 from ._exmy import (
+    _SIGN,
     NEAREST_EVEN,
     P_EMIN,
     P_M,
@@ -53,7 +54,6 @@ __all__ = ["BlockKernel", "pow2", "Element"]
 Element = FloatFormat | IntElement
 
 _ABS = 0x7FFFFFFF
-_SIGN = -2147483648  # 0x80000000 as int32
 _MAN = 0x7FFFFF
 _SQRT2 = 1.4142135623730951
 _SQRT1_2 = 0.7071067811865476
@@ -205,8 +205,7 @@ def _level(x: Tensor, fp: Tensor) -> Tensor:
     here inside the block kernel: no kernel call of its own, and no padding or moved axis
     changes a maximum of magnitudes.
     """
-    a = x.abs()
-    m = torch.where(a < math.inf, a, 0.0).amax()  # NaN < inf is False too
+    m = kernels._finite_absmax(x)  # plain torch: traced into this kernel
     t = m / fp[FP_TENSOR_DIV]
     return torch.where(m > 0, t, torch.ones_like(t))
 

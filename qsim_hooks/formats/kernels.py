@@ -21,11 +21,10 @@ Backends (``set_backend`` or the ``QSIM_HOOKS_BACKEND`` environment variable):
 * ``"eager"``: never compile;
 * ``"compiled"``: always the fused kernel.
 
-Eager and fused paths give bit-identical results (tested), a NaN aside: it stays
-a NaN, its sign and payload as each path leaves them. Inside a user's
-``torch.compile`` the kernels are traced inline, and the native-cast shortcuts
-(``x.to(float16).float()``) are not used: inductor drops such round trips
-(``emulate_precision_casts`` is off by default), the bit kernels it cannot.
+Eager and fused paths give bit-identical results (tested; a NaN stays a NaN, its sign
+and payload as each path leaves them). Inside a user's ``torch.compile`` the kernels
+are traced inline, and the native-cast shortcuts (``x.to(float16).float()``) are not
+used: inductor drops such round trips, the bit kernels it cannot.
 """
 
 from __future__ import annotations
